@@ -1,0 +1,210 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ``orthanc-py`` command: run a script in a real Orthanc, find the plugin, check the set-up."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Optional, Sequence
+
+from . import server
+from ._paths import plugin_path
+
+# Debian's official Python plugin, loaded by Debian's default configuration.
+OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``orthanc-py`` (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="orthanc-py",
+        description="Write Orthanc plugins in Python: run a script in a real Orthanc, "
+        "print the plugin path, check the set-up.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="start Orthanc with orthanc_py and a script",
+        description="Writes an Orthanc configuration that loads orthanc_py with SCRIPT and starts "
+        "the Orthanc binary in the foreground. Orthanc accepts HTTP from this machine only "
+        "(RemoteAccessAllowed false) unless --config turns remote access on. Ctrl-C stops it.",
+    )
+    run.add_argument("script", metavar="SCRIPT", help="the Python script to load")
+    run.add_argument("--http-port", type=int, default=8042, metavar="N", help="HTTP port (default: 8042)")
+    run.add_argument("--dicom-port", type=int, default=4242, metavar="N", help="DICOM port (default: 4242)")
+    run.add_argument(
+        "--storage",
+        default="OrthancStorage",
+        metavar="DIR",
+        help="folder for Orthanc's database and files, kept between runs (default: ./OrthancStorage)",
+    )
+    run.add_argument(
+        "--config", metavar="FILE", help="an Orthanc configuration file to start from (comments allowed)"
+    )
+    run.add_argument("--verbose", action="store_true", help="run Orthanc with --verbose")
+
+    commands.add_parser(
+        "plugin-path",
+        help="print the path of the orthanc_py plugin (the value for Orthanc's \"Plugins\")",
+    )
+
+    config = commands.add_parser(
+        "config",
+        help="print the configuration lines that load orthanc_py with a script",
+        description="Prints the \"Plugins\" and \"PythonScript\" options to add to an existing "
+        "Orthanc configuration file.",
+    )
+    config.add_argument("script", metavar="SCRIPT", help="the Python script to load")
+
+    commands.add_parser(
+        "doctor",
+        help="check Orthanc, the loader and the venv, and say what to fix",
+    )
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``orthanc-py`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run(args)
+        if args.command == "plugin-path":
+            print(plugin_path())
+            return 0
+        if args.command == "config":
+            return print_config(args.script)
+        if args.command == "doctor":
+            return doctor()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"orthanc-py: error: {error}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def print_config(script: str) -> int:
+    if not os.path.isfile(script):
+        raise FileNotFoundError(f"no such script: {script}")
+    snippet = {"Plugins": [plugin_path()], "PythonScript": os.path.abspath(script)}
+    print(json.dumps(snippet, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.script):
+        raise FileNotFoundError(f"no such script: {args.script}")
+    binary = server.find_orthanc()
+    base = server.read_orthanc_json(args.config) if args.config else None
+    storage = os.path.abspath(args.storage)
+    os.makedirs(storage, exist_ok=True)
+    configuration = server.build_configuration(args.script, storage, args.http_port, args.dicom_port, base=base)
+    with tempfile.TemporaryDirectory(prefix="orthanc-py-") as workdir:
+        config_path = os.path.join(workdir, "orthanc.json")
+        with open(config_path, "w", encoding="utf-8") as out:
+            json.dump(configuration, out, indent=2)
+        print(
+            f"orthanc-py: Orthanc {server.orthanc_version(binary)} ({binary})\n"
+            f"orthanc-py: script  {os.path.abspath(args.script)}\n"
+            f"orthanc-py: HTTP    http://127.0.0.1:{args.http_port}/   DICOM port {args.dicom_port}\n"
+            f"orthanc-py: storage {storage}\n"
+            f"orthanc-py: Orthanc's log follows; Ctrl-C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
+        command = [binary, config_path] + (["--verbose"] if args.verbose else [])
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+        def forward(signum: int, _frame: object) -> None:
+            child.send_signal(signum)
+
+        # Ctrl-C reaches Orthanc directly (same process group); SIGTERM sent to
+        # us alone (a service manager) is passed on. Either way, wait for it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, forward)
+        code = child.wait()
+    return code if code >= 0 else 128 - code
+
+
+def doctor() -> int:
+    """Checks the installation; prints one line per check and what to fix."""
+    problems = 0
+
+    def report(ok: bool, text: str, fix: str = "") -> None:
+        nonlocal problems
+        print(f"{'ok     ' if ok else 'PROBLEM'} {text}")
+        if not ok:
+            problems += 1
+            print(f"        fix: {fix}")
+
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    in_venv = sys.prefix != sys.base_prefix
+    report(
+        in_venv,
+        f"Python {sys.version.split()[0]} at {sys.executable}" + (f", venv {sys.prefix}" if in_venv else ", no venv"),
+        "install orthanc-py into a virtual environment: python3 -m venv ENV && ENV/bin/pip install orthanc-py",
+    )
+
+    minimum = None
+    try:
+        loader = plugin_path()
+    except FileNotFoundError as error:
+        report(False, "loader not found", str(error))
+    else:
+        try:
+            library = ctypes.CDLL(loader)
+        except OSError as error:
+            report(False, f"loader {loader} cannot be loaded: {error}", "reinstall orthanc-py: pip install --force-reinstall orthanc-py")
+        else:
+            built_for = _loader_string(library, "orthanc_py_loader_python")
+            minimum = _loader_string(library, "orthanc_py_loader_min_orthanc")
+            report(
+                built_for == python,
+                f"loader {loader} (built for Python {built_for})",
+                f"the loader was built for Python {built_for} but this venv runs {python}: "
+                "pip install --force-reinstall orthanc-py",
+            )
+
+    try:
+        binary = server.find_orthanc()
+    except FileNotFoundError as error:
+        report(False, "Orthanc not found", str(error))
+    else:
+        version = server.orthanc_version(binary)
+        new_enough = version == "mainline" or (minimum is not None and _version_tuple(version) >= _version_tuple(minimum))
+        report(
+            new_enough,
+            f"Orthanc {version} at {binary}" + (f" (orthanc_py needs {minimum} or newer)" if minimum else ""),
+            f"install Orthanc {minimum} or newer",
+        )
+
+    if os.path.exists(OFFICIAL_PLUGIN):
+        print(
+            f"note    the official Python plugin is installed ({OFFICIAL_PLUGIN}); a configuration "
+            "must load only one of the two Python plugins"
+        )
+    print("all good" if problems == 0 else f"{problems} problem(s) found")
+    return 0 if problems == 0 else 1
+
+
+def _loader_string(library: ctypes.CDLL, name: str) -> str:
+    # The loader exports these as char arrays, not pointers.
+    return ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(library, name))).decode()
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Start a real Orthanc with orthanc_py and a script: for ``orthanc-py run`` and for tests.
+
+:class:`OrthancServer` writes a configuration into a work folder, starts the
+``Orthanc`` binary, waits until its REST API answers, and offers a small HTTP
+client and the captured log. It listens on loopback with remote access off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import IO, Any, Callable, Mapping, Optional, Union
+
+from ._paths import plugin_path
+
+JsonValue = Any
+
+
+class OrthancStartError(RuntimeError):
+    """Orthanc exited, or did not answer, while starting; the message ends with its log."""
+
+
+def find_orthanc(binary: Optional[str] = None) -> str:
+    """The path of the ``Orthanc`` binary.
+
+    :raises FileNotFoundError: saying how to install it.
+    """
+    found = shutil.which(binary or os.environ.get("ORTHANC_BINARY", "Orthanc"))
+    if found is None:
+        raise FileNotFoundError(
+            "the Orthanc binary was not found on PATH; install it (Debian/Ubuntu: "
+            "apt-get install orthanc) or set ORTHANC_BINARY to its path"
+        )
+    return found
+
+
+def orthanc_version(binary: str) -> str:
+    """The version ``Orthanc --version`` prints, such as ``"1.10.1"``."""
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"Orthanc\s+(\S+)", output)
+    return match.group(1) if match else "unknown"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+_COMMENT = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.S)
+
+
+def read_orthanc_json(path: str) -> dict[str, JsonValue]:
+    """Reads an Orthanc configuration file, which may hold ``//`` and ``/* */`` comments."""
+    with open(path, encoding="utf-8") as source:
+        text = source.read()
+    stripped = _COMMENT.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
+    try:
+        config = json.loads(stripped)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a valid Orthanc configuration file: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: an Orthanc configuration must be a JSON object")
+    return config
+
+
+def build_configuration(
+    script: Optional[str],
+    storage: str,
+    http_port: int,
+    dicom_port: int,
+    base: Optional[Mapping[str, JsonValue]] = None,
+    plugin: Optional[str] = None,
+) -> dict[str, JsonValue]:
+    """An Orthanc configuration that loads orthanc_py with ``script``.
+
+    ``base`` (a user's configuration) is kept; the ports, the storage and the
+    plugin are set, and remote access stays off unless ``base`` turns it on.
+    """
+    config: dict[str, JsonValue] = {
+        "Name": "orthanc-py",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+    }
+    config.update(base or {})
+    loader = plugin or plugin_path()
+    plugins = [p for p in config.get("Plugins", []) if os.path.abspath(p) != loader]
+    config.update(
+        {
+            "HttpPort": http_port,
+            "DicomPort": dicom_port,
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "Plugins": plugins + [loader],
+        }
+    )
+    config.pop("PythonScript", None)
+    if script is not None:
+        config["PythonScript"] = os.path.abspath(script)
+    return config
+
+
+class HttpAnswer:
+    """An HTTP answer: status, headers (lower-case names) and body."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> JsonValue:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<HttpAnswer {self.status} {self.body[:80]!r}>"
+
+
+class OrthancServer:
+    """One Orthanc process with orthanc_py loaded, in its own work folder.
+
+    :param workdir: folder for the configuration, the storage and the log.
+    :param script: the Python script to load (``PythonScript``), or ``None``.
+    :param config: extra configuration merged over the defaults.
+    :param plugin: the loader to load; defaults to this installation's.
+    :param binary: the Orthanc binary; defaults to ``Orthanc`` on ``PATH``.
+    :param verbose: run Orthanc with ``--verbose`` (info lines in the log).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        script: Optional[str] = None,
+        config: Optional[Mapping[str, JsonValue]] = None,
+        plugin: Optional[str] = None,
+        binary: Optional[str] = None,
+        http_port: Optional[int] = None,
+        dicom_port: Optional[int] = None,
+        verbose: bool = False,
+        env: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.binary = find_orthanc(binary)
+        self.http_port = http_port or free_port()
+        self.dicom_port = dicom_port or free_port()
+        self.config_path = os.path.join(self.workdir, "orthanc.json")
+        self.log_path = os.path.join(self.workdir, "orthanc.log")
+        self.verbose = verbose
+        self.env = dict(env) if env is not None else None
+        self.configuration = build_configuration(
+            script,
+            os.path.join(self.workdir, "storage"),
+            self.http_port,
+            self.dicom_port,
+            base=config,
+            plugin=plugin,
+        )
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self._log_file: Optional[IO[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    # --- life cycle ---------------------------------------------------------
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> "OrthancServer":
+        """Writes the configuration and starts Orthanc.
+
+        :param wait: wait until ``/system`` answers.
+        :raises OrthancStartError: when Orthanc exits or does not answer in time.
+        """
+        with open(self.config_path, "w", encoding="utf-8") as out:
+            json.dump(self.configuration, out, indent=2)
+        self._log_file = open(self.log_path, "ab")
+        command = [self.binary, self.config_path] + (["--verbose"] if self.verbose else [])
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Waits until the REST API answers ``/system``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise OrthancStartError(f"Orthanc exited with code {code} while starting:\n{self.log}")
+            try:
+                if self.get("/system", timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise OrthancStartError(f"Orthanc did not answer within {timeout:g} s:\n{self.log}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """Waits for Orthanc to exit by itself; returns its exit code."""
+        assert self.process is not None, "start() first"
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._close_log()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Asks Orthanc to stop (SIGTERM, as a service manager would) and waits.
+
+        :returns: the exit code (negative: killed by that signal).
+        """
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                self._close_log()
+                raise
+        self._close_log()
+        return self.process.returncode
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "OrthancServer":
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what a user sees ---------------------------------------------------
+
+    @property
+    def log(self) -> str:
+        """Everything Orthanc has written to its log so far."""
+        try:
+            with open(self.log_path, "rb") as source:
+                return source.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Waits until a line of the log matches the regular expression ``pattern``."""
+        return self.wait_until(lambda: re.search(pattern, self.log, re.M), timeout, f"log line /{pattern}/")
+
+    def wait_until(self, condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+        """Polls ``condition`` until it returns something true; returns that."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not seen within {timeout:g} s; Orthanc's log:\n{self.log}")
+            time.sleep(0.05)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Union[bytes, str, None] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: float = 30.0,
+    ) -> HttpAnswer:
+        """Sends one HTTP request to this Orthanc; any status comes back as an answer."""
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=dict(headers or {}))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as answer:
+                return HttpAnswer(answer.status, dict(answer.headers), answer.read())
+        except urllib.error.HTTPError as error:
+            return HttpAnswer(error.code, dict(error.headers), error.read())
+
+    def get(self, path: str, **kwargs: Any) -> HttpAnswer:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Union[bytes, str, None] = b"", **kwargs: Any) -> HttpAnswer:
+        return self.request("POST", path, body, **kwargs)
+
+    def get_json(self, path: str) -> JsonValue:
+        answer = self.get(path)
+        if answer.status != 200:
+            raise AssertionError(f"GET {path} answered {answer.status}: {answer.text}")
+        return answer.json()

@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Generate ``orthanc_py/_sdk.py``: ctypes declarations of the Orthanc plugin SDK.
+
+The SDK is one C header, ``OrthancCPlugin.h``. Its functions are ``static
+inline`` wrappers that fill a params struct and call
+``context->InvokeService(context, service, &params)``, so a ctypes layer needs
+only facts from the header: enum values, struct layouts, callback signatures,
+and which service and params struct each inline function uses. This script
+reads them with libclang (PyPI ``libclang``, a generator-time dependency only)
+and writes one deterministic Python module.
+
+Usage: ``python tools/gen_sdk.py [--header PATH] [--output PATH] [--check]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_HEADER = Path("/usr/include/orthanc/OrthancCPlugin.h")
+DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "orthanc_py" / "_sdk.py"
+
+# Every SDK enum is 32 bits wide: OrthancPluginCheckVersionAdvanced() refuses to
+# run otherwise, and each enum ends with a 0x7fffffff sentinel to force it.
+ENUM_CTYPE = "ctypes.c_int32"
+INTERNAL_SENTINEL = 0x7FFFFFFF
+
+# Checked on the typedef name before falling back to the canonical type, so that
+# uint8_t* stays POINTER(c_uint8) instead of looking like a char*.
+FIXED_WIDTH = {
+    f"{sign}int{bits}_t": f"ctypes.c_{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)
+}
+FIXED_WIDTH["size_t"] = "ctypes.c_size_t"
+
+BUILTIN = {
+    "BOOL": "ctypes.c_bool",
+    "CHAR_S": "ctypes.c_char",
+    "CHAR_U": "ctypes.c_char",
+    "SCHAR": "ctypes.c_byte",
+    "UCHAR": "ctypes.c_ubyte",
+    "SHORT": "ctypes.c_short",
+    "USHORT": "ctypes.c_ushort",
+    "INT": "ctypes.c_int",
+    "UINT": "ctypes.c_uint",
+    "LONG": "ctypes.c_long",
+    "ULONG": "ctypes.c_ulong",
+    "LONGLONG": "ctypes.c_longlong",
+    "ULONGLONG": "ctypes.c_ulonglong",
+    "FLOAT": "ctypes.c_float",
+    "DOUBLE": "ctypes.c_double",
+}
+
+VERSION_MACROS = tuple(f"ORTHANC_PLUGINS_MINIMAL_{part}_NUMBER" for part in ("MAJOR", "MINOR", "REVISION"))
+
+# "/* New in Orthanc 1.7.0 */" after a service, "(new in 1.4.2)" on a group heading.
+NEW_IN = re.compile(r"\bnew in (?:Orthanc )?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
+
+
+class GeneratorError(Exception):
+    """The header contains something this generator does not know how to map."""
+
+
+@dataclass
+class Enum:
+    name: str
+    doc: str
+    members: list[tuple[str, int, str]]  # (Python name, value, doc)
+
+
+@dataclass
+class Struct:
+    name: str
+    tag: Optional[str]  # struct tag when it differs from the typedef name
+    doc: str
+    opaque: bool
+    fields: list[tuple[str, str, str]] = field(default_factory=list)  # (name, ctype, doc)
+
+
+@dataclass
+class Callback:
+    name: str
+    doc: str
+    restype: str
+    argtypes: list[str]
+
+
+@dataclass
+class Function:
+    name: str
+    service: Optional[str]
+    params: Optional[str]
+    arguments: list[tuple[str, str]]
+    result: str
+    since: Optional[tuple[int, int, int]]
+    doc: str
+    calls: list[str]
+
+
+@dataclass
+class Sdk:
+    version: tuple[int, int, int]
+    enums: list[Enum] = field(default_factory=list)
+    structs: list[Struct] = field(default_factory=list)
+    callbacks: list[Callback] = field(default_factory=list)
+    functions: list[Function] = field(default_factory=list)
+
+
+def one_line(text: Optional[str]) -> str:
+    """Collapse a doxygen brief into one line of single spaces."""
+    return " ".join((text or "").split())
+
+
+def py_string(text: str) -> str:
+    """A double-quoted Python literal for a one-line string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def enum_member_name(typedef: str, c_name: str) -> str:
+    """Python member name: the C enumerator without its ``<typedef>_`` prefix."""
+    prefix = typedef + "_"
+    name = c_name[len(prefix) :] if c_name.startswith(prefix) else c_name
+    if name[:1].isdigit():
+        name = "_" + name
+    if keyword.iskeyword(name):  # OrthancPluginResourceType_None -> None_
+        name += "_"
+    if not name.isidentifier():
+        raise GeneratorError(f"enumerator {c_name} gives no Python identifier")
+    return name
+
+
+def is_function_pointer(ctype: Any) -> bool:
+    """True for ``T (*)(...)`` (a pointer to a function type)."""
+    return ctype.kind.name == "POINTER" and ctype.get_pointee().kind.name in ("FUNCTIONPROTO", "FUNCTIONNOPROTO")
+
+
+class HeaderReader:
+    """Walks the libclang translation unit of the header and builds an :class:`Sdk`."""
+
+    def __init__(self, header: Path, tu: Any) -> None:
+        self.header = header
+        self.tu = tu
+        self.lines = header.read_text(encoding="utf-8").splitlines()
+        self.cursors = [c for c in tu.cursor.get_children() if self._in_header(c)]
+        self.enum_names: set[str] = set()
+        self.struct_names: set[str] = set()  # structs and opaque structs
+        self.callback_names: set[str] = set()  # function-pointer typedefs
+        self.record_names: dict[str, str] = {}  # struct USR -> typedef name
+        self.sdk = Sdk(version=self._version())
+
+    def _in_header(self, cursor: Any) -> bool:
+        loc = cursor.location.file
+        return loc is not None and Path(loc.name).resolve() == self.header.resolve()
+
+    def _version(self) -> tuple[int, int, int]:
+        values = {}
+        for c in self.cursors:
+            if c.kind.name == "MACRO_DEFINITION" and c.spelling in VERSION_MACROS:
+                values[c.spelling] = int(list(c.get_tokens())[1].spelling)
+        if len(values) != 3:
+            raise GeneratorError(f"version macros not found, got {values}")
+        major, minor, revision = (values[m] for m in VERSION_MACROS)
+        return (major, minor, revision)
+
+    # -- types -------------------------------------------------------------
+    def ctype(self, t: Any, callback_result: bool = False) -> str:
+        """The ctypes expression for C type ``t``.
+
+        ``callback_result``: pointers returned by a Python callback must be plain
+        ``c_void_p`` (ctypes refuses POINTER results and would leak c_char_p ones).
+        """
+        kind = t.kind.name
+        if kind == "ELABORATED":
+            return self.ctype(t.get_named_type(), callback_result)
+        if kind == "TYPEDEF":
+            name = t.get_declaration().spelling
+            if name in FIXED_WIDTH:
+                return FIXED_WIDTH[name]
+            if name in self.enum_names:
+                return ENUM_CTYPE
+            if name in self.callback_names:
+                return "ctypes.c_void_p" if callback_result else name
+            if name in self.struct_names:
+                if callback_result:
+                    raise GeneratorError(f"callback returning struct {name} by value")
+                return name
+            return self.ctype(t.get_canonical(), callback_result)
+        if kind == "ENUM":
+            return ENUM_CTYPE
+        if kind == "RECORD":
+            return self.record_names[t.get_declaration().get_usr()]
+        if kind == "POINTER":
+            return "ctypes.c_void_p" if callback_result else self._pointer(t.get_pointee())
+        if kind == "CONSTANTARRAY":
+            return f"({self.ctype(t.element_type)} * {t.element_count})"
+        if kind in BUILTIN:
+            return BUILTIN[kind]
+        raise GeneratorError(f"cannot map C type {t.spelling!r}")
+
+    def _pointer(self, pointee: Any) -> str:
+        kind = pointee.kind.name
+        if kind == "VOID":
+            return "ctypes.c_void_p"
+        if kind in ("CHAR_S", "CHAR_U"):  # char* and const char*: NUL-terminated strings
+            return "ctypes.c_char_p"
+        if kind in ("FUNCTIONPROTO", "FUNCTIONNOPROTO"):
+            raise GeneratorError("unnamed function pointer outside a struct field")
+        return f"ctypes.POINTER({self.ctype(pointee)})"
+
+    def callback(self, name: str, fn_type: Any, doc: str) -> Callback:
+        """Describe a function type as a CFUNCTYPE signature."""
+        result = fn_type.get_result()
+        restype = "None" if result.kind.name == "VOID" else self.ctype(result, callback_result=True)
+        # FUNCTIONNOPROTO is C's "()" (OrthancPluginRefreshMetricsCallback): no arguments.
+        args = list(fn_type.argument_types()) if fn_type.kind.name == "FUNCTIONPROTO" else []
+        return Callback(name, doc, restype, [self.ctype(a) for a in args])
+
+    def collect_names(self) -> None:
+        """First pass: know every type name before mapping any field."""
+        for c in self.cursors:
+            if c.kind.name != "TYPEDEF_DECL":
+                continue
+            under = c.underlying_typedef_type
+            if is_function_pointer(under):
+                self.callback_names.add(c.spelling)
+                continue
+            decl = under.get_declaration()
+            if decl.kind.name == "ENUM_DECL":
+                self.enum_names.add(c.spelling)
+            elif decl.kind.name == "STRUCT_DECL":
+                self.struct_names.add(c.spelling)
+                self.record_names[decl.get_usr()] = c.spelling
+            else:
+                raise GeneratorError(f"typedef {c.spelling} of unsupported kind {decl.kind.name}")
+
+    def collect_types(self) -> None:
+        """Second pass, in header order: enums, structs, callbacks."""
+        for c in self.cursors:
+            if c.kind.name != "TYPEDEF_DECL":
+                continue
+            under = c.underlying_typedef_type
+            doc = one_line(c.brief_comment)
+            if is_function_pointer(under):
+                self.sdk.callbacks.append(self.callback(c.spelling, under.get_pointee(), doc))
+                continue
+            decl = under.get_declaration()
+            if decl.kind.name == "ENUM_DECL":
+                self.sdk.enums.append(self.enum(c.spelling, decl, doc))
+            else:
+                self.sdk.structs.append(self.struct(c.spelling, decl, doc))
+
+    def enum(self, name: str, decl: Any, doc: str) -> Enum:
+        members = []
+        for const in decl.get_children():
+            if const.spelling.endswith("_INTERNAL") and const.enum_value == INTERNAL_SENTINEL:
+                continue  # only there to make the enum 32 bits wide
+            py_name = enum_member_name(name, const.spelling)
+            members.append((py_name, const.enum_value, one_line(const.brief_comment)))
+        if len({m[0] for m in members}) != len(members):
+            raise GeneratorError(f"duplicate member names in {name}")
+        return Enum(name, doc, members)
+
+    def struct(self, name: str, decl: Any, doc: str) -> Struct:
+        tag = decl.spelling if decl.spelling and decl.spelling != name else None
+        definition = decl.get_definition()
+        if definition is None:
+            return Struct(name, tag, doc, opaque=True)
+        struct = Struct(name, tag, doc, opaque=False)
+        for f in definition.get_children():
+            if f.kind.name != "FIELD_DECL":
+                raise GeneratorError(f"{name}: unsupported member {f.kind.name}")
+            if f.is_bitfield():
+                raise GeneratorError(f"{name}.{f.spelling}: bit fields are not supported")
+            if is_function_pointer(f.type):
+                # An inline function-pointer field (OrthancPluginContext.InvokeService)
+                # gets a CFUNCTYPE of its own, named <struct>_<field>.
+                cb_name = f"{name}_{f.spelling}"
+                cb_doc = f"Type of the {f.spelling} field of {name} (no typedef in the header)."
+                self.sdk.callbacks.append(self.callback(cb_name, f.type.get_pointee(), cb_doc))
+                self.callback_names.add(cb_name)
+                ctype = cb_name
+            else:
+                ctype = self.ctype(f.type)
+            struct.fields.append((f.spelling, ctype, one_line(f.brief_comment)))
+        return struct
+
+    # -- functions -----------------------------------------------------------
+    def service_since(self) -> dict[str, tuple[int, int, int]]:
+        """``_OrthancPluginService_X`` -> version, from the header's comments.
+
+        A comment on the enumerator's own line wins; otherwise the last group
+        heading comment above it applies (``/* ... (new in 1.4.2) */``).
+        """
+        decl = next(c for c in self.cursors if c.kind.name == "ENUM_DECL" and c.spelling == "_OrthancPluginService")
+        since: dict[str, tuple[int, int, int]] = {}
+        group: Optional[tuple[int, int, int]] = None
+        previous = decl.extent.start.line
+        for const in decl.get_children():
+            line = const.location.line
+            for text in self.lines[previous : line - 1]:  # lines strictly between
+                if "/*" in text:
+                    match = NEW_IN.search(text)
+                    group = tuple(map(int, match.groups())) if match else None  # type: ignore[assignment]
+            own = NEW_IN.search(self.lines[line - 1])
+            version = tuple(map(int, own.groups())) if own else group
+            if version is not None:
+                since[const.spelling] = version  # type: ignore[assignment]
+            previous = line
+        return since
+
+    def collect_functions(self) -> None:
+        since = self.service_since()
+        for c in self.cursors:
+            if c.kind.name == "FUNCTION_DECL" and c.is_definition():
+                self.sdk.functions.append(self.function(c, since))
+
+    def function(self, cursor: Any, since: dict[str, tuple[int, int, int]]) -> Function:
+        args = [(a.spelling, a.type.spelling) for a in cursor.get_arguments()]
+        if args and args[0][0] == "context" and args[0][1].startswith("OrthancPluginContext"):
+            args = args[1:]
+        service = params = None
+        calls: list[str] = []
+        for call in (n for n in cursor.walk_preorder() if n.kind.name == "CALL_EXPR"):
+            if call.spelling == "InvokeService":
+                if service is not None:
+                    raise GeneratorError(f"{cursor.spelling} invokes several services")
+                service, params = self._invocation(list(call.get_arguments()))
+            elif call.spelling == "Free":
+                calls.append("context->Free")
+            elif call.referenced is not None and self._in_header(call.referenced):
+                calls.append(call.spelling)
+        prefix = "_OrthancPluginService_"
+        return Function(
+            name=cursor.spelling,
+            service=service[len(prefix) :] if service else None,
+            params=params,
+            arguments=args,
+            result=cursor.result_type.spelling,
+            since=since.get(service) if service else None,
+            doc=one_line(cursor.brief_comment),
+            calls=sorted(set(calls)),
+        )
+
+    def _invocation(self, args: list[Any]) -> tuple[str, Optional[str]]:
+        """(service enumerator, params struct or None) of one InvokeService call."""
+        refs = [n.referenced for n in args[1].walk_preorder() if n.kind.name == "DECL_REF_EXPR"]
+        if len(refs) != 1 or refs[0].kind.name != "ENUM_CONSTANT_DECL":
+            raise GeneratorError("InvokeService called with a service that is not a constant")
+        params = None
+        for node in args[2].walk_preorder():
+            target = node.referenced if node.kind.name == "DECL_REF_EXPR" else None
+            if target is not None and target.kind.name == "VAR_DECL":  # &params, a local struct
+                params = self.ctype(target.type)
+        return refs[0].spelling, params
+
+    def read(self) -> Sdk:
+        self.collect_names()
+        self.collect_types()
+        self.collect_functions()
+        check_unique_names(self.sdk)
+        return self.sdk
+
+
+def check_unique_names(sdk: Sdk) -> None:
+    """Fail if two C names would become the same module attribute."""
+    names = [e.name for e in sdk.enums] + [c.name for c in sdk.callbacks]
+    names += [s.name for s in sdk.structs] + [s.tag for s in sdk.structs if s.tag]
+    names += ["SDK_VERSION", "ENUMS", "STRUCTS", "OPAQUE_TYPES", "CALLBACKS", "FUNCTIONS", "SdkFunction"]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise GeneratorError(f"names defined twice in the module: {clashes}")
+
+
+def parse_header(header: Path) -> Sdk:
+    """Parse ``header`` with libclang as C99 and return what it declares."""
+    from clang import cindex  # imported here so --help works without libclang
+
+    compiler = shutil.which("gcc") or shutil.which("cc") or "gcc"
+    builtin_include = subprocess.run(
+        [compiler, "-print-file-name=include"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    tu = cindex.Index.create().parse(
+        str(header),
+        args=["-x", "c", "-std=c99", f"-I{builtin_include}"],
+        options=cindex.TranslationUnit.PARSE_DETAILED_PROCESSING_RECORD,
+    )
+    errors = [str(d) for d in tu.diagnostics if d.severity >= cindex.Diagnostic.Error]
+    if errors:
+        raise GeneratorError("libclang could not parse the header:\n" + "\n".join(errors))
+    return HeaderReader(header, tu).read()
+
+
+# -- output ------------------------------------------------------------------
+LINE_LENGTH = 88  # ruff's default: the output is already as `ruff format` would write it
+
+
+@dataclass
+class Seq:
+    """A bracketed, comma-separated piece of source, laid out like ruff format does."""
+
+    open: str  # e.g. 'name = ctypes.CFUNCTYPE(' or '('
+    items: list[Any]  # str atoms or nested Seq
+    close: str  # e.g. ')'
+    explode: bool = False  # one item per line with a trailing comma, even when it fits
+    literal: bool = False  # a tuple or list: ruff never puts its items on one indented line
+
+    def flat(self) -> str:
+        inner = ", ".join(i if isinstance(i, str) else i.flat() for i in self.items)
+        one_tuple = self.open.endswith("(") and len(self.items) == 1 and not self.open[:-1].rstrip()[-1:].isalnum()
+        return f"{self.open}{inner}{',' if one_tuple else ''}{self.close}"
+
+
+def layout(node: Any, indent: int = 0, suffix: str = "") -> list[str]:
+    """Lines for ``node`` at ``indent``: flat if it fits, else the items on one
+    indented line if they fit, else one item per line with a trailing comma."""
+    pad = " " * indent
+    if isinstance(node, str):
+        return [pad + node + suffix]
+    flat = node.flat()
+    if not node.explode and indent + len(flat) + len(suffix) <= LINE_LENGTH:
+        return [pad + flat + suffix]
+    body = ", ".join(i if isinstance(i, str) else i.flat() for i in node.items)
+    if not (node.explode or node.literal) and indent + 4 + len(body) <= LINE_LENGTH:
+        return [pad + node.open, pad + "    " + body, pad + node.close + suffix]
+    lines = [pad + node.open]
+    for item in node.items:
+        lines.extend(layout(item, indent + 4, ","))
+    return [*lines, pad + node.close + suffix]
+
+
+def docstring(text: str, indent: int) -> str:
+    body = text.replace("\\", "\\\\").replace('"', '\\"')
+    return " " * indent + f'"""{body}"""'
+
+
+def render_enum(e: Enum) -> list[str]:
+    lines = [f"class {e.name}(enum.IntEnum):", docstring(e.doc or f"enum {e.name}.", 4), ""]
+    for name, value, doc in e.members:
+        # Docs go on their own line: ruff format wraps code whose trailing comment is long.
+        lines += [f"    # {doc}"] if doc else []
+        lines.append(f"    {name} = {value}")
+    return [*lines, "", ""]
+
+
+def render_class(s: Struct, users: dict[str, list[str]]) -> list[str]:
+    if s.opaque:
+        doc = f"Opaque handle (struct {s.tag}): use it only through pointers."
+    elif s.doc:
+        doc = s.doc
+    else:
+        doc = "Parameters given to InvokeService by " + ", ".join(users.get(s.name, ["no SDK function"])) + "."
+    return [f"class {s.name}(ctypes.Structure):", docstring(doc, 4), "", ""]
+
+
+def render_callback(cb: Callback) -> list[str]:
+    comment = [f"# {cb.doc}"] if cb.doc else []
+    call = Seq(f"{cb.name} = ctypes.CFUNCTYPE(", [cb.restype, *cb.argtypes], ")")
+    return [*comment, *layout(call)]
+
+
+def render_fields(s: Struct) -> list[str]:
+    lines = [f"{s.name}._fields_ = ["]
+    for name, ctype, doc in s.fields:
+        lines += [f"    # {doc}"] if doc else []
+        lines.extend(layout(Seq("(", [py_string(name), ctype], ")", literal=True), 4, ","))
+    return [*lines, "]"]
+
+
+def render_function(f: Function) -> Seq:
+    def strings(values: list[str]) -> Seq:
+        return Seq("(", [py_string(v) for v in values], ")", literal=True)
+
+    service = f"_OrthancPluginService.{f.service}" if f.service else "None"
+    args = Seq("arguments=(", [strings([n, t]) for n, t in f.arguments], ")", literal=True)
+    fields = [
+        f"name={py_string(f.name)}",
+        f"service={service}",
+        f"params={f.params or 'None'}",
+        args,
+        f"result={py_string(f.result)}",
+        f"since={f.since!r}",
+        f"doc={py_string(f.doc)}",
+        Seq("calls=(", [py_string(c) for c in f.calls], ")", literal=True),
+    ]
+    return Seq(f"{py_string(f.name)}: SdkFunction(", fields, ")", explode=True)
+
+
+def render(sdk: Sdk, header_name: str) -> str:
+    """The whole generated module as text."""
+    version = ".".join(map(str, sdk.version))
+    users: dict[str, list[str]] = {}
+    for f in sdk.functions:
+        if f.params:
+            users.setdefault(f.params, []).append(f.name)
+    out = [
+        f"# Generated by tools/gen_sdk.py from {header_name} of SDK {version}.",
+        "# Do not edit by hand: change tools/gen_sdk.py and run it again.",
+        "# SPDX-License-Identifier: GPL-3.0-or-later",
+        f'"""ctypes declarations of the Orthanc plugin SDK ({header_name}, SDK {version}).',
+        "",
+        "C enums are IntEnum classes, structs are ctypes.Structure classes and callback",
+        "typedefs are CFUNCTYPE types, all named as in C. FUNCTIONS says, for each inline",
+        "SDK function, which service it invokes and which params struct it fills.",
+        '"""',
+        "",
+        "import ctypes",
+        "import enum",
+        "",
+        "from ._sdk_types import SdkFunction",
+        "",
+        f"SDK_VERSION: tuple[int, int, int] = {sdk.version!r}",
+        "",
+        "",
+    ]
+    for e in sdk.enums:
+        out += render_enum(e)
+    out += ["# Structs are declared first; their fields are assigned below, once every", "# type they mention exists.", "", ""]
+    for s in sdk.structs:
+        out += render_class(s, users)
+    out += [f"{s.tag} = {s.name}" for s in sdk.structs if s.tag] + [""]
+    for cb in sdk.callbacks:
+        out += render_callback(cb)
+    out.append("")
+    for s in sdk.structs:
+        if not s.opaque:
+            out += render_fields(s)
+    out.append("")
+    tables = [
+        Seq("ENUMS: tuple[type[enum.IntEnum], ...] = (", [e.name for e in sdk.enums], ")", explode=True),
+        Seq(
+            "STRUCTS: tuple[type[ctypes.Structure], ...] = (",
+            [s.name for s in sdk.structs if not s.opaque],
+            ")",
+            explode=True,
+        ),
+        Seq(
+            "OPAQUE_TYPES: tuple[type[ctypes.Structure], ...] = (",
+            [s.name for s in sdk.structs if s.opaque],
+            ")",
+            explode=True,
+        ),
+        Seq("CALLBACKS: dict[str, type] = {", [f"{py_string(c.name)}: {c.name}" for c in sdk.callbacks], "}", explode=True),
+        Seq("FUNCTIONS: dict[str, SdkFunction] = {", [render_function(f) for f in sdk.functions], "}", explode=True),
+    ]
+    for table in tables:
+        out += layout(table)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--header", type=Path, default=DEFAULT_HEADER, help=f"SDK header (default: {DEFAULT_HEADER})")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="module to write (default: orthanc_py/_sdk.py)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --output is not up to date")
+    args = parser.parse_args(argv)
+    try:
+        text = render(parse_header(args.header), args.header.name)
+    except GeneratorError as exc:
+        print(f"gen_sdk: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
+        if current != text:
+            print(f"gen_sdk: {args.output} is stale; run python tools/gen_sdk.py", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
