@@ -249,7 +249,7 @@ class OrthancPluginHttpMethod(enum.IntEnum):
 
 
 class _OrthancPluginService(enum.IntEnum):
-    """enum _OrthancPluginService."""
+    """C enum _OrthancPluginService."""
 
     LogInfo = 1
     LogWarning = 2
@@ -412,7 +412,7 @@ class _OrthancPluginService(enum.IntEnum):
 
 
 class _OrthancPluginProperty(enum.IntEnum):
-    """enum _OrthancPluginProperty."""
+    """C enum _OrthancPluginProperty."""
 
     Description = 1
     RootUri = 2
@@ -1381,7 +1381,7 @@ OrthancPluginDicomWebBinaryCallback2 = ctypes.CFUNCTYPE(
     ctypes.c_int32,
     ctypes.c_void_p,
 )
-# Type of the InvokeService field of OrthancPluginContext (no typedef in the header).
+# Type of OrthancPluginContext.InvokeService (the header gives it no name).
 OrthancPluginContext_InvokeService = ctypes.CFUNCTYPE(
     ctypes.c_int32,
     ctypes.POINTER(OrthancPluginContext),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import enum
 from dataclasses import dataclass
-from typing import Optional, Tuple, Type
 
 __all__ = ["SdkFunction"]
 
@@ -29,23 +28,23 @@ class SdkFunction:
     name: str
     """C name of the function, e.g. ``"OrthancPluginLogInfo"``."""
 
-    service: Optional[enum.IntEnum]
+    service: enum.IntEnum | None
     """The ``_OrthancPluginService`` member the function passes to
     ``InvokeService``, or ``None`` when it invokes no service itself (e.g.
     ``OrthancPluginCheckVersion``, ``OrthancPluginFreeString``)."""
 
-    params: Optional[Type[ctypes.Structure]]
+    params: type[ctypes.Structure] | None
     """The params struct whose address is passed to ``InvokeService``, or
     ``None`` when the function passes an argument directly (the log functions
     pass the message string) or invokes no service."""
 
-    arguments: Tuple[Tuple[str, str], ...]
+    arguments: tuple[tuple[str, str], ...]
     """``(name, C type spelling)`` of each C parameter after ``context``."""
 
     result: str
     """C spelling of the return type, e.g. ``"OrthancPluginErrorCode"``."""
 
-    since: Optional[Tuple[int, int, int]]
+    since: tuple[int, int, int] | None
     """SDK version in which the function appeared, when the header documents it
     (the ``New in Orthanc x.y.z`` comment on its service, or on the service's
     group); ``None`` when the header does not say."""
@@ -53,7 +52,7 @@ class SdkFunction:
     doc: str = ""
     """The doxygen ``@brief`` line of the function, or ``""``."""
 
-    calls: Tuple[str, ...] = ()
+    calls: tuple[str, ...] = ()
     """Other functions the body calls besides ``InvokeService``: functions
     declared in the header (``OrthancPluginGetName``, the plugin's own export,
     or another inline SDK function) and ``context->Free``. C library calls

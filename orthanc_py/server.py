@@ -104,8 +104,8 @@ def build_configuration(
             "Plugins": plugins + [loader],
         }
     )
-    config.pop("PythonScript", None)
     if script is not None:
+        config.pop("PythonScript", None)
         config["PythonScript"] = os.path.abspath(script)
     return config
 
@@ -138,6 +138,7 @@ class OrthancServer:
     :param plugin: the loader to load; defaults to this installation's.
     :param binary: the Orthanc binary; defaults to ``Orthanc`` on ``PATH``.
     :param verbose: run Orthanc with ``--verbose`` (info lines in the log).
+    :param cwd: the folder Orthanc runs in; defaults to ``workdir``.
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class OrthancServer:
         dicom_port: Optional[int] = None,
         verbose: bool = False,
         env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
     ) -> None:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -161,6 +163,7 @@ class OrthancServer:
         self.log_path = os.path.join(self.workdir, "orthanc.log")
         self.verbose = verbose
         self.env = dict(env) if env is not None else None
+        self.cwd = cwd or self.workdir
         self.configuration = build_configuration(
             script,
             os.path.join(self.workdir, "storage"),
@@ -190,7 +193,7 @@ class OrthancServer:
         command = [self.binary, self.config_path] + (["--verbose"] if self.verbose else [])
         self.process = subprocess.Popen(
             command,
-            cwd=self.workdir,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -10,7 +10,8 @@ and which service and params struct each inline function uses. This script
 reads them with libclang (PyPI ``libclang``, a generator-time dependency only)
 and writes one deterministic Python module.
 
-Usage: ``python tools/gen_sdk.py [--header PATH] [--output PATH] [--check]``
+Usage: ``python tools/gen_sdk.py [--header PATH] [--output PATH]``
+(defaults: ``/usr/include/orthanc/OrthancCPlugin.h`` and ``orthanc_py/_sdk.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 DEFAULT_HEADER = Path("/usr/include/orthanc/OrthancCPlugin.h")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "orthanc_py" / "_sdk.py"
@@ -36,29 +37,28 @@ INTERNAL_SENTINEL = 0x7FFFFFFF
 # Checked on the typedef name before falling back to the canonical type, so that
 # uint8_t* stays POINTER(c_uint8) instead of looking like a char*.
 FIXED_WIDTH = {
-    f"{sign}int{bits}_t": f"ctypes.c_{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)
+    f"{sign}int{bits}_t": f"ctypes.c_{sign}int{bits}"
+    for sign in ("", "u")
+    for bits in (8, 16, 32, 64)
 }
 FIXED_WIDTH["size_t"] = "ctypes.c_size_t"
 
+# libclang TypeKind name -> ctypes type, for types not spelled with a stdint name.
 BUILTIN = {
-    "BOOL": "ctypes.c_bool",
-    "CHAR_S": "ctypes.c_char",
-    "CHAR_U": "ctypes.c_char",
-    "SCHAR": "ctypes.c_byte",
-    "UCHAR": "ctypes.c_ubyte",
-    "SHORT": "ctypes.c_short",
-    "USHORT": "ctypes.c_ushort",
-    "INT": "ctypes.c_int",
-    "UINT": "ctypes.c_uint",
-    "LONG": "ctypes.c_long",
-    "ULONG": "ctypes.c_ulong",
-    "LONGLONG": "ctypes.c_longlong",
-    "ULONGLONG": "ctypes.c_ulonglong",
-    "FLOAT": "ctypes.c_float",
-    "DOUBLE": "ctypes.c_double",
+    kind: f"ctypes.c_{kind.lower()}"
+    for kind in "BOOL SHORT USHORT INT UINT LONG ULONG LONGLONG ULONGLONG FLOAT DOUBLE".split()  # noqa: SIM905
 }
+BUILTIN.update(
+    CHAR_S="ctypes.c_char",
+    CHAR_U="ctypes.c_char",
+    SCHAR="ctypes.c_byte",
+    UCHAR="ctypes.c_ubyte",
+)
+FUNCTION_KINDS = ("FUNCTIONPROTO", "FUNCTIONNOPROTO")
 
-VERSION_MACROS = tuple(f"ORTHANC_PLUGINS_MINIMAL_{part}_NUMBER" for part in ("MAJOR", "MINOR", "REVISION"))
+VERSION_MACROS = tuple(
+    f"ORTHANC_PLUGINS_MINIMAL_{part}_NUMBER" for part in ("MAJOR", "MINOR", "REVISION")
+)
 
 # "/* New in Orthanc 1.7.0 */" after a service, "(new in 1.4.2)" on a group heading.
 NEW_IN = re.compile(r"\bnew in (?:Orthanc )?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
@@ -78,10 +78,11 @@ class Enum:
 @dataclass
 class Struct:
     name: str
-    tag: Optional[str]  # struct tag when it differs from the typedef name
+    tag: str | None  # struct tag when it differs from the typedef name
     doc: str
     opaque: bool
-    fields: list[tuple[str, str, str]] = field(default_factory=list)  # (name, ctype, doc)
+    # (name, ctypes expression, doc)
+    fields: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,11 +96,11 @@ class Callback:
 @dataclass
 class Function:
     name: str
-    service: Optional[str]
-    params: Optional[str]
+    service: str | None
+    params: str | None
     arguments: list[tuple[str, str]]
     result: str
-    since: Optional[tuple[int, int, int]]
+    since: tuple[int, int, int] | None
     doc: str
     calls: list[str]
 
@@ -113,7 +114,7 @@ class Sdk:
     functions: list[Function] = field(default_factory=list)
 
 
-def one_line(text: Optional[str]) -> str:
+def one_line(text: str | None) -> str:
     """Collapse a doxygen brief into one line of single spaces."""
     return " ".join((text or "").split())
 
@@ -126,7 +127,7 @@ def py_string(text: str) -> str:
 def enum_member_name(typedef: str, c_name: str) -> str:
     """Python member name: the C enumerator without its ``<typedef>_`` prefix."""
     prefix = typedef + "_"
-    name = c_name[len(prefix) :] if c_name.startswith(prefix) else c_name
+    name = c_name.removeprefix(prefix)
     if name[:1].isdigit():
         name = "_" + name
     if keyword.iskeyword(name):  # OrthancPluginResourceType_None -> None_
@@ -138,7 +139,9 @@ def enum_member_name(typedef: str, c_name: str) -> str:
 
 def is_function_pointer(ctype: Any) -> bool:
     """True for ``T (*)(...)`` (a pointer to a function type)."""
-    return ctype.kind.name == "POINTER" and ctype.get_pointee().kind.name in ("FUNCTIONPROTO", "FUNCTIONNOPROTO")
+    return (
+        ctype.kind.name == "POINTER" and ctype.get_pointee().kind.name in FUNCTION_KINDS
+    )
 
 
 class HeaderReader:
@@ -197,7 +200,9 @@ class HeaderReader:
         if kind == "RECORD":
             return self.record_names[t.get_declaration().get_usr()]
         if kind == "POINTER":
-            return "ctypes.c_void_p" if callback_result else self._pointer(t.get_pointee())
+            return (
+                "ctypes.c_void_p" if callback_result else self._pointer(t.get_pointee())
+            )
         if kind == "CONSTANTARRAY":
             return f"({self.ctype(t.element_type)} * {t.element_count})"
         if kind in BUILTIN:
@@ -208,19 +213,20 @@ class HeaderReader:
         kind = pointee.kind.name
         if kind == "VOID":
             return "ctypes.c_void_p"
-        if kind in ("CHAR_S", "CHAR_U"):  # char* and const char*: NUL-terminated strings
+        if kind in ("CHAR_S", "CHAR_U"):  # char*, const char*: NUL-terminated strings
             return "ctypes.c_char_p"
-        if kind in ("FUNCTIONPROTO", "FUNCTIONNOPROTO"):
+        if kind in FUNCTION_KINDS:
             raise GeneratorError("unnamed function pointer outside a struct field")
         return f"ctypes.POINTER({self.ctype(pointee)})"
 
     def callback(self, name: str, fn_type: Any, doc: str) -> Callback:
         """Describe a function type as a CFUNCTYPE signature."""
-        result = fn_type.get_result()
-        restype = "None" if result.kind.name == "VOID" else self.ctype(result, callback_result=True)
-        # FUNCTIONNOPROTO is C's "()" (OrthancPluginRefreshMetricsCallback): no arguments.
-        args = list(fn_type.argument_types()) if fn_type.kind.name == "FUNCTIONPROTO" else []
-        return Callback(name, doc, restype, [self.ctype(a) for a in args])
+        res = fn_type.get_result()
+        restype = "None" if res.kind.name == "VOID" else self.ctype(res, True)
+        args = []  # FUNCTIONNOPROTO is C's "()" (RefreshMetricsCallback): no arguments
+        if fn_type.kind.name == "FUNCTIONPROTO":
+            args = [self.ctype(a) for a in fn_type.argument_types()]
+        return Callback(name, doc, restype, args)
 
     def collect_names(self) -> None:
         """First pass: know every type name before mapping any field."""
@@ -238,7 +244,7 @@ class HeaderReader:
                 self.struct_names.add(c.spelling)
                 self.record_names[decl.get_usr()] = c.spelling
             else:
-                raise GeneratorError(f"typedef {c.spelling} of unsupported kind {decl.kind.name}")
+                raise GeneratorError(f"typedef {c.spelling}: unknown {decl.kind.name}")
 
     def collect_types(self) -> None:
         """Second pass, in header order: enums, structs, callbacks."""
@@ -248,7 +254,8 @@ class HeaderReader:
             under = c.underlying_typedef_type
             doc = one_line(c.brief_comment)
             if is_function_pointer(under):
-                self.sdk.callbacks.append(self.callback(c.spelling, under.get_pointee(), doc))
+                cb = self.callback(c.spelling, under.get_pointee(), doc)
+                self.sdk.callbacks.append(cb)
                 continue
             decl = under.get_declaration()
             if decl.kind.name == "ENUM_DECL":
@@ -259,10 +266,11 @@ class HeaderReader:
     def enum(self, name: str, decl: Any, doc: str) -> Enum:
         members = []
         for const in decl.get_children():
-            if const.spelling.endswith("_INTERNAL") and const.enum_value == INTERNAL_SENTINEL:
+            value = const.enum_value
+            if const.spelling.endswith("_INTERNAL") and value == INTERNAL_SENTINEL:
                 continue  # only there to make the enum 32 bits wide
             py_name = enum_member_name(name, const.spelling)
-            members.append((py_name, const.enum_value, one_line(const.brief_comment)))
+            members.append((py_name, value, one_line(const.brief_comment)))
         if len({m[0] for m in members}) != len(members):
             raise GeneratorError(f"duplicate member names in {name}")
         return Enum(name, doc, members)
@@ -277,13 +285,14 @@ class HeaderReader:
             if f.kind.name != "FIELD_DECL":
                 raise GeneratorError(f"{name}: unsupported member {f.kind.name}")
             if f.is_bitfield():
-                raise GeneratorError(f"{name}.{f.spelling}: bit fields are not supported")
+                raise GeneratorError(f"{name}.{f.spelling}: bit fields unsupported")
             if is_function_pointer(f.type):
                 # An inline function-pointer field (OrthancPluginContext.InvokeService)
                 # gets a CFUNCTYPE of its own, named <struct>_<field>.
                 cb_name = f"{name}_{f.spelling}"
-                cb_doc = f"Type of the {f.spelling} field of {name} (no typedef in the header)."
-                self.sdk.callbacks.append(self.callback(cb_name, f.type.get_pointee(), cb_doc))
+                cb_doc = f"Type of {name}.{f.spelling} (the header gives it no name)."
+                cb = self.callback(cb_name, f.type.get_pointee(), cb_doc)
+                self.sdk.callbacks.append(cb)
                 self.callback_names.add(cb_name)
                 ctype = cb_name
             else:
@@ -298,9 +307,10 @@ class HeaderReader:
         A comment on the enumerator's own line wins; otherwise the last group
         heading comment above it applies (``/* ... (new in 1.4.2) */``).
         """
-        decl = next(c for c in self.cursors if c.kind.name == "ENUM_DECL" and c.spelling == "_OrthancPluginService")
+        enums = (c for c in self.cursors if c.kind.name == "ENUM_DECL")
+        decl = next(c for c in enums if c.spelling == "_OrthancPluginService")
         since: dict[str, tuple[int, int, int]] = {}
-        group: Optional[tuple[int, int, int]] = None
+        group: tuple[int, int, int] | None = None
         previous = decl.extent.start.line
         for const in decl.get_children():
             line = const.location.line
@@ -323,7 +333,7 @@ class HeaderReader:
 
     def function(self, cursor: Any, since: dict[str, tuple[int, int, int]]) -> Function:
         args = [(a.spelling, a.type.spelling) for a in cursor.get_arguments()]
-        if args and args[0][0] == "context" and args[0][1].startswith("OrthancPluginContext"):
+        if args and args[0] == ("context", "OrthancPluginContext *"):
             args = args[1:]
         service = params = None
         calls: list[str] = []
@@ -348,17 +358,22 @@ class HeaderReader:
             calls=sorted(set(calls)),
         )
 
-    def _invocation(self, args: list[Any]) -> tuple[str, Optional[str]]:
+    def _invocation(self, args: list[Any]) -> tuple[str, str | None]:
         """(service enumerator, params struct or None) of one InvokeService call."""
-        refs = [n.referenced for n in args[1].walk_preorder() if n.kind.name == "DECL_REF_EXPR"]
-        if len(refs) != 1 or refs[0].kind.name != "ENUM_CONSTANT_DECL":
-            raise GeneratorError("InvokeService called with a service that is not a constant")
-        params = None
-        for node in args[2].walk_preorder():
-            target = node.referenced if node.kind.name == "DECL_REF_EXPR" else None
-            if target is not None and target.kind.name == "VAR_DECL":  # &params, a local struct
-                params = self.ctype(target.type)
-        return refs[0].spelling, params
+
+        def refs(node: Any) -> list[Any]:
+            return [
+                n.referenced
+                for n in node.walk_preorder()
+                if n.kind.name == "DECL_REF_EXPR"
+            ]
+
+        service = refs(args[1])
+        if len(service) != 1 or service[0].kind.name != "ENUM_CONSTANT_DECL":
+            raise GeneratorError("InvokeService with a service that is not a constant")
+        # "&params" refers to a local variable (VAR_DECL); "message" to a parameter.
+        local = [r for r in refs(args[2]) if r.kind.name == "VAR_DECL"]
+        return service[0].spelling, self.ctype(local[0].type) if local else None
 
     def read(self) -> Sdk:
         self.collect_names()
@@ -372,7 +387,7 @@ def check_unique_names(sdk: Sdk) -> None:
     """Fail if two C names would become the same module attribute."""
     names = [e.name for e in sdk.enums] + [c.name for c in sdk.callbacks]
     names += [s.name for s in sdk.structs] + [s.tag for s in sdk.structs if s.tag]
-    names += ["SDK_VERSION", "ENUMS", "STRUCTS", "OPAQUE_TYPES", "CALLBACKS", "FUNCTIONS", "SdkFunction"]
+    names += [table.split(":")[0] for table in TABLES] + ["SDK_VERSION", "SdkFunction"]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise GeneratorError(f"names defined twice in the module: {clashes}")
@@ -383,9 +398,9 @@ def parse_header(header: Path) -> Sdk:
     from clang import cindex  # imported here so --help works without libclang
 
     compiler = shutil.which("gcc") or shutil.which("cc") or "gcc"
-    builtin_include = subprocess.run(
-        [compiler, "-print-file-name=include"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    # libclang needs the compiler's own headers (stddef.h, stdint.h) to parse libc.
+    command = [compiler, "-print-file-name=include"]
+    builtin_include = subprocess.check_output(command, text=True).strip()
     tu = cindex.Index.create().parse(
         str(header),
         args=["-x", "c", "-std=c99", f"-I{builtin_include}"],
@@ -393,12 +408,49 @@ def parse_header(header: Path) -> Sdk:
     )
     errors = [str(d) for d in tu.diagnostics if d.severity >= cindex.Diagnostic.Error]
     if errors:
-        raise GeneratorError("libclang could not parse the header:\n" + "\n".join(errors))
+        raise GeneratorError(
+            "libclang could not parse the header: " + "; ".join(errors)
+        )
     return HeaderReader(header, tu).read()
 
 
 # -- output ------------------------------------------------------------------
-LINE_LENGTH = 88  # ruff's default: the output is already as `ruff format` would write it
+PREAMBLE = '''\
+# Generated by tools/gen_sdk.py from {header} of SDK {version}.
+# Do not edit by hand: change tools/gen_sdk.py and run it again.
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""ctypes declarations of the Orthanc plugin SDK ({header}, SDK {version}).
+
+C enums are IntEnum classes, structs are ctypes.Structure classes and callback
+typedefs are CFUNCTYPE types, all named as in C. FUNCTIONS says, for each inline
+SDK function, which service it invokes and which params struct it fills.
+"""
+
+import ctypes
+import enum
+
+from ._sdk_types import SdkFunction
+
+SDK_VERSION: tuple[int, int, int] = {tuple!r}
+
+
+'''
+STRUCTS_COMMENT = """\
+# Structs are declared first; their fields are assigned below, once every
+# type they mention exists.
+
+
+"""
+TABLES = (  # the registries that close the module, in this order
+    "ENUMS: tuple[type[enum.IntEnum], ...] = (",
+    "STRUCTS: tuple[type[ctypes.Structure], ...] = (",
+    "OPAQUE_TYPES: tuple[type[ctypes.Structure], ...] = (",
+    "CALLBACKS: dict[str, type] = {",
+    "FUNCTIONS: dict[str, SdkFunction] = {",
+)
+# ruff's default. The output is laid out as `ruff format` would write it, so that
+# formatting the repository never makes the committed module look stale.
+LINE_LENGTH = 88
 
 
 @dataclass
@@ -408,13 +460,17 @@ class Seq:
     open: str  # e.g. 'name = ctypes.CFUNCTYPE(' or '('
     items: list[Any]  # str atoms or nested Seq
     close: str  # e.g. ')'
-    explode: bool = False  # one item per line with a trailing comma, even when it fits
-    literal: bool = False  # a tuple or list: ruff never puts its items on one indented line
+    # One item per line with a trailing comma, even when it would fit.
+    explode: bool = False
+    # A tuple literal: ruff never puts all of its items on one indented line.
+    literal: bool = False
+
+    def inner(self) -> str:
+        return ", ".join(i if isinstance(i, str) else i.flat() for i in self.items)
 
     def flat(self) -> str:
-        inner = ", ".join(i if isinstance(i, str) else i.flat() for i in self.items)
-        one_tuple = self.open.endswith("(") and len(self.items) == 1 and not self.open[:-1].rstrip()[-1:].isalnum()
-        return f"{self.open}{inner}{',' if one_tuple else ''}{self.close}"
+        one_tuple = self.literal and len(self.items) == 1  # (x,) needs its comma
+        return f"{self.open}{self.inner()}{',' if one_tuple else ''}{self.close}"
 
 
 def layout(node: Any, indent: int = 0, suffix: str = "") -> list[str]:
@@ -426,7 +482,7 @@ def layout(node: Any, indent: int = 0, suffix: str = "") -> list[str]:
     flat = node.flat()
     if not node.explode and indent + len(flat) + len(suffix) <= LINE_LENGTH:
         return [pad + flat + suffix]
-    body = ", ".join(i if isinstance(i, str) else i.flat() for i in node.items)
+    body = node.inner()
     if not (node.explode or node.literal) and indent + 4 + len(body) <= LINE_LENGTH:
         return [pad + node.open, pad + "    " + body, pad + node.close + suffix]
     lines = [pad + node.open]
@@ -441,9 +497,13 @@ def docstring(text: str, indent: int) -> str:
 
 
 def render_enum(e: Enum) -> list[str]:
-    lines = [f"class {e.name}(enum.IntEnum):", docstring(e.doc or f"enum {e.name}.", 4), ""]
+    lines = [
+        f"class {e.name}(enum.IntEnum):",
+        docstring(e.doc or f"C enum {e.name}.", 4),
+        "",
+    ]
     for name, value, doc in e.members:
-        # Docs go on their own line: ruff format wraps code whose trailing comment is long.
+        # Docs go on their own line: ruff wraps code whose trailing comment is long.
         lines += [f"    # {doc}"] if doc else []
         lines.append(f"    {name} = {value}")
     return [*lines, "", ""]
@@ -455,7 +515,8 @@ def render_class(s: Struct, users: dict[str, list[str]]) -> list[str]:
     elif s.doc:
         doc = s.doc
     else:
-        doc = "Parameters given to InvokeService by " + ", ".join(users.get(s.name, ["no SDK function"])) + "."
+        used_by = ", ".join(users.get(s.name, ["no SDK function"]))
+        doc = f"Parameters given to InvokeService by {used_by}."
     return [f"class {s.name}(ctypes.Structure):", docstring(doc, 4), "", ""]
 
 
@@ -469,16 +530,19 @@ def render_fields(s: Struct) -> list[str]:
     lines = [f"{s.name}._fields_ = ["]
     for name, ctype, doc in s.fields:
         lines += [f"    # {doc}"] if doc else []
-        lines.extend(layout(Seq("(", [py_string(name), ctype], ")", literal=True), 4, ","))
+        pair = Seq("(", [py_string(name), ctype], ")", literal=True)
+        lines.extend(layout(pair, 4, ","))
     return [*lines, "]"]
 
 
 def render_function(f: Function) -> Seq:
-    def strings(values: list[str]) -> Seq:
-        return Seq("(", [py_string(v) for v in values], ")", literal=True)
+    def strings(values: list[str], open: str = "(") -> Seq:
+        return Seq(open, [py_string(v) for v in values], ")", literal=True)
 
     service = f"_OrthancPluginService.{f.service}" if f.service else "None"
-    args = Seq("arguments=(", [strings([n, t]) for n, t in f.arguments], ")", literal=True)
+    args = Seq(
+        "arguments=(", [strings(list(a)) for a in f.arguments], ")", literal=True
+    )
     fields = [
         f"name={py_string(f.name)}",
         f"service={service}",
@@ -487,7 +551,7 @@ def render_function(f: Function) -> Seq:
         f"result={py_string(f.result)}",
         f"since={f.since!r}",
         f"doc={py_string(f.doc)}",
-        Seq("calls=(", [py_string(c) for c in f.calls], ")", literal=True),
+        strings(f.calls, "calls=("),
     ]
     return Seq(f"{py_string(f.name)}: SdkFunction(", fields, ")", explode=True)
 
@@ -499,29 +563,11 @@ def render(sdk: Sdk, header_name: str) -> str:
     for f in sdk.functions:
         if f.params:
             users.setdefault(f.params, []).append(f.name)
-    out = [
-        f"# Generated by tools/gen_sdk.py from {header_name} of SDK {version}.",
-        "# Do not edit by hand: change tools/gen_sdk.py and run it again.",
-        "# SPDX-License-Identifier: GPL-3.0-or-later",
-        f'"""ctypes declarations of the Orthanc plugin SDK ({header_name}, SDK {version}).',
-        "",
-        "C enums are IntEnum classes, structs are ctypes.Structure classes and callback",
-        "typedefs are CFUNCTYPE types, all named as in C. FUNCTIONS says, for each inline",
-        "SDK function, which service it invokes and which params struct it fills.",
-        '"""',
-        "",
-        "import ctypes",
-        "import enum",
-        "",
-        "from ._sdk_types import SdkFunction",
-        "",
-        f"SDK_VERSION: tuple[int, int, int] = {sdk.version!r}",
-        "",
-        "",
-    ]
+    out = PREAMBLE.format(header=header_name, version=version, tuple=sdk.version)
+    out = out.splitlines()
     for e in sdk.enums:
         out += render_enum(e)
-    out += ["# Structs are declared first; their fields are assigned below, once every", "# type they mention exists.", "", ""]
+    out += STRUCTS_COMMENT.splitlines()
     for s in sdk.structs:
         out += render_class(s, users)
     out += [f"{s.tag} = {s.name}" for s in sdk.structs if s.tag] + [""]
@@ -532,45 +578,31 @@ def render(sdk: Sdk, header_name: str) -> str:
         if not s.opaque:
             out += render_fields(s)
     out.append("")
-    tables = [
-        Seq("ENUMS: tuple[type[enum.IntEnum], ...] = (", [e.name for e in sdk.enums], ")", explode=True),
-        Seq(
-            "STRUCTS: tuple[type[ctypes.Structure], ...] = (",
-            [s.name for s in sdk.structs if not s.opaque],
-            ")",
-            explode=True,
-        ),
-        Seq(
-            "OPAQUE_TYPES: tuple[type[ctypes.Structure], ...] = (",
-            [s.name for s in sdk.structs if s.opaque],
-            ")",
-            explode=True,
-        ),
-        Seq("CALLBACKS: dict[str, type] = {", [f"{py_string(c.name)}: {c.name}" for c in sdk.callbacks], "}", explode=True),
-        Seq("FUNCTIONS: dict[str, SdkFunction] = {", [render_function(f) for f in sdk.functions], "}", explode=True),
-    ]
-    for table in tables:
-        out += layout(table)
+    contents = (
+        [e.name for e in sdk.enums],
+        [s.name for s in sdk.structs if not s.opaque],
+        [s.name for s in sdk.structs if s.opaque],
+        [f"{py_string(c.name)}: {c.name}" for c in sdk.callbacks],
+        [render_function(f) for f in sdk.functions],
+    )
+    for head, items in zip(TABLES, contents):
+        close = ")" if head.endswith("(") else "}"
+        out += layout(Seq(head, items, close, explode=True))
     return "\n".join(out) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--header", type=Path, default=DEFAULT_HEADER, help=f"SDK header (default: {DEFAULT_HEADER})")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="module to write (default: orthanc_py/_sdk.py)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --output is not up to date")
+    parser.add_argument(
+        "--header", type=Path, default=DEFAULT_HEADER, help="SDK header"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="module")
     args = parser.parse_args(argv)
     try:
         text = render(parse_header(args.header), args.header.name)
     except GeneratorError as exc:
         print(f"gen_sdk: {exc}", file=sys.stderr)
         return 2
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
-        if current != text:
-            print(f"gen_sdk: {args.output} is stale; run python tools/gen_sdk.py", file=sys.stderr)
-            return 1
-        return 0
     args.output.write_text(text, encoding="utf-8")
     return 0
 
