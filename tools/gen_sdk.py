@@ -124,6 +124,14 @@ def py_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def parse_version(match: re.Match[str] | None) -> tuple[int, int, int] | None:
+    """(major, minor, revision) from a NEW_IN match."""
+    if match is None:
+        return None
+    major, minor, revision = map(int, match.groups())
+    return (major, minor, revision)
+
+
 def enum_member_name(typedef: str, c_name: str) -> str:
     """Python member name: the C enumerator without its ``<typedef>_`` prefix."""
     prefix = typedef + "_"
@@ -149,7 +157,6 @@ class HeaderReader:
 
     def __init__(self, header: Path, tu: Any) -> None:
         self.header = header
-        self.tu = tu
         self.lines = header.read_text(encoding="utf-8").splitlines()
         self.cursors = [c for c in tu.cursor.get_children() if self._in_header(c)]
         self.enum_names: set[str] = set()
@@ -315,13 +322,13 @@ class HeaderReader:
         for const in decl.get_children():
             line = const.location.line
             for text in self.lines[previous : line - 1]:  # lines strictly between
-                if "/*" in text:
-                    match = NEW_IN.search(text)
-                    group = tuple(map(int, match.groups())) if match else None  # type: ignore[assignment]
-            own = NEW_IN.search(self.lines[line - 1])
-            version = tuple(map(int, own.groups())) if own else group
+                if (
+                    "/*" in text
+                ):  # a group heading: it sets or clears the group's version
+                    group = parse_version(NEW_IN.search(text))
+            version = parse_version(NEW_IN.search(self.lines[line - 1])) or group
             if version is not None:
-                since[const.spelling] = version  # type: ignore[assignment]
+                since[const.spelling] = version
             previous = line
         return since
 
@@ -594,9 +601,17 @@ def render(sdk: Sdk, header_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--header", type=Path, default=DEFAULT_HEADER, help="SDK header"
+        "--header",
+        type=Path,
+        default=DEFAULT_HEADER,
+        help="SDK header to read (default: %(default)s)",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="module")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="module to write (default: orthanc_py/_sdk.py)",
+    )
     args = parser.parse_args(argv)
     try:
         text = render(parse_header(args.header), args.header.name)

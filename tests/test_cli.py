@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ``orthanc-py`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orthanc_py.server import free_port
+
+from .conftest import EXAMPLES
+
+CLI = shutil.which("orthanc-py", path=os.path.dirname(sys.executable)) or "orthanc-py"
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_plugin_path_prints_an_existing_loader():
+    result = cli("plugin-path")
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.is_absolute() and path.is_file()
+    assert path.name == "libOrthancPy.so"
+    assert Path(sys.prefix) in path.parents
+
+
+def test_config_prints_a_snippet_that_loads_the_script():
+    script = EXAMPLES / "seed" / "hello.py"
+    result = cli("config", str(script))
+    assert result.returncode == 0, result.stderr
+    snippet = json.loads(result.stdout)
+    assert snippet == {"Plugins": [cli("plugin-path").stdout.strip()], "PythonScript": str(script)}
+
+
+def test_config_of_a_missing_script_is_a_clear_error(tmp_path):
+    result = cli("config", str(tmp_path / "nope.py"))
+    assert result.returncode == 2
+    assert f"no such script: {tmp_path / 'nope.py'}" in result.stderr
+
+
+def test_doctor_finds_this_installation_healthy():
+    result = cli("doctor")
+    assert result.returncode == 0, result.stdout
+    assert "PROBLEM" not in result.stdout
+    assert f"venv {sys.prefix}" in result.stdout
+    assert "built for Python %d.%d" % sys.version_info[:2] in result.stdout
+    assert "all good" in result.stdout
+
+
+def test_doctor_names_a_missing_orthanc_and_the_fix(tmp_path):
+    env = dict(os.environ, ORTHANC_BINARY=str(tmp_path / "no-orthanc-here"))
+    result = cli("doctor", env=env)
+    assert result.returncode == 1
+    assert "PROBLEM Orthanc not found" in result.stdout
+    assert "apt-get install orthanc" in result.stdout
+
+
+def test_no_command_prints_usage():
+    result = cli()
+    assert result.returncode == 2
+    assert "usage: orthanc-py" in result.stderr
+
+
+def wait_for_system(port: int, process: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "orthanc-py run exited early"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/system", timeout=2) as answer:
+                return json.load(answer)
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("Orthanc did not answer")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, stop_signal):
+    http, dicom = free_port(), free_port()
+    storage = tmp_path / "storage"
+    log = open(tmp_path / "run.log", "w+")
+    process = subprocess.Popen(
+        [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
+         "--dicom-port", str(dicom), "--storage", str(storage)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        system = wait_for_system(http, process)
+        assert system["HttpPort"] == http and system["DicomPort"] == dicom
+        # Ctrl-C in a terminal signals the whole process group; a service
+        # manager signals orthanc-py alone.
+        if stop_signal == signal.SIGINT:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    log.seek(0)
+    output = log.read()
+    assert "Hello world!" in output
+    assert f"HTTP    http://127.0.0.1:{http}/" in output
+    assert "remote access is not allowed" in output
+    assert (storage / "index").exists()
+
+
+def test_run_keeps_a_users_configuration(tmp_path):
+    http, dicom = free_port(), free_port()
+    config = tmp_path / "mine.json"
+    config.write_text('{\n  // comments are allowed, as Orthanc allows them\n  "Name": "MyOrthanc", /* here too */\n  "DicomAet": "MYAET"\n}\n')
+    process = subprocess.Popen(
+        [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
+         "--dicom-port", str(dicom), "--storage", str(tmp_path / "s"), "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        system = wait_for_system(http, process)
+        assert system["Name"] == "MyOrthanc"
+        assert system["DicomAet"] == "MYAET"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
