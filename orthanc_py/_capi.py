@@ -149,6 +149,18 @@ def take_string(pointer: ctypes.c_void_p) -> Optional[str]:
             context.free(pointer.value)
 
 
+def free(address: int) -> None:
+    """Frees memory that Orthanc allocated for the plugin (``context->Free``)."""
+    context = _context
+    if context is not None and address:
+        context.free(address)
+
+
+def copy_memory(address: int, size: int) -> bytes:
+    """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``."""
+    return ctypes.string_at(address, size) if address and size else b""
+
+
 def retrieve_dynamic_string(service: Service, argument: Optional[bytes] = None) -> Optional[str]:
     """Calls a service of the ``_OrthancPluginRetrieveDynamicString`` family."""
     result = ctypes.c_void_p()
@@ -218,6 +230,23 @@ def report_exception(where: str) -> None:
         sys.__stderr__.write(message + "\n")
 
 
+_pinned_threads: set[int] = set()
+
+
+def _pin_thread_state() -> None:
+    """Keeps this Orthanc thread's Python thread state for the life of the thread.
+
+    ctypes creates a thread state when a thread Python has never seen calls
+    in, and destroys it on return: on Orthanc's HTTP threads that is paid on
+    every request. One extra ``PyGILState_Ensure`` the first time a thread
+    calls in, never released, makes the state stay.
+    """
+    ident = threading.get_ident()
+    if ident not in _pinned_threads:
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned_threads.add(ident)
+
+
 def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Callable[[F], Any]:
     """Wraps a Python function as a C callback of type ``c_type``.
 
@@ -228,6 +257,8 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
 
     def wrap(function: F) -> Any:
         def guarded(*args: Any) -> Any:
+            if threading.get_ident() not in _pinned_threads:
+                _pin_thread_state()
             try:
                 return function(*args)
             except BaseException:
@@ -245,3 +276,85 @@ def register_on_change(callback: Callable[[int, int, Optional[bytes]], int]) -> 
     params = keep_alive(_sdk._OrthancPluginOnChangeCallback())
     params.callback = c_callback
     invoke(Service.RegisterOnChangeCallback, params)
+
+
+# --- REST callbacks ------------------------------------------------------------
+
+HTTP_METHODS = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
+
+
+def _c_strings(array: Any, count: int) -> list[str]:
+    return [(array[i] or b"").decode("utf-8", "replace") for i in range(count)]
+
+
+class HttpRequestView:
+    """The request Orthanc passes to a REST callback, read lazily.
+
+    Valid only while the callback runs: Orthanc owns the memory behind it.
+    Each property reads the C structure when first asked, so a handler that
+    looks at nothing pays for nothing.
+    """
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+
+    @property
+    def method(self) -> str:
+        return HTTP_METHODS.get(self._request.method, "GET")
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        r = self._request
+        return tuple(_c_strings(r.groups, r.groupsCount))
+
+    @property
+    def get(self) -> list[tuple[str, str]]:
+        r = self._request
+        return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        r = self._request
+        return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
+
+    @property
+    def body(self) -> bytes:
+        r = self._request
+        return ctypes.string_at(r.body, r.bodySize) if r.body and r.bodySize else b""
+
+
+RestHandler = Callable[[int, str, HttpRequestView], int]
+
+
+def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
+    """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
+
+    Uses the no-lock registration: Orthanc then runs callbacks of several
+    requests at once, and Python's GIL is released whenever the handler
+    waits (on the REST API, on I/O, on a worker process).
+    """
+
+    def callback(output: Any, url: Optional[bytes], request: Any) -> int:
+        uri = url.decode("utf-8", "replace") if url else ""
+        return handler(ctypes.cast(output, ctypes.c_void_p).value or 0, uri, HttpRequestView(request.contents))
+
+    c_callback = trampoline(_sdk.OrthancPluginRestCallback, where)(callback)
+    params = keep_alive(_sdk._OrthancPluginRestCallback())
+    params.pathRegularExpression = path_regex.encode("utf-8")
+    params.callback = c_callback
+    invoke(Service.RegisterRestCallbackNoLock, params)
+
+
+def register_on_stored_instance(handler: Callable[[int, str], int], where: str) -> None:
+    """Registers ``handler(instance_address, instance_id)`` for each stored instance."""
+
+    def callback(instance: Any, instance_id: Optional[bytes]) -> int:
+        address = ctypes.cast(instance, ctypes.c_void_p).value or 0
+        return handler(address, instance_id.decode("utf-8", "replace") if instance_id else "")
+
+    c_callback = trampoline(_sdk.OrthancPluginOnStoredInstanceCallback, where)(callback)
+    params = keep_alive(_sdk._OrthancPluginOnStoredInstanceCallback())
+    params.callback = c_callback
+    invoke(Service.RegisterOnStoredInstanceCallback, params)

@@ -3,50 +3,204 @@
 
 Scripts written for the official plugin run unchanged: ``import orthanc``
 resolves to this module (re-exported by the top-level ``orthanc`` package).
-Each name is a thin mapping onto orthanc_py's core.
+
+Most of it is built from the SDK facts in ``_sdk.FUNCTIONS``: an SDK function
+``OrthancPluginXxx`` becomes ``orthanc.Xxx``, or a method ``Xxx`` of the class
+of its first argument when that is an Orthanc object (``RestOutput``,
+``DicomInstance``, ``Image``...). Callback registrations and the few functions
+whose Python form differs from their C form are written by hand below.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Callable, Optional
+import re
+import types
+from typing import Any, Callable, Optional
 
-from . import _capi, _events, _sdk
-
-__all__ = [
-    "ChangeType",
-    "GetConfiguration",
-    "LogError",
-    "LogInfo",
-    "LogWarning",
-    "OrthancException",
-    "RegisterOnChangeCallback",
-    "ResourceType",
-]
-
+from . import _calls, _capi, _events, _runtime, _sdk
+from ._calls import Handle
 
 OrthancException = _capi.OrthancError
 """Raised when an Orthanc SDK call fails; ``args`` are ``(code, description)``."""
 
+_PREFIX = "OrthancPlugin"
 
-def _enum_class(name: str, source: type, doc: str) -> type:
+__all__: list[str] = ["OrthancException"]
+
+
+# --- enumerations --------------------------------------------------------------
+
+def _upper_snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.rstrip("_")).upper()
+
+
+def _enum_class(name: str, source: Any) -> type:
     """An official-style enum: a class whose UPPER_CASE attributes are ints."""
-    import re
-
-    members = {
-        re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", member.name.rstrip("_")).upper(): int(member.value)
-        for member in source  # type: ignore[attr-defined]
-    }
+    members = {_upper_snake(member.name): int(member.value) for member in source}
+    doc = (inspect.getdoc(source) or name).strip()
     return type(name, (), {"__doc__": doc, "__module__": "orthanc", **members})
 
 
-ChangeType = _enum_class(
-    "ChangeType", _sdk.OrthancPluginChangeType, "The kinds of change Orthanc reports to on-change callbacks."
-)
-ResourceType = _enum_class(
-    "ResourceType", _sdk.OrthancPluginResourceType, "The levels of the DICOM model: patient, study, series, instance."
-)
+for _source in _sdk.ENUMS:
+    if _source.__name__.startswith(_PREFIX):
+        _name = _source.__name__[len(_PREFIX):]
+        globals()[_name] = _enum_class(_name, _source)
+        __all__.append(_name)
 
+
+# --- Orthanc objects ---------------------------------------------------------------
+
+class _SdkMethod:
+    """A method built from an SDK function.
+
+    A descriptor rather than a plain function, so that ``inspect`` reports it
+    as a method descriptor, as it does for the official plugin's methods.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.__doc__ = function.__doc__
+        self.__name__ = function.__name__
+        self.__signature__ = inspect.signature(function)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self
+        return types.MethodType(self.function, instance)
+
+
+class RestOutput(Handle):
+    """The answer to an HTTP request, given to a REST callback (valid during the call only)."""
+
+    c_type_name = "OrthancPluginRestOutput"
+
+    def __init__(self, address: int, owned: bool = False) -> None:
+        super().__init__(address, owned)
+        self.answered = False
+
+
+class DicomInstance(Handle):
+    """A DICOM instance: received, stored, or created from a buffer."""
+
+    c_type_name = "OrthancPluginDicomInstance"
+
+    def GetInstanceData(self) -> bytes:
+        """Returns the DICOM file of the instance, as bytes."""
+        address = _call("OrthancPluginGetInstanceData", self)
+        return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+
+
+class Image(Handle):
+    """An image in memory, decoded from DICOM, PNG or JPEG, or created empty."""
+
+    c_type_name = "OrthancPluginImage"
+
+    def GetImageBuffer(self) -> bytes:
+        """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
+        address = _call("OrthancPluginGetImageBuffer", self)
+        return _capi.copy_memory(address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self))
+
+
+class FindQuery(Handle):
+    """The query of a C-FIND request, given to a find callback."""
+
+    c_type_name = "OrthancPluginFindQuery"
+
+    def GetFindQueryTagGroup(self, index: int) -> int:
+        """Returns the group of the ``index``-th tag of the query."""
+        return int(_call("OrthancPluginGetFindQueryTag", self, index)[0])
+
+    def GetFindQueryTagElement(self, index: int) -> int:
+        """Returns the element of the ``index``-th tag of the query."""
+        return int(_call("OrthancPluginGetFindQueryTag", self, index)[1])
+
+
+_HANDLE_CLASSES: dict[str, type[Handle]] = {
+    cls.c_type_name: cls for cls in (RestOutput, DicomInstance, Image, FindQuery)
+}
+for _opaque in _sdk.OPAQUE_TYPES:
+    _c_name = _opaque.__name__
+    if _c_name not in _HANDLE_CLASSES:
+        _HANDLE_CLASSES[_c_name] = type(
+            _c_name[len(_PREFIX):],
+            (Handle,),
+            {"c_type_name": _c_name, "__doc__": f"An Orthanc object ({_c_name}).", "__module__": "orthanc"},
+        )
+for _cls in _HANDLE_CLASSES.values():
+    _cls.__module__ = "orthanc"
+    _calls.HANDLE_CLASSES[_cls.c_type_name] = _cls
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+
+
+def _call(c_name: str, *args: Any) -> Any:
+    return _calls.sdk_function(c_name)(*args)
+
+
+# --- functions and methods built from the SDK ------------------------------------
+
+# The RestOutput methods that send the answer: after one of them, the request is answered.
+_ANSWERING = {
+    "AnswerBuffer", "CompressAndAnswerPngImage", "CompressAndAnswerJpegImage", "CompressAndAnswerImage",
+    "Redirect", "SendHttpStatus", "SendHttpStatusCode", "SendMethodNotAllowed", "SendUnauthorized",
+    "StartMultipartAnswer",
+}
+
+UNSUPPORTED: dict[str, str] = {}
+"""SDK functions not reachable from this module, with the reason (see ``orthanc-py sdk-coverage``)."""
+
+
+def _make_function(compiled: Any, python_name: str, parameters: list[str], answering: bool) -> Callable[..., Any]:
+    def function(*args: Any) -> Any:
+        result = compiled(*args)
+        if answering:
+            args[0].answered = True
+        return result
+
+    fn = compiled.fn
+    function.__name__ = function.__qualname__ = python_name
+    function.__module__ = "orthanc"
+    doc = fn.doc or f"Calls {fn.name}."
+    function.__doc__ = f"{doc}\n\nWraps the SDK function ``{fn.name}``."
+    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_ONLY) for p in parameters]
+    )
+    return function
+
+
+def _build_from_sdk(namespace: dict[str, Any]) -> None:
+    for fn in _sdk.FUNCTIONS.values():
+        python_name = fn.name[len(_PREFIX):]
+        if python_name in namespace or any(python_name in vars(cls) for cls in _HANDLE_CLASSES.values()):
+            continue  # written by hand
+        try:
+            compiled = _calls.sdk_function(fn.name)
+        except _calls.UnsupportedFunction as error:
+            UNSUPPORTED[fn.name] = str(error).split(": ", 1)[-1]
+            continue
+        # A method of the class of its first Orthanc-object argument.
+        first = compiled.input_types[0] if compiled.input_types else ""
+        owner = _HANDLE_CLASSES.get(first)
+        parameters = [name for name, _ in compiled.inputs]
+        if owner is not None:
+            parameters[0] = "self"
+        if owner is not None and python_name.startswith("Free"):
+            continue  # Handle.close() frees
+        if owner is not None:
+            answering = owner is RestOutput and python_name in _ANSWERING
+            function = _make_function(compiled, python_name, parameters, answering)
+            setattr(owner, python_name, _SdkMethod(function))
+        else:
+            namespace[python_name] = _make_function(compiled, python_name, parameters, False)
+            __all__.append(python_name)
+
+
+# --- written by hand: logging, callbacks ---------------------------------------------
 
 def _log(log: Callable[[str], None], level: int, message: str) -> None:
     try:
@@ -71,11 +225,6 @@ def LogError(message: str) -> None:
     _log(_capi.log_error, logging.ERROR, message)
 
 
-def GetConfiguration() -> str:
-    """Returns Orthanc's configuration as a JSON string."""
-    return _capi.get_configuration()
-
-
 def RegisterOnChangeCallback(callback: Callable[[int, int, Optional[str]], None]) -> None:
     """Registers ``callback(changeType, level, resourceId)`` for every change in Orthanc.
 
@@ -86,3 +235,94 @@ def RegisterOnChangeCallback(callback: Callable[[int, int, Optional[str]], None]
     _events.changes.add(callback, "orthanc.RegisterOnChangeCallback()")
 
 
+def _handler_name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))
+
+
+def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
+    """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
+
+    ``request`` holds ``method`` (``"GET"``, ``"POST"``...), ``groups`` (the
+    regular expression's groups), ``get`` (query arguments), ``headers``
+    (lower-case names) and, for POST and PUT, ``body`` (bytes). The callback
+    answers through ``output`` (:class:`RestOutput`). When it raises, or
+    returns without answering, the client gets HTTP 500 and the reason goes to
+    Orthanc's log.
+    """
+    if not isinstance(pathRegularExpression, str):
+        raise TypeError(
+            f"RegisterRestCallback() argument 'pathRegularExpression' must be str, not {type(pathRegularExpression).__name__}"
+        )
+    if not callable(callback):
+        raise TypeError(f"RegisterRestCallback() argument 'callback' must be callable, not {type(callback).__name__}")
+    if not _capi.is_attached():
+        return  # a worker process re-running the script: nothing to serve
+    _runtime.require_setup("orthanc.RegisterRestCallback()")
+    where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
+
+    def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
+        output = RestOutput(output_address)
+        method = request.method
+        kwargs: dict[str, Any] = {
+            "method": method,
+            "groups": request.groups,
+            "get": dict(request.get),
+            "headers": dict(request.headers),
+        }
+        if method in ("POST", "PUT"):
+            kwargs["body"] = request.body
+        try:
+            callback(output, uri, **kwargs)
+        except BaseException:
+            _capi.report_exception(where)
+            return int(_capi.ErrorCode.Plugin)
+        if not output.answered:
+            _capi.log_error(
+                f"orthanc_py: {where} returned without answering {method} {uri}; the client gets HTTP 500 "
+                "(answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
+            )
+            return int(_capi.ErrorCode.Plugin)
+        return int(_capi.ErrorCode.Success)
+
+    _capi.register_rest_callback(pathRegularExpression, handle, where)
+
+
+_stored_instance_handlers: list[Callable[[DicomInstance, str], None]] = []
+
+
+def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], None]) -> None:
+    """Registers ``callback(dicom, instanceId)``, called each time Orthanc stores an instance.
+
+    ``dicom`` (:class:`DicomInstance`) is valid during the call only. Several
+    callbacks may be registered; each is called in registration order, and
+    one that raises is logged without stopping the others.
+    """
+    if not callable(callback):
+        raise TypeError(
+            f"RegisterOnStoredInstanceCallback() argument 'callback' must be callable, not {type(callback).__name__}"
+        )
+    if _capi.is_attached():
+        _runtime.require_setup("orthanc.RegisterOnStoredInstanceCallback()")
+        if not _stored_instance_handlers:
+            _capi.register_on_stored_instance(_on_stored_instance, "the on-stored-instance callback")
+    _stored_instance_handlers.append(callback)
+
+
+def _on_stored_instance(address: int, instance_id: str) -> int:
+    instance = DicomInstance(address)
+    for handler in list(_stored_instance_handlers):
+        try:
+            handler(instance, instance_id)
+        except Exception:
+            _capi.report_exception(f"on-stored-instance callback {_handler_name(handler)}")
+    instance._address = 0  # lent by Orthanc for this call only
+    return int(_capi.ErrorCode.Success)
+
+
+for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "RegisterRestCallback",
+              "RegisterOnStoredInstanceCallback"):
+    globals()[_name].__module__ = "orthanc"
+    __all__.append(_name)
+
+_build_from_sdk(globals())
+__all__.sort()

@@ -51,3 +51,6 @@ def pytest_report_header(config: pytest.Config) -> str:
     from orthanc_py import plugin_path
 
     return f"orthanc_py loader: {plugin_path()}; Orthanc: {os.environ.get('ORTHANC_BINARY', 'Orthanc')}"
+
+
+from .fixtures_dicom import storescp  # noqa: E402,F401  (the DCMTK C-STORE receiver fixture)

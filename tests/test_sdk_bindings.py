@@ -382,3 +382,193 @@ def test_invoke_service_through_a_fake_context(sdk: types.ModuleType) -> None:
     assert result.value == b"{}"
     assert calls[0] == (b"1.10.1", 1, b"hello")
     assert calls[1][:2] == (b"1.10.1", 13)
+
+
+# -- what the inline bodies do (locals, assignments, returns) -------------------------
+
+
+def test_body_of_a_function_returning_the_status(sdk: types.ModuleType) -> None:
+    rest_api_get = sdk.FUNCTIONS["OrthancPluginRestApiGet"]
+    assert rest_api_get.locals == ()
+    assert rest_api_get.assignments == (("target", "arg:target"), ("uri", "arg:uri"))
+    assert rest_api_get.direct_params is None
+    assert rest_api_get.returns == "status"
+    assert rest_api_get.failure_value is None
+    assert rest_api_get.checks_status is False
+
+
+def test_body_of_a_void_function(sdk: types.ModuleType) -> None:
+    answer = sdk.FUNCTIONS["OrthancPluginAnswerBuffer"]
+    assert answer.assignments == (
+        ("output", "arg:output"),
+        ("answer", "arg:answer"),
+        ("answerSize", "arg:answerSize"),
+        ("mimeType", "arg:mimeType"),
+    )
+    assert answer.returns == "void"
+    assert answer.checks_status is False
+
+
+def test_body_returning_a_local(sdk: types.ModuleType) -> None:
+    simplified = sdk.FUNCTIONS["OrthancPluginGetInstanceSimplifiedJson"]
+    assert simplified.locals == (("result", "char *"),)
+    assert ("resultStringToFree", "ref:result") in simplified.assignments
+    assert ("instance", "arg:instance") in simplified.assignments
+    assert simplified.returns == "local:result"
+    assert simplified.failure_value == "NULL"
+    assert simplified.checks_status is True
+
+    description = sdk.FUNCTIONS["OrthancPluginGetErrorDescription"]
+    assert description.returns == "local:result"
+    assert description.failure_value == '"Unknown error code"'
+
+    # "return (OrthancPluginPixelFormat) target;": the cast is dropped.
+    pixel_format = sdk.FUNCTIONS["OrthancPluginGetImagePixelFormat"]
+    assert pixel_format.returns == "local:target"
+    assert pixel_format.failure_value == "OrthancPluginPixelFormat_Unknown"
+
+
+def test_body_constants(sdk: types.ModuleType) -> None:
+    http_get = sdk.FUNCTIONS["OrthancPluginHttpGet"]
+    assert ("method", "enum:OrthancPluginHttpMethod.Get") in http_get.assignments
+    # "params.target = NULL;" and "params.size = 0;"
+    mark_incomplete = dict(
+        sdk.FUNCTIONS["OrthancPluginWorklistMarkIncomplete"].assignments
+    )
+    assert mark_incomplete["query"] == "null"
+    assert mark_incomplete["size"] == "int:0"
+    # "params.plugin = OrthancPluginGetName();"
+    set_root_uri = dict(sdk.FUNCTIONS["OrthancPluginSetRootUri"].assignments)
+    assert set_root_uri["plugin"] == "expr:OrthancPluginGetName ( )"
+
+
+def test_body_passing_an_argument_directly(sdk: types.ModuleType) -> None:
+    log_info = sdk.FUNCTIONS["OrthancPluginLogInfo"]
+    assert log_info.params is None
+    assert log_info.direct_params == "arg:message"
+    assert log_info.assignments == ()
+    assert log_info.returns == "void"
+    delete = sdk.FUNCTIONS["OrthancPluginRestApiDelete"]
+    assert (delete.direct_params, delete.returns) == ("arg:uri", "status")
+
+
+def test_body_returning_an_expression(sdk: types.ModuleType) -> None:
+    has_metadata = sdk.FUNCTIONS["OrthancPluginHasInstanceMetadata"]
+    assert has_metadata.returns == "expr:( result != 0 )"
+    assert has_metadata.failure_value == "-1"
+    check_version = sdk.FUNCTIONS["OrthancPluginCheckVersion"]
+    assert check_version.returns.startswith(
+        "expr:OrthancPluginCheckVersionAdvanced ( context ,"
+    )
+
+
+SOURCE = re.compile(r"arg:\w+|ref:\w+|enum:\w+\.\w+|int:-?\d+|null|expr:.+")
+
+
+def test_every_params_struct_gets_fields(sdk: types.ModuleType) -> None:
+    for name, function in sdk.FUNCTIONS.items():
+        if function.params is not None:
+            assert function.assignments, f"{name} fills no field of its params"
+        else:
+            assert not function.assignments, name
+
+
+def test_every_assignment_source_names_something_real(sdk: types.ModuleType) -> None:
+    for name, function in sdk.FUNCTIONS.items():
+        arguments = {arg for arg, _ in function.arguments}
+        local_names = {local for local, _ in function.locals}
+        params = function.params
+        fields = {f for f, *_ in params._fields_} if params is not None else set()
+        sources = [source for _, source in function.assignments]
+        if function.direct_params is not None:
+            assert function.params is None, name
+            sources.append(function.direct_params)
+        for field, source in function.assignments:
+            assert field.split(".")[0] in fields, f"{name}: no field {field}"
+        for source in sources:
+            assert SOURCE.fullmatch(source), f"{name}: {source!r}"
+            kind, _, value = source.partition(":")
+            if kind == "arg":
+                assert value in arguments, f"{name}: {source} is no argument"
+            elif kind == "ref":
+                assert value in local_names, f"{name}: {source} is no local"
+            elif kind == "enum":
+                enum_name, member = value.split(".")
+                assert member in getattr(sdk, enum_name).__members__, source
+
+
+def test_returns_notation(sdk: types.ModuleType) -> None:
+    kinds: dict[str, int] = {}
+    for name, function in sdk.FUNCTIONS.items():
+        kind, _, value = function.returns.partition(":")
+        kinds[kind] = kinds.get(kind, 0) + 1
+        assert kind in ("void", "status", "local", "expr"), name
+        assert (kind == "void") == (function.result == "void"), name
+        if kind == "status":
+            assert function.result == "OrthancPluginErrorCode", name
+        if kind == "local":
+            assert value in dict(function.locals), name
+            assert function.failure_value is not None, name
+        if function.failure_value is not None:
+            assert function.checks_status, name
+        if kind in ("void", "status"):
+            assert function.failure_value is None, name
+    assert kinds["local"] > 50 and kinds["status"] > 50 and kinds["void"] > 30
+
+
+def test_irregular_lists_the_bodies_the_metadata_cannot_describe(
+    sdk: types.ModuleType,
+) -> None:
+    assert set(sdk.IRREGULAR) <= set(sdk.FUNCTIONS)
+    assert len(set(sdk.IRREGULAR)) == len(sdk.IRREGULAR)
+    # Every function that invokes no service has a hand-written body.
+    no_service = {n for n, f in sdk.FUNCTIONS.items() if f.service is None}
+    assert no_service <= set(sdk.IRREGULAR)
+    assert "OrthancPluginCheckVersionAdvanced" in sdk.IRREGULAR
+    # "... != OrthancPluginErrorCode_Success || result == NULL"
+    assert "OrthancPluginGetErrorDescription" in sdk.IRREGULAR
+    assert "OrthancPluginRestApiGet" not in sdk.IRREGULAR
+
+
+def header_bodies(header_text: str) -> dict[str, str]:
+    """Text of each inline function, up to the next one (read without libclang)."""
+    names = inline_function_names(header_text)
+    starts = [
+        re.search(rf"ORTHANC_PLUGIN_INLINE[\w\s\*]*?\b{name}\s*\(", header_text).start()
+        for name in names
+    ]
+    ends = [*starts[1:], len(header_text)]
+    return {n: header_text[s:e] for n, s, e in zip(names, starts, ends)}
+
+
+def test_assigned_fields_match_the_header_text(
+    sdk: types.ModuleType, header_text: str
+) -> None:
+    """An independent, textual reading of the ``params.x = ...;`` lines."""
+    assignment = re.compile(r"^\s*params\.([\w.]+)\s*=[^=]", re.MULTILINE)
+    # The C branch only: RegisterStorageArea has "#ifdef __cplusplus ::free #else".
+    cplusplus = re.compile(r"#ifdef\s+__cplusplus\b.*?#else", re.DOTALL)
+    for name, text in header_bodies(header_text).items():
+        text = cplusplus.sub("", text)
+        fields = tuple(f for f, _ in sdk.FUNCTIONS[name].assignments)
+        assert fields == tuple(assignment.findall(text)), name
+
+
+def test_free_functions(sdk: types.ModuleType) -> None:
+    free = sdk.FREE_FUNCTIONS
+    assert free["OrthancPluginImage"] == "OrthancPluginFreeImage"
+    assert free["OrthancPluginDicomInstance"] == "OrthancPluginFreeDicomInstance"
+    assert free["OrthancPluginFindMatcher"] == "OrthancPluginFreeFindMatcher"
+    assert free["OrthancPluginPeers"] == "OrthancPluginFreePeers"
+    assert free["OrthancPluginJob"] == "OrthancPluginFreeJob"
+    opaque = {t.__name__ for t in sdk.OPAQUE_TYPES}
+    for handle, function_name in free.items():
+        assert handle in opaque
+        function = sdk.FUNCTIONS[function_name]
+        assert function.arguments[0][1].endswith(f"{handle} *"), function_name
+        assert len(function.arguments) == 1
+    # Every OrthancPluginFree* function taking one opaque handle is listed.
+    for name, function in sdk.FUNCTIONS.items():
+        if name.startswith("OrthancPluginFree") and len(function.arguments) == 1:
+            pointee = function.arguments[0][1].removeprefix("const ").rstrip(" *")
+            assert (pointee in opaque) == (free.get(pointee) == name), name

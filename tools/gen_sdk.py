@@ -6,7 +6,9 @@ The SDK is one C header, ``OrthancCPlugin.h``. Its functions are ``static
 inline`` wrappers that fill a params struct and call
 ``context->InvokeService(context, service, &params)``, so a ctypes layer needs
 only facts from the header: enum values, struct layouts, callback signatures,
-and which service and params struct each inline function uses. This script
+which service and params struct each inline function uses, and what its body
+does (which argument, local or constant goes into each field, what it returns;
+see ``BodyReader``). This script
 reads them with libclang (PyPI ``libclang``, a generator-time dependency only)
 and writes one deterministic Python module.
 
@@ -17,6 +19,8 @@ Usage: ``python tools/gen_sdk.py [--header PATH] [--output PATH]``
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import keyword
 import re
 import shutil
@@ -94,6 +98,20 @@ class Callback:
 
 
 @dataclass
+class Body:
+    """What the statements of an inline function do (see SdkFunction's fields)."""
+
+    locals: list[tuple[str, str]] = field(default_factory=list)
+    assignments: list[tuple[str, str]] = field(default_factory=list)
+    direct_params: str | None = None
+    returns: str = "void"
+    failure_value: str | None = None
+    checks_status: bool = False
+    # Why these facts do not tell the whole body; empty when they do.
+    irregular: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Function:
     name: str
     service: str | None
@@ -103,6 +121,7 @@ class Function:
     since: tuple[int, int, int] | None
     doc: str
     calls: list[str]
+    body: Body
 
 
 @dataclass
@@ -112,6 +131,8 @@ class Sdk:
     structs: list[Struct] = field(default_factory=list)
     callbacks: list[Callback] = field(default_factory=list)
     functions: list[Function] = field(default_factory=list)
+    # Opaque handle type -> the OrthancPluginFree* function that releases it.
+    free_functions: dict[str, str] = field(default_factory=dict)
 
 
 def one_line(text: str | None) -> str:
@@ -120,8 +141,14 @@ def one_line(text: str | None) -> str:
 
 
 def py_string(text: str) -> str:
-    """A double-quoted Python literal for a one-line string."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A quoted Python literal for a one-line string, quoted as ruff format would.
+
+    Double quotes, unless the text holds more double than single quotes
+    (``'"Unknown error code"'``): then single quotes need fewer escapes.
+    """
+    quote = "'" if text.count('"') > text.count("'") else '"'
+    body = text.replace("\\", "\\\\").replace(quote, "\\" + quote)
+    return quote + body + quote
 
 
 def parse_version(match: re.Match[str] | None) -> tuple[int, int, int] | None:
@@ -152,6 +179,334 @@ def is_function_pointer(ctype: Any) -> bool:
     )
 
 
+# Expression cursors that denote the same value as their single operand: implicit
+# conversions (libclang shows them as UNEXPOSED_EXPR), parentheses, explicit casts.
+# A marshalling layer converts through ctypes, so these casts carry no information.
+TRANSPARENT = ("UNEXPOSED_EXPR", "PAREN_EXPR", "CSTYLE_CAST_EXPR")
+SUCCESS = "OrthancPluginErrorCode_Success"
+
+
+def unwrap(node: Any) -> Any:
+    """``node`` without the implicit conversions, parentheses and casts around it."""
+    while node.kind.name in TRANSPARENT:
+        operands = [c for c in node.get_children() if c.kind.is_expression()]
+        if len(operands) != 1:  # a cast's other child is the TYPE_REF of its type
+            break
+        node = operands[0]
+    return node
+
+
+def c_text(node: Any) -> str:
+    """The C source of ``node``: its tokens joined by single spaces.
+
+    Comments are dropped (libclang returns them as tokens when the translation
+    unit keeps a detailed preprocessing record, as it does here).
+    """
+    return " ".join(t.spelling for t in node.get_tokens() if t.kind.name != "COMMENT")
+
+
+def shorten(text: str, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters, for a one-line comment."""
+    return text if len(text) <= width else text[: width - 4] + " ..."
+
+
+def or_operands(node: Any) -> list[Any]:
+    """The operands of ``a || b || c`` (parsed as ``(a || b) || c``), else [node]."""
+    node = unwrap(node)
+    if node.kind.name == "BINARY_OPERATOR" and operator(node) == "||":
+        left, right = node.get_children()
+        return or_operands(left) + or_operands(right)
+    return [node]
+
+
+def operator(node: Any) -> str:
+    """The operator of a UNARY_OPERATOR or BINARY_OPERATOR cursor.
+
+    The Python bindings of libclang 18 do not expose it, so it is read from the
+    tokens: the first one of a (prefix) unary operator, the first one after the
+    left operand of a binary operator.
+    """
+    tokens = list(node.get_tokens())
+    if node.kind.name == "UNARY_OPERATOR":
+        return tokens[0].spelling
+    left_end = next(node.get_children()).extent.end.offset
+    return next(t.spelling for t in tokens if t.extent.start.offset >= left_end)
+
+
+def same(a: Any | None, b: Any | None) -> bool:
+    """Cursor equality that accepts None (libclang's ``==`` raises on it)."""
+    return a is not None and b is not None and a == b
+
+
+def is_invoke_service(node: Any) -> bool:
+    return node.kind.name == "CALL_EXPR" and node.spelling == "InvokeService"
+
+
+# CXEvalResultKind of libclang's Index.h: the result is an integer.
+CXEVAL_INT = 1
+
+
+@functools.cache
+def evaluation_api() -> Any:
+    """libclang with ``clang_Cursor_Evaluate`` and its helpers declared.
+
+    The Python bindings do not wrap them, so they are declared here, once.
+    """
+    from clang import cindex
+
+    lib = cindex.conf.lib
+    lib.clang_Cursor_Evaluate.argtypes = [cindex.Cursor]
+    lib.clang_Cursor_Evaluate.restype = ctypes.c_void_p
+    for name, restype in (
+        ("clang_EvalResult_getKind", ctypes.c_int),
+        ("clang_EvalResult_isUnsignedInt", ctypes.c_uint),
+        ("clang_EvalResult_getAsLongLong", ctypes.c_longlong),
+        ("clang_EvalResult_getAsUnsigned", ctypes.c_ulonglong),
+        ("clang_EvalResult_dispose", None),
+    ):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = restype
+    return lib
+
+
+def integer_value(node: Any) -> int | None:
+    """The value of an integer constant expression, or None.
+
+    Asks libclang (``clang_Cursor_Evaluate``). Token text would not do: the
+    ``0`` inside ``NULL`` comes from a macro and has no tokens of its own.
+    Expressions with ``sizeof`` are refused: their value is the compiler's, not
+    the header's.
+    """
+    node = unwrap(node)
+    if any(n.kind.name == "CXX_UNARY_EXPR" for n in node.walk_preorder()):
+        return None  # sizeof / _Alignof
+    lib = evaluation_api()
+    result = lib.clang_Cursor_Evaluate(node)
+    if not result:
+        return None
+    try:
+        if lib.clang_EvalResult_getKind(result) != CXEVAL_INT:
+            return None
+        if lib.clang_EvalResult_isUnsignedInt(result):
+            return int(lib.clang_EvalResult_getAsUnsigned(result))
+        return int(lib.clang_EvalResult_getAsLongLong(result))
+    finally:
+        lib.clang_EvalResult_dispose(result)
+
+
+class BodyReader:
+    """Describes the body of one inline SDK function as a :class:`Body`.
+
+    The header's functions follow a few shapes: declare locals and a params
+    struct, ``memset`` it, assign its fields, then call ``InvokeService`` and
+    either ignore its result, return it, or return a local (or a fallback when
+    the call failed) from an ``if``/``else`` on it. Anything outside these
+    shapes is still described as far as it goes, and the reason is recorded in
+    ``Body.irregular`` so that it ends up in the generated ``IRREGULAR``.
+    """
+
+    def __init__(self, reader: HeaderReader, cursor: Any, invoke: Any | None) -> None:
+        self.reader = reader
+        self.cursor = cursor
+        self.invoke = invoke
+        self.body = Body()
+        self.params_var: Any | None = None  # the VAR_DECL whose address is passed
+        if invoke is not None:
+            third = unwrap(list(invoke.get_arguments())[2])
+            if third.kind.name == "UNARY_OPERATOR" and operator(third) == "&":
+                target = unwrap(next(third.get_children()))
+                if target.kind.name == "DECL_REF_EXPR":
+                    self.params_var = target.referenced
+            if self.params_var is None:  # the log functions pass their message
+                self.body.direct_params = self.source(third, pointer=True)
+
+    def read(self) -> Body:
+        compound = next(
+            c for c in self.cursor.get_children() if c.kind.name == "COMPOUND_STMT"
+        )
+        for statement in compound.get_children():
+            self.statement(statement)
+        if self.invoke is None:
+            # Every statement is foreign then: one reason showing the body is enough.
+            self.body.irregular = [f"invokes no service: `{shorten(c_text(compound))}`"]
+        self.body.checks_status = any(
+            self.is_status_test(n) for n in compound.walk_preorder()
+        )
+        if self.cursor.result_type.kind.name == "VOID":
+            self.body.returns = "void"
+        elif self.body.returns == "void":  # no shape matched: keep the whole body
+            self.body.returns = "expr:" + c_text(compound)
+        return self.body
+
+    def irregular(self, reason: str) -> None:
+        if reason not in self.body.irregular:
+            self.body.irregular.append(reason)
+
+    # -- statements ----------------------------------------------------------
+    def statement(self, node: Any) -> None:
+        kind = node.kind.name
+        if kind == "DECL_STMT":
+            for var in node.get_children():
+                self.declaration(var)
+        elif kind == "BINARY_OPERATOR" and operator(node) == "=":
+            self.assignment(node)
+        elif kind == "CALL_EXPR" and is_invoke_service(node):
+            pass  # its error code is ignored: returns stays "void"
+        elif kind == "CALL_EXPR" and self.is_params_memset(node):
+            pass  # zeroing the params struct: a fresh ctypes.Structure already is
+        elif kind == "RETURN_STMT":
+            self.return_statement(node)
+        elif kind == "IF_STMT" and self.contains_invoke(node):
+            self.status_branch(node)
+        else:
+            self.irregular(f"statement `{shorten(c_text(node))}`")
+
+    def declaration(self, var: Any) -> None:
+        if var.kind.name != "VAR_DECL":
+            self.irregular(f"declaration `{shorten(c_text(var))}`")
+            return
+        if self.contains_invoke(var):
+            self.irregular(f"service called in the declaration of {var.spelling}")
+        if not same(var, self.params_var):
+            self.body.locals.append((var.spelling, var.type.spelling))
+
+    def assignment(self, node: Any) -> None:
+        """``params.<field>[.<field>...] = <expr>;``"""
+        left, right = node.get_children()
+        path: list[str] = []
+        target = unwrap(left)
+        while target.kind.name == "MEMBER_REF_EXPR":
+            path.insert(0, target.spelling)
+            target = unwrap(next(target.get_children()))
+        if not path or not same(target.referenced, self.params_var):
+            self.irregular(f"assignment `{shorten(c_text(node))}`")
+            return
+        pointer = left.type.get_canonical().kind.name == "POINTER"
+        self.body.assignments.append((".".join(path), self.source(right, pointer)))
+
+    def return_statement(self, node: Any) -> None:
+        value = next(node.get_children(), None)
+        if value is None:
+            return
+        if same(unwrap(value), self.invoke):
+            self.body.returns = "status"
+        else:
+            self.body.returns = "expr:" + c_text(value)
+
+    def status_branch(self, node: Any) -> None:
+        """``if (InvokeService(...) ==/!= Success) {return a;} else {return b;}``"""
+        children = list(node.get_children())
+        operands = or_operands(children[0])
+        tests = [o for o in operands if self.is_status_test(o)]
+        if len(tests) != 1 or len(children) != 3:
+            self.irregular(f"if statement `{shorten(c_text(node))}`")
+            return
+        condition = tests[0]
+        extras = [c_text(o) for o in operands if o != condition]
+        if extras and operator(condition) == "!=":
+            # "call failed || <extra>": the fallback also comes when <extra> holds,
+            # which returns/failure_value cannot say.
+            self.irregular(f"also returns the fallback when `{' || '.join(extras)}`")
+        elif extras:
+            self.irregular(f"if statement `{shorten(c_text(node))}`")
+            return
+        then_value, else_value = (self.returned(c) for c in children[1:])
+        success, failure = then_value, else_value
+        if operator(condition) == "!=":
+            success, failure = else_value, then_value
+        if success is None or failure is None:
+            self.irregular("the branches on the service's result do not only return")
+            return
+        inner = unwrap(success)
+        if (
+            inner.kind.name == "DECL_REF_EXPR"
+            and inner.referenced.kind.name == "VAR_DECL"
+            and inner.referenced.spelling in dict(self.body.locals)
+        ):
+            self.body.returns = "local:" + inner.referenced.spelling
+        else:
+            self.body.returns = "expr:" + c_text(success)
+        self.body.failure_value = self.source_text(failure)
+
+    # -- expressions -----------------------------------------------------------
+    def source(self, expr: Any, pointer: bool) -> str:
+        """The notation of SdkFunction.assignments for an assigned expression.
+
+        ``pointer``: the destination is a pointer, so a literal 0 means NULL.
+        """
+        node = unwrap(expr)
+        kind = node.kind.name
+        ref = node.referenced if kind == "DECL_REF_EXPR" else None
+        if (
+            ref is not None
+            and ref.kind.name == "PARM_DECL"
+            and ref.spelling != "context"
+        ):
+            return "arg:" + ref.spelling
+        if ref is not None and ref.kind.name == "ENUM_CONSTANT_DECL":
+            typedef = self.reader.enum_typedefs[ref.semantic_parent.get_usr()]
+            return f"enum:{typedef}.{enum_member_name(typedef, ref.spelling)}"
+        if kind == "UNARY_OPERATOR" and operator(node) == "&":
+            target = unwrap(next(node.get_children()))
+            if (
+                target.kind.name == "DECL_REF_EXPR"
+                and target.referenced.spelling in dict(self.body.locals)
+            ):
+                return "ref:" + target.referenced.spelling
+        value = integer_value(node)
+        if value is not None:
+            return "null" if pointer and value == 0 else f"int:{value}"
+        return "expr:" + c_text(expr)
+
+    def source_text(self, node: Any) -> str:
+        """The C text of ``node`` as the header writes it, whitespace collapsed.
+
+        Used for failure values, where ``-1`` reads better than the tokens
+        ``- 1``. The extent of a macro use (``NULL``) is the macro's name.
+        """
+        start, end = node.extent.start, node.extent.end
+        lines = self.reader.lines[start.line - 1 : end.line]
+        lines[-1] = lines[-1][: end.column - 1]
+        lines[0] = lines[0][start.column - 1 :]
+        return " ".join(" ".join(lines).split())
+
+    def returned(self, branch: Any) -> Any | None:
+        """The returned expression of a branch that only returns, else None."""
+        if branch.kind.name == "COMPOUND_STMT":
+            statements = list(branch.get_children())
+            if len(statements) != 1:
+                return None
+            branch = statements[0]
+        if branch.kind.name != "RETURN_STMT":
+            return None
+        return next(branch.get_children(), None)
+
+    def is_status_test(self, node: Any) -> bool:
+        """``InvokeService(...) == Success`` or ``!=``, either way round."""
+        if node.kind.name != "BINARY_OPERATOR" or operator(node) not in ("==", "!="):
+            return False
+        operands = {unwrap(c).kind.name: unwrap(c) for c in node.get_children()}
+        call, constant = operands.get("CALL_EXPR"), operands.get("DECL_REF_EXPR")
+        return (
+            call is not None
+            and is_invoke_service(call)
+            and constant is not None
+            and constant.spelling == SUCCESS
+        )
+
+    def contains_invoke(self, node: Any) -> bool:
+        return any(is_invoke_service(n) for n in node.walk_preorder())
+
+    def is_params_memset(self, node: Any) -> bool:
+        """``memset(&params, 0, sizeof(params))``."""
+        if node.spelling != "memset" or self.params_var is None:
+            return False
+        first = unwrap(next(node.get_arguments()))
+        return first.kind.name == "UNARY_OPERATOR" and same(
+            unwrap(next(first.get_children())).referenced, self.params_var
+        )
+
+
 class HeaderReader:
     """Walks the libclang translation unit of the header and builds an :class:`Sdk`."""
 
@@ -163,6 +518,7 @@ class HeaderReader:
         self.struct_names: set[str] = set()  # structs and opaque structs
         self.callback_names: set[str] = set()  # function-pointer typedefs
         self.record_names: dict[str, str] = {}  # struct USR -> typedef name
+        self.enum_typedefs: dict[str, str] = {}  # enum USR -> typedef name
         self.sdk = Sdk(version=self._version())
 
     def _in_header(self, cursor: Any) -> bool:
@@ -247,6 +603,7 @@ class HeaderReader:
             decl = under.get_declaration()
             if decl.kind.name == "ENUM_DECL":
                 self.enum_names.add(c.spelling)
+                self.enum_typedefs[decl.get_usr()] = c.spelling
             elif decl.kind.name == "STRUCT_DECL":
                 self.struct_names.add(c.spelling)
                 self.record_names[decl.get_usr()] = c.spelling
@@ -334,21 +691,38 @@ class HeaderReader:
 
     def collect_functions(self) -> None:
         since = self.service_since()
+        opaque = {s.name for s in self.sdk.structs if s.opaque}
         for c in self.cursors:
             if c.kind.name == "FUNCTION_DECL" and c.is_definition():
                 self.sdk.functions.append(self.function(c, since))
+                self._free_function(c, opaque)
+
+    def _free_function(self, cursor: Any, opaque: set[str]) -> None:
+        """Record ``OrthancPluginFreeX(context, X*)`` as the way to release an X."""
+        args = list(cursor.get_arguments())[1:]  # after the context
+        if not cursor.spelling.startswith("OrthancPluginFree") or len(args) != 1:
+            return
+        if args[0].type.kind.name != "POINTER":
+            return
+        handle = args[0].type.get_pointee().get_declaration().spelling
+        if handle not in opaque:
+            return  # FreeString, FreeMemoryBuffer: not a handle of the SDK
+        if handle in self.sdk.free_functions:
+            raise GeneratorError(f"{handle} has two free functions")
+        self.sdk.free_functions[handle] = cursor.spelling
 
     def function(self, cursor: Any, since: dict[str, tuple[int, int, int]]) -> Function:
         args = [(a.spelling, a.type.spelling) for a in cursor.get_arguments()]
         if args and args[0] == ("context", "OrthancPluginContext *"):
             args = args[1:]
-        service = params = None
+        service = params = invoke = None
         calls: list[str] = []
         for call in (n for n in cursor.walk_preorder() if n.kind.name == "CALL_EXPR"):
             if call.spelling == "InvokeService":
                 if service is not None:
                     raise GeneratorError(f"{cursor.spelling} invokes several services")
                 service, params = self._invocation(list(call.get_arguments()))
+                invoke = call
             elif call.spelling == "Free":
                 calls.append("context->Free")
             elif call.referenced is not None and self._in_header(call.referenced):
@@ -363,6 +737,7 @@ class HeaderReader:
             since=since.get(service) if service else None,
             doc=one_line(cursor.brief_comment),
             calls=sorted(set(calls)),
+            body=BodyReader(self, cursor, invoke).read(),
         )
 
     def _invocation(self, args: list[Any]) -> tuple[str, str | None]:
@@ -430,7 +805,10 @@ PREAMBLE = '''\
 
 C enums are IntEnum classes, structs are ctypes.Structure classes and callback
 typedefs are CFUNCTYPE types, all named as in C. FUNCTIONS says, for each inline
-SDK function, which service it invokes and which params struct it fills.
+SDK function, which service it invokes, which params struct it fills and how,
+and what it returns. FREE_FUNCTIONS names the function that releases each opaque
+handle type; IRREGULAR lists the functions whose body FUNCTIONS cannot fully
+describe (the comment above each name says why).
 """
 
 import ctypes
@@ -454,6 +832,8 @@ TABLES = (  # the registries that close the module, in this order
     "OPAQUE_TYPES: tuple[type[ctypes.Structure], ...] = (",
     "CALLBACKS: dict[str, type] = {",
     "FUNCTIONS: dict[str, SdkFunction] = {",
+    "FREE_FUNCTIONS: dict[str, str] = {",
+    "IRREGULAR: tuple[str, ...] = (",
 )
 # ruff's default. The output is laid out as `ruff format` would write it, so that
 # formatting the repository never makes the committed module look stale.
@@ -546,21 +926,42 @@ def render_function(f: Function) -> Seq:
     def strings(values: list[str], open: str = "(") -> Seq:
         return Seq(open, [py_string(v) for v in values], ")", literal=True)
 
+    def pairs(open: str, values: list[tuple[str, str]]) -> Seq:
+        return Seq(open, [strings(list(v)) for v in values], ")", literal=True)
+
+    def optional(value: str | None) -> str:
+        return "None" if value is None else py_string(value)
+
     service = f"_OrthancPluginService.{f.service}" if f.service else "None"
-    args = Seq(
-        "arguments=(", [strings(list(a)) for a in f.arguments], ")", literal=True
-    )
+    body = f.body
     fields = [
         f"name={py_string(f.name)}",
         f"service={service}",
         f"params={f.params or 'None'}",
-        args,
+        pairs("arguments=(", f.arguments),
         f"result={py_string(f.result)}",
         f"since={f.since!r}",
         f"doc={py_string(f.doc)}",
         strings(f.calls, "calls=("),
+        pairs("locals=(", body.locals),
+        pairs("assignments=(", body.assignments),
+        f"direct_params={optional(body.direct_params)}",
+        f"returns={py_string(body.returns)}",
+        f"failure_value={optional(body.failure_value)}",
+        f"checks_status={body.checks_status}",
     ]
     return Seq(f"{py_string(f.name)}: SdkFunction(", fields, ")", explode=True)
+
+
+def render_irregular(functions: list[Function]) -> list[str]:
+    """The IRREGULAR tuple, each name under a comment that says why."""
+    lines = [TABLES[-1]]
+    for f in functions:
+        if f.body.irregular:
+            for reason in f.body.irregular:
+                lines.append(f"    # {' '.join(reason.split())}")
+            lines.append(f"    {py_string(f.name)},")
+    return [*lines, ")"]
 
 
 def render(sdk: Sdk, header_name: str) -> str:
@@ -591,10 +992,12 @@ def render(sdk: Sdk, header_name: str) -> str:
         [s.name for s in sdk.structs if s.opaque],
         [f"{py_string(c.name)}: {c.name}" for c in sdk.callbacks],
         [render_function(f) for f in sdk.functions],
+        [f"{py_string(k)}: {py_string(v)}" for k, v in sdk.free_functions.items()],
     )
     for head, items in zip(TABLES, contents):
         close = ")" if head.endswith("(") else "}"
         out += layout(Seq(head, items, close, explode=True))
+    out += render_irregular(sdk.functions)
     return "\n".join(out) + "\n"
 
 

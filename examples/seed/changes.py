@@ -1,0 +1,17 @@
+import orthanc
+import os
+
+def OnChange(changeType, level, resource):
+    if changeType == orthanc.ChangeType.ORTHANC_STARTED:
+        print('Started')
+
+        with open(os.path.join(os.path.dirname(__file__), 'sample.dcm'), 'rb') as f:
+            orthanc.RestApiPost('/instances', f.read())
+     
+    elif changeType == orthanc.ChangeType.ORTHANC_STOPPED:
+        print('Stopped')
+
+    elif changeType == orthanc.ChangeType.NEW_INSTANCE:
+        print('A new instance was uploaded: %s' % resource)
+
+orthanc.RegisterOnChangeCallback(OnChange)
