@@ -39,6 +39,7 @@ INTEGER_TYPES = {
 }
 ENUM_NAMES = {cls.__name__ for cls in _sdk.ENUMS}
 OPAQUE_NAMES = {cls.__name__ for cls in _sdk.OPAQUE_TYPES}
+STRUCT_TYPES = {cls.__name__: cls for cls in _sdk.STRUCTS}
 BUFFER_TYPES = {"OrthancPluginMemoryBuffer": _sdk.OrthancPluginMemoryBuffer,
                 "OrthancPluginMemoryBuffer64": _sdk.OrthancPluginMemoryBuffer64}
 
@@ -166,13 +167,15 @@ def _to_int(value: Any, what: str) -> int:
 class _Compiled:
     """One SDK function, prepared for fast calls."""
 
-    def __init__(self, fn: SdkFunction) -> None:
+    def __init__(self, fn: SdkFunction, raw: bool = False) -> None:
         self.fn = fn
+        self.raw = raw
         self.python_name = fn.name[len("OrthancPlugin"):]
         self.inputs: list[tuple[str, Callable[[Any, str], Any]]] = []
         self.size_of: dict[str, str] = {}  # size argument -> the buffer argument it measures
         self.out_buffers: list[tuple[str, type]] = []
         self.out_scalars: list[tuple[str, Any]] = []
+        self.out_structs: list[tuple[str, type]] = []
         self.input_types: list[str] = []  # the C base type of each input
         # name of a dict input -> (count argument, keys argument, values argument)
         self.string_maps: dict[str, tuple[str, str, str]] = {}
@@ -211,6 +214,8 @@ class _Compiled:
                 self.out_buffers.append((name, BUFFER_TYPES[base]))
             elif base in INTEGER_TYPES and stars == 1 and not const:
                 self.out_scalars.append((name, INTEGER_TYPES[base]))
+            elif base in STRUCT_TYPES and stars == 1 and not const:
+                self.out_structs.append((name, STRUCT_TYPES[base]))
             elif base in OPAQUE_NAMES and stars == 1:
                 self._add_input(name, _handle_converter(base), base)
             elif stars == 0 and (base in INTEGER_TYPES or base in ENUM_NAMES):
@@ -230,12 +235,12 @@ class _Compiled:
         fn = self.fn
         if fn.service is None:
             raise self._fail("it invokes no service of its own")
-        if fn.name in _sdk.IRREGULAR and fn.name not in _NULL_CHECK_ONLY:
+        if fn.name in _sdk.IRREGULAR and fn.name not in _NULL_CHECK_ONLY and not self.raw:
             raise self._fail("its body does more than fill one params struct")
         for field, source in fn.assignments:
             if source.startswith("expr:") and source != _PLUGIN_NAME_EXPRESSION:
                 raise self._fail(f"field '{field}' is computed ({source[5:]})")
-        if fn.returns.startswith("expr:"):
+        if fn.returns.startswith("expr:") and not self.raw:
             raise self._fail(f"it returns a computed value ({fn.returns[5:]})")
         if fn.direct_params is not None and not fn.direct_params.startswith("arg:"):
             raise self._fail(f"it passes {fn.direct_params} to InvokeService")
@@ -260,6 +265,7 @@ class _Compiled:
             values[values_name] = (ctypes.c_char_p * len(pairs))(*(v for _, v in pairs))
         buffers = {name: cls() for name, cls in self.out_buffers}
         scalars = {name: c_type() for name, c_type in self.out_scalars}
+        structs = {name: cls() for name, cls in self.out_structs}
         locals_ = {name: ctypes.c_void_p() if "*" in c_type else INTEGER_TYPES.get(c_type, ctypes.c_int32)()
                    for name, c_type in self.locals.items()}
 
@@ -278,6 +284,8 @@ class _Compiled:
                         value = ctypes.pointer(buffers[name])
                     elif name in scalars:
                         value = ctypes.pointer(scalars[name])
+                    elif name in structs:
+                        value = ctypes.pointer(structs[name])
                     else:
                         value = _field_value(values[name], field_type)
                 elif kind == "ref":
@@ -303,6 +311,11 @@ class _Compiled:
             raise
         results = [_take_buffer(buffers[name]) for name, _ in self.out_buffers]
         results += [scalars[name].value for name, _ in self.out_scalars]
+        results += [{field: getattr(structs[name], field) for field, *_ in cls._fields_} for name, cls in self.out_structs]
+        if self.raw and self.locals:
+            # The caller interprets the local: an integer, or a pointer as an address.
+            name = fn.returns[6:] if fn.returns.startswith("local:") else next(iter(self.locals))
+            return locals_[name].value
         if fn.returns.startswith("local:"):
             name = fn.returns[6:]
             return _convert_local(locals_[name], self.locals[name])
@@ -386,16 +399,21 @@ def _check_version(fn: SdkFunction) -> None:
         )
 
 
-_COMPILED: dict[str, _Compiled] = {}
+_COMPILED: dict[tuple[str, bool], _Compiled] = {}
 
 
-def sdk_function(name: str) -> _Compiled:
+def sdk_function(name: str, raw: bool = False) -> _Compiled:
     """The Python callable for the SDK function ``name`` (``"OrthancPluginRestApiGet"``).
 
+    :param raw: return the value of the local the function returns as is (an
+        integer, or a pointer as an address) and let the caller interpret it:
+        for functions that compute their result (``HasInstanceMetadata``
+        returns ``result != 0``) or return memory Orthanc keeps
+        (``GetInstanceData``).
     :raises KeyError: no such function in the SDK header.
     :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
     """
-    compiled = _COMPILED.get(name)
+    compiled = _COMPILED.get((name, raw))
     if compiled is None:
-        compiled = _COMPILED[name] = _Compiled(_sdk.FUNCTIONS[name])
+        compiled = _COMPILED[(name, raw)] = _Compiled(_sdk.FUNCTIONS[name], raw)
     return compiled

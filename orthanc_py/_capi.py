@@ -161,6 +161,14 @@ def copy_memory(address: int, size: int) -> bytes:
     return ctypes.string_at(address, size) if address and size else b""
 
 
+def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, rows: int) -> None:
+    """Copies ``rows`` rows of pixels into memory Orthanc owns (an image buffer)."""
+    width = min(target_pitch, source_pitch)
+    for row in range(rows):
+        start = row * source_pitch
+        ctypes.memmove(target + row * target_pitch, source[start:start + width], width)
+
+
 def retrieve_dynamic_string(service: Service, argument: Optional[bytes] = None) -> Optional[str]:
     """Calls a service of the ``_OrthancPluginRetrieveDynamicString`` family."""
     result = ctypes.c_void_p()

@@ -89,9 +89,17 @@ class DicomInstance(Handle):
 
     c_type_name = "OrthancPluginDicomInstance"
 
+    def HasInstanceMetadata(self, metadata: str) -> int:
+        """Returns 1 if the instance has the metadata ``metadata``, 0 otherwise."""
+        return int(_calls.sdk_function("OrthancPluginHasInstanceMetadata", raw=True)(self, metadata) != 0)
+
+    def HasInstancePixelData(self) -> int:
+        """Returns 1 if the instance has pixel data, 0 otherwise."""
+        return int(_calls.sdk_function("OrthancPluginHasInstancePixelData", raw=True)(self) != 0)
+
     def GetInstanceData(self) -> bytes:
         """Returns the DICOM file of the instance, as bytes."""
-        address = _call("OrthancPluginGetInstanceData", self)
+        address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
         return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
 
 
@@ -102,7 +110,7 @@ class Image(Handle):
 
     def GetImageBuffer(self) -> bytes:
         """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
-        address = _call("OrthancPluginGetImageBuffer", self)
+        address = _calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
         return _capi.copy_memory(address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self))
 
 
@@ -200,7 +208,59 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             __all__.append(python_name)
 
 
-# --- written by hand: logging, callbacks ---------------------------------------------
+# --- written by hand: versions, dictionary, images, logging, callbacks -------------------
+
+def CheckVersionAdvanced(expectedMajor: int, expectedMinor: int, expectedRevision: int) -> int:
+    """Returns 1 if the running Orthanc is at least the given version (or a development build), else 0."""
+    running = _capi.orthanc_version()
+    if running == "mainline":
+        return 1
+    try:
+        have = tuple(int(part) for part in running.split(".")[:3])
+    except ValueError:
+        return 0
+    return int(have >= (int(expectedMajor), int(expectedMinor), int(expectedRevision)))
+
+
+def CheckVersion() -> int:
+    """Returns 1 if the running Orthanc is at least the version of the SDK orthanc_py was built from, else 0."""
+    return CheckVersionAdvanced(*_sdk.SDK_VERSION)
+
+
+def GetErrorDescription(error: int) -> str:
+    """Returns Orthanc's description of an error code."""
+    return _capi.error_description(int(error))
+
+
+def LookupDictionary(name: str) -> dict[str, int]:
+    """Looks a DICOM tag up in Orthanc's dictionary by name (``"PatientName"``) or number (``"0010,0010"``).
+
+    :returns: ``{"Group", "Element", "ValueRepresentation", "MinMultiplicity", "MaxMultiplicity"}``.
+    :raises OrthancException: for an unknown tag.
+    """
+    entry = _call("OrthancPluginLookupDictionary", name)
+    return {
+        "Group": entry["group"],
+        "Element": entry["element"],
+        "ValueRepresentation": entry["vr"],
+        "MinMultiplicity": entry["minMultiplicity"],
+        "MaxMultiplicity": entry["maxMultiplicity"],
+    }
+
+
+def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buffer: bytes) -> Image:
+    """Creates an image from raw pixels: ``height`` rows of ``pitch`` bytes each.
+
+    The pixels are copied into an image Orthanc owns, so ``buffer`` may be
+    released afterwards.
+    """
+    if len(buffer) < pitch * height:
+        raise ValueError(f"CreateImageFromBuffer(): buffer holds {len(buffer)} bytes, less than pitch * height = {pitch * height}")
+    image = _call("OrthancPluginCreateImage", format, width, height)
+    _capi.copy_rows(_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image), _call("OrthancPluginGetImagePitch", image),
+                    bytes(buffer), pitch, height)
+    return image
+
 
 def _log(log: Callable[[str], None], level: int, message: str) -> None:
     try:
@@ -320,7 +380,8 @@ def _on_stored_instance(address: int, instance_id: str) -> int:
 
 
 for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "RegisterRestCallback",
-              "RegisterOnStoredInstanceCallback"):
+              "RegisterOnStoredInstanceCallback", "CheckVersion", "CheckVersionAdvanced", "GetErrorDescription",
+              "LookupDictionary", "CreateImageFromBuffer"):
     globals()[_name].__module__ = "orthanc"
     __all__.append(_name)
 
