@@ -9,7 +9,11 @@ DICOM_PORT ?= 4242
 SCRIPT ?= examples/seed/hello.py
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := orthanc orthanc-dev
+# orthanc: the server; orthanc-dev: OrthancCPlugin.h, which the loader is
+# compiled against and the SDK bindings are generated from; dcmtk: a real DICOM
+# peer for the tests (storescp, findscu...); orthanc-python with python3-pydicom
+# and python3-pil: the official plugin, which the tests compare against.
+DEBIAN_PACKAGES := orthanc orthanc-dev dcmtk orthanc-python python3-pydicom python3-pil
 
 .PHONY: run test setup system-deps clean
 
@@ -21,10 +25,10 @@ test: setup
 
 setup: system-deps $(VENV)/.installed
 
-# Orthanc (the server the tests drive) and orthanc-dev (OrthancCPlugin.h, which
-# the loader is compiled against and the SDK bindings are generated from).
 system-deps:
-	@if ! command -v Orthanc >/dev/null || [ ! -f /usr/include/orthanc/OrthancCPlugin.h ]; then \
+	@if ! command -v Orthanc >/dev/null || [ ! -f /usr/include/orthanc/OrthancCPlugin.h ] \
+	    || ! command -v storescp >/dev/null || [ ! -f /usr/share/orthanc/plugins/libOrthancPython.so ] \
+	    || ! /usr/bin/python3 -c "import pydicom, PIL" 2>/dev/null; then \
 	  echo "Installing Debian packages: $(DEBIAN_PACKAGES)"; \
 	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEBIAN_PACKAGES); \
 	fi

@@ -252,7 +252,8 @@ class _Compiled:
         if len(args) != len(self.inputs):
             names = ", ".join(name for name, _ in self.inputs)
             raise TypeError(f"{self.python_name}({names}) takes {len(self.inputs)} argument(s), got {len(args)}")
-        _check_version(fn)
+        if fn.since is not None:
+            _check_version(fn)
         values: dict[str, Any] = {}
         for (name, convert), value in zip(self.inputs, args):
             values[name] = convert(value, f"{self.python_name}() argument '{name}'")

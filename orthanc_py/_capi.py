@@ -288,6 +288,18 @@ def register_on_change(callback: Callable[[int, int, Optional[bytes]], int]) -> 
 
 # --- REST callbacks ------------------------------------------------------------
 
+def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
+    """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path."""
+    params = _sdk._OrthancPluginAnswerBuffer()
+    params.output = ctypes.cast(output, _OUTPUT_POINTER)
+    params.answer = ctypes.cast(body, ctypes.c_void_p)
+    params.answerSize = len(body)
+    params.mimeType = mime_type
+    invoke(Service.AnswerBuffer, params, "AnswerBuffer")
+
+
+_OUTPUT_POINTER = ctypes.POINTER(_sdk.OrthancPluginRestOutput)
+
 HTTP_METHODS = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
 
 

@@ -83,6 +83,17 @@ class RestOutput(Handle):
         super().__init__(address, owned)
         self.answered = False
 
+    def AnswerBuffer(self, answer: bytes | str, mimeType: str) -> None:
+        """Answers the request with ``answer`` (bytes, or str sent as UTF-8) and its MIME type."""
+        if isinstance(answer, str):
+            answer = answer.encode("utf-8")
+        elif not isinstance(answer, bytes):
+            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'")
+        if not isinstance(mimeType, str):
+            raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
+        _capi.answer_buffer(self.address, answer, mimeType.encode("utf-8"))
+        self.answered = True
+
 
 class DicomInstance(Handle):
     """A DICOM instance: received, stored, or created from a buffer."""
@@ -141,6 +152,9 @@ for _opaque in _sdk.OPAQUE_TYPES:
         )
 for _cls in _HANDLE_CLASSES.values():
     _cls.__module__ = "orthanc"
+    for _name, _member in list(vars(_cls).items()):
+        if inspect.isfunction(_member) and not _name.startswith("_"):
+            setattr(_cls, _name, _SdkMethod(_member))
     _calls.HANDLE_CLASSES[_cls.c_type_name] = _cls
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
@@ -379,9 +393,22 @@ def _on_stored_instance(address: int, instance_id: str) -> int:
     return int(_capi.ErrorCode.Success)
 
 
+from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
+    RegisterFindCallback,
+    RegisterIncomingCStoreInstanceFilter,
+    RegisterIncomingHttpRequestFilter,
+    RegisterMoveCallback,
+    RegisterReceivedInstanceCallback,
+    RegisterStorageArea,
+    RegisterWorklistCallback,
+)
+
 for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "RegisterRestCallback",
               "RegisterOnStoredInstanceCallback", "CheckVersion", "CheckVersionAdvanced", "GetErrorDescription",
-              "LookupDictionary", "CreateImageFromBuffer"):
+              "LookupDictionary", "CreateImageFromBuffer",
+              "RegisterIncomingHttpRequestFilter", "RegisterReceivedInstanceCallback",
+              "RegisterIncomingCStoreInstanceFilter", "RegisterFindCallback", "RegisterWorklistCallback",
+              "RegisterMoveCallback", "RegisterStorageArea"):
     globals()[_name].__module__ = "orthanc"
     __all__.append(_name)
 

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("script", metavar="SCRIPT", help="the Python script to load")
 
     commands.add_parser(
+        "sdk-coverage",
+        help="count the Orthanc SDK functions reachable from Python and list the others",
+        description="Reports, for the SDK header the bindings were generated from, how many of its "
+        "functions the `orthanc` module reaches, and each one it does not, with the reason.",
+    )
+
+    commands.add_parser(
         "doctor",
         help="check Orthanc, the loader and the venv, and say what to fix",
     )
@@ -83,6 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return print_config(args.script)
         if args.command == "doctor":
             return doctor()
+        if args.command == "sdk-coverage":
+            return sdk_coverage()
     except (FileNotFoundError, ValueError) as error:
         print(f"orthanc-py: error: {error}", file=sys.stderr)
         return 2
@@ -130,6 +139,32 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, forward)
         code = child.wait()
     return code if code >= 0 else 128 - code
+
+
+# SDK functions that scripts have no use for, on purpose.
+DELIBERATE_EXCLUSIONS = {
+    "OrthancPluginFreeString": "orthanc_py frees every string Orthanc returns itself",
+    "OrthancPluginFreeMemoryBuffer": "orthanc_py copies and frees every buffer Orthanc returns itself",
+    "OrthancPluginFreeMemoryBuffer64": "orthanc_py copies and frees every buffer Orthanc returns itself",
+}
+
+
+def sdk_coverage() -> int:
+    """Prints how much of the SDK the ``orthanc`` module reaches; exit code 1 if anything is missing."""
+    from . import _compat, _sdk
+
+    total = len(_sdk.FUNCTIONS)
+    missing = {name: why for name, why in _compat.UNSUPPORTED.items() if name not in DELIBERATE_EXCLUSIONS}
+    excluded = {name: why for name, why in DELIBERATE_EXCLUSIONS.items() if name in _sdk.FUNCTIONS}
+    version = ".".join(map(str, _sdk.SDK_VERSION))
+    reachable = total - len(missing) - len(excluded)
+    print(f"Orthanc SDK {version}: {reachable} of {total} functions reachable from Python "
+          f"({len(excluded)} excluded on purpose, {len(missing)} not reachable)")
+    for name, why in sorted(excluded.items()):
+        print(f"  excluded  {name}: {why}")
+    for name, why in sorted(missing.items()):
+        print(f"  missing   {name}: {why}")
+    return 1 if missing else 0
 
 
 def doctor() -> int:
