@@ -1,8 +1,51 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""orthanc_py: write Orthanc plugins in Python, in your own virtual environment."""
+"""orthanc_py: write Orthanc plugins in Python, in your own virtual environment.
+
+>>> from orthanc_py import route, on_change, on_stored_instance, ChangeType, rest
+>>> @route("/hello/<name>")
+... def hello(request, name):
+...     return f"Hello {name}!"
+"""
 
 from __future__ import annotations
 
+from . import rest
 from ._paths import plugin_path
+from ._routing import RuleError
+from ._runtime import SetupError
+from .events import (
+    Change,
+    ChangeType,
+    InstanceOrigin,
+    ResourceType,
+    StoredInstance,
+    on_change,
+    on_shutdown,
+    on_startup,
+    on_stored_instance,
+)
+from .rest import RestError
+from .web import HTTPError, Request, Response, abort, add_route, route
 
-__all__ = ["plugin_path"]
+__all__ = [
+    "Change",
+    "ChangeType",
+    "HTTPError",
+    "InstanceOrigin",
+    "Request",
+    "ResourceType",
+    "Response",
+    "RestError",
+    "RuleError",
+    "SetupError",
+    "StoredInstance",
+    "abort",
+    "add_route",
+    "on_change",
+    "on_shutdown",
+    "on_startup",
+    "on_stored_instance",
+    "plugin_path",
+    "rest",
+    "route",
+]

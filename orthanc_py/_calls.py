@@ -208,6 +208,10 @@ class _Compiled:
                 if following and following[1] in INTEGER_TYPES and following[0].lower().endswith("size"):
                     self.size_of[following[0]] = name
                 self._add_input(name, _to_bytes, base)
+            elif base == "char" and stars == 1 and following and following[0] == name + "Size":
+                # A text that may hold anything, NULs included: its size is given.
+                self.size_of[following[0]] = name
+                self._add_input(name, _to_bytes, base)
             elif base == "char" and stars == 1:
                 self._add_input(name, _to_c_string, base)
             elif base in BUFFER_TYPES and stars == 1 and not const:

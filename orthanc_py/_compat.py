@@ -361,9 +361,6 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     _capi.register_rest_callback(pathRegularExpression, handle, where)
 
 
-_stored_instance_handlers: list[Callable[[DicomInstance, str], None]] = []
-
-
 def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], None]) -> None:
     """Registers ``callback(dicom, instanceId)``, called each time Orthanc stores an instance.
 
@@ -375,22 +372,15 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
         raise TypeError(
             f"RegisterOnStoredInstanceCallback() argument 'callback' must be callable, not {type(callback).__name__}"
         )
-    if _capi.is_attached():
-        _runtime.require_setup("orthanc.RegisterOnStoredInstanceCallback()")
-        if not _stored_instance_handlers:
-            _capi.register_on_stored_instance(_on_stored_instance, "the on-stored-instance callback")
-    _stored_instance_handlers.append(callback)
 
-
-def _on_stored_instance(address: int, instance_id: str) -> int:
-    instance = DicomInstance(address)
-    for handler in list(_stored_instance_handlers):
+    def deliver(address: int, instance_id: str) -> None:
+        instance = DicomInstance(address)
         try:
-            handler(instance, instance_id)
-        except Exception:
-            _capi.report_exception(f"on-stored-instance callback {_handler_name(handler)}")
-    instance._address = 0  # lent by Orthanc for this call only
-    return int(_capi.ErrorCode.Success)
+            callback(instance, instance_id)
+        finally:
+            instance._address = 0  # lent by Orthanc for this call only
+
+    _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _handler_name(callback))
 
 
 from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Delivers Orthanc's change events to Python handlers on a thread of ours.
+"""Delivers Orthanc's events to the Python handlers of both APIs.
 
 Orthanc calls its on-change callback synchronously with its core: a handler
 that called the REST API from there could deadlock. The callback therefore
 only queues the change; one worker thread delivers the queue in order to
 every handler, in registration order, where REST calls are safe.
+
+Stored instances are delivered at once, on Orthanc's thread: the instance
+Orthanc lends is valid during the callback only.
 """
 
 from __future__ import annotations
@@ -101,6 +104,32 @@ class ChangeDispatcher:
         return not self._worker.is_alive()
 
 
+StoredInstanceHandler = Callable[[int, str], None]
+
+
+class StoredInstanceDispatcher:
+    """One on-stored-instance callback for Orthanc, several handlers for Python."""
+
+    def __init__(self) -> None:
+        self._handlers: list[tuple[StoredInstanceHandler, str]] = []
+
+    def add(self, handler: StoredInstanceHandler, what: str, name: str) -> None:
+        """Adds ``handler(instance_address, instance_id)``; ``name`` is used in error logs."""
+        if _capi.is_attached():
+            _runtime.require_setup(what)
+            if not self._handlers:
+                _capi.register_on_stored_instance(self._on_stored, "the on-stored-instance callback")
+        self._handlers.append((handler, name))
+
+    def _on_stored(self, address: int, instance_id: str) -> int:
+        for handler, name in list(self._handlers):
+            try:
+                handler(address, instance_id)
+            except Exception:
+                _capi.report_exception(f"on-stored-instance handler {name}")
+        return int(_capi.ErrorCode.Success)
+
+
 def _name_of(function: Callable[..., object]) -> str:
     module = getattr(function, "__module__", None) or "?"
     return f"{module}.{getattr(function, '__qualname__', repr(function))}"
@@ -110,3 +139,6 @@ _worker_lock = threading.Lock()
 
 changes = ChangeDispatcher()
 """The process-wide dispatcher (Orthanc has one on-change callback per plugin)."""
+
+stored_instances = StoredInstanceDispatcher()
+"""The process-wide dispatcher of stored instances."""

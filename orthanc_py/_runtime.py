@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import _capi, _logging
 
@@ -36,6 +36,18 @@ class Phase(enum.Enum):
 
 
 phase = Phase.IDLE
+_after_load: list[Callable[[], None]] = []
+_on_stop: list[Callable[[], None]] = []
+
+
+def after_load(check: Callable[[], None]) -> None:
+    """Runs ``check`` once the script has loaded; an exception from it stops Orthanc's start-up."""
+    _after_load.append(check)
+
+
+def on_stop(callback: Callable[[], None]) -> None:
+    """Runs ``callback`` when Orthanc stops, after the change handlers and before the script's threads are joined."""
+    _on_stop.append(callback)
 
 
 class SetupError(RuntimeError):
@@ -66,6 +78,8 @@ class Settings:
     base_folder: str = ""
     """The folder a relative script path was resolved from."""
     verbose: bool = False
+    offload_workers: Optional[int] = None
+    """``Python.OffloadWorkers``: size of the pool of offloaded routes (default: the number of cores)."""
 
     @classmethod
     def from_configuration(cls, config: dict[str, Any], config_path: Optional[str]) -> "Settings":
@@ -100,8 +114,11 @@ class Settings:
             if not isinstance(value, bool):
                 raise ConfigurationError(f'"{name}" must be true or false, not {json.dumps(value)}')
             verbose = verbose or value
+        workers = section.get("OffloadWorkers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigurationError(f'"Python.OffloadWorkers" must be a whole number of at least 1, not {json.dumps(workers)}')
         if script is None:
-            return cls(script=None, verbose=verbose)
+            return cls(script=None, verbose=verbose, offload_workers=workers)
         if config_path and os.path.isdir(config_path):
             base = config_path
         elif config_path:
@@ -109,7 +126,12 @@ class Settings:
         else:
             base = os.getcwd()
         resolved = os.path.normpath(os.path.join(base, os.path.expanduser(script)))
-        return cls(script=resolved, script_option=f'"{option}": "{script}"', base_folder=base, verbose=verbose)
+        return cls(script=resolved, script_option=f'"{option}": "{script}"', base_folder=base, verbose=verbose,
+                   offload_workers=workers)
+
+
+settings = Settings(script=None)
+"""The options in force (read from Orthanc's configuration at start-up)."""
 
 
 class _ImportTracer(importlib.abc.MetaPathFinder):
@@ -125,7 +147,7 @@ def start(context_address: int, loader_path: str) -> bool:
 
     :returns: ``True`` when Orthanc may go on starting.
     """
-    global phase
+    global phase, settings
     _capi.attach(context_address)
     _logging.install()
     try:
@@ -184,6 +206,8 @@ def _run_script(path: str) -> bool:
         with open(path, "rb") as source:
             code = compile(source.read(), path, "exec")
         exec(code, module.__dict__)
+        for check in _after_load:
+            check()
     except BaseException as error:  # SystemExit too: the script must not end Orthanc by itself
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
         _capi.log_error(f"orthanc_py: the script {path} failed while loading:\n{text}")
@@ -213,6 +237,11 @@ def stop() -> bool:
             f"orthanc_py: an on-change handler still runs after {SHUTDOWN_GRACE_SECONDS:g} s; "
             "Orthanc stops without waiting for it"
         )
+    for callback in _on_stop:
+        try:
+            callback()
+        except Exception:
+            _capi.report_exception("orthanc_py's shut-down")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     left = _join_threads(deadline)

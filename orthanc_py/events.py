@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Decorators for Orthanc's events: changes, stored instances, start-up and shut-down.
+
+>>> @on_change(ChangeType.STABLE_STUDY)
+... def forward(change):
+...     rest.post("/modalities/sample/store", change.resource_id)
+
+Change handlers run in order on a thread of orthanc_py's, where calling
+:mod:`orthanc_py.rest` is safe. Stored-instance handlers run while Orthanc
+stores the instance: the instance they get is valid during the call only.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar, Union, overload
+
+from . import _calls, _events, _sdk
+
+__all__ = [
+    "Change", "ChangeType", "InstanceOrigin", "ResourceType", "StoredInstance",
+    "on_change", "on_shutdown", "on_startup", "on_stored_instance",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _python_enum(name: str, source: Any, doc: str) -> Any:
+    members = {re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", m.name.rstrip("_")).upper(): int(m) for m in source}
+    cls = enum.IntEnum(name, members, module=__name__)  # type: ignore[misc]
+    cls.__doc__ = doc
+    return cls
+
+
+ChangeType = _python_enum("ChangeType", _sdk.OrthancPluginChangeType, "The kinds of change Orthanc reports.")
+ResourceType = _python_enum("ResourceType", _sdk.OrthancPluginResourceType, "Patient, study, series, instance.")
+InstanceOrigin = _python_enum("InstanceOrigin", _sdk.OrthancPluginInstanceOrigin, "Where a stored instance came from.")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change in Orthanc's store (a new study, a stable series, Orthanc starting...)."""
+
+    change_type: ChangeType
+    resource_type: ResourceType
+    resource_id: Optional[str]
+    """The Orthanc ID of the resource, or ``None`` for changes about no resource."""
+
+
+@overload
+def on_change(function: F, /) -> F: ...
+@overload
+def on_change(*change_types: Union[ChangeType, int]) -> Callable[[F], F]: ...
+
+
+def on_change(*change_types: Any) -> Any:
+    """Calls the decorated ``handler(change)`` for each change of the given types (all without).
+
+    Used bare (``@on_change``) or with types (``@on_change(ChangeType.NEW_STUDY,
+    ChangeType.DELETED)``). Handlers run in order on a worker thread; one that
+    raises is logged and the others still run.
+    """
+    if len(change_types) == 1 and callable(change_types[0]) and not isinstance(change_types[0], int):
+        return _add_change_handler(change_types[0], frozenset())
+    for change_type in change_types:
+        if not isinstance(change_type, int):
+            raise TypeError(f"on_change() takes ChangeType values, not {type(change_type).__name__}")
+    wanted = frozenset(int(t) for t in change_types)
+    return lambda function: _add_change_handler(function, wanted)
+
+
+def _add_change_handler(function: F, wanted: frozenset[int]) -> F:
+    if not callable(function):
+        raise TypeError(f"on_change: the handler must be callable, not {type(function).__name__}")
+
+    @functools.wraps(function)
+    def deliver(change_type: int, resource_type: int, resource_id: Optional[str]) -> None:
+        if not wanted or change_type in wanted:
+            function(Change(ChangeType(change_type), ResourceType(resource_type), resource_id))
+
+    _events.changes.add(deliver, "@on_change")
+    return function
+
+
+def on_startup(function: F) -> F:
+    """Calls the decorated ``handler()`` once Orthanc has started (its REST API works then)."""
+    _add_lifecycle_handler(function, ChangeType.ORTHANC_STARTED, "@on_startup")
+    return function
+
+
+def on_shutdown(function: F) -> F:
+    """Calls the decorated ``handler()`` when Orthanc stops, before orthanc_py does."""
+    _add_lifecycle_handler(function, ChangeType.ORTHANC_STOPPED, "@on_shutdown")
+    return function
+
+
+def _add_lifecycle_handler(function: Callable[[], Any], change_type: int, what: str) -> None:
+    if not callable(function):
+        raise TypeError(f"{what}: the handler must be callable, not {type(function).__name__}")
+
+    @functools.wraps(function)
+    def deliver(kind: int, resource_type: int, resource_id: Optional[str]) -> None:
+        if kind == change_type:
+            function()
+
+    _events.changes.add(deliver, what)
+
+
+class StoredInstance:
+    """An instance Orthanc has just stored; valid while the handler runs.
+
+    Each property asks Orthanc when first read, so a handler pays only for
+    what it uses.
+    """
+
+    def __init__(self, address: int, instance_id: str) -> None:
+        self._instance = _calls.handle_class("OrthancPluginDicomInstance")(address)
+        self.id = instance_id
+        """The Orthanc ID of the instance."""
+
+    def _call(self, name: str, *args: Any, raw: bool = False) -> Any:
+        return _calls.sdk_function("OrthancPlugin" + name, raw=raw)(self._instance, *args)
+
+    @functools.cached_property
+    def size(self) -> int:
+        """The size of the DICOM file, in bytes."""
+        return int(self._call("GetInstanceSize"))
+
+    @functools.cached_property
+    def data(self) -> bytes:
+        """The DICOM file."""
+        from ._capi import copy_memory
+
+        return copy_memory(self._call("GetInstanceData", raw=True), self.size)
+
+    @functools.cached_property
+    def origin(self) -> InstanceOrigin:
+        """How the instance reached Orthanc (REST API, DICOM protocol, plugin...)."""
+        return InstanceOrigin(self._call("GetInstanceOrigin"))
+
+    @functools.cached_property
+    def remote_aet(self) -> str:
+        """The AET of the modality that sent the instance (empty when not received over DICOM)."""
+        return self._call("GetInstanceRemoteAet") or ""
+
+    @functools.cached_property
+    def transfer_syntax(self) -> str:
+        """The transfer syntax UID of the DICOM file."""
+        return self._call("GetInstanceTransferSyntaxUid") or ""
+
+    def metadata(self, name: str) -> Optional[str]:
+        """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
+        return self._call("GetInstanceMetadata", name)
+
+    @functools.cached_property
+    def simplified_json(self) -> dict[str, Any]:
+        """The DICOM tags as ``{"PatientID": "...", ...}``."""
+        return json.loads(self._call("GetInstanceSimplifiedJson"))
+
+    @functools.cached_property
+    def json(self) -> dict[str, Any]:
+        """The DICOM tags as Orthanc's full JSON (``{"0010,0020": {"Name": ..., "Value": ...}}``)."""
+        return json.loads(self._call("GetInstanceJson"))
+
+    def __repr__(self) -> str:
+        return f"<StoredInstance {self.id}>"
+
+
+def on_stored_instance(function: F) -> F:
+    """Calls the decorated ``handler(instance)`` with each :class:`StoredInstance` Orthanc stores."""
+    if not callable(function):
+        raise TypeError(f"@on_stored_instance: the handler must be callable, not {type(function).__name__}")
+
+    def deliver(address: int, instance_id: str) -> None:
+        instance = StoredInstance(address, instance_id)
+        try:
+            function(instance)
+        finally:
+            instance._instance._address = 0  # lent by Orthanc for this call only
+
+    _events.stored_instances.add(deliver, "@on_stored_instance", getattr(function, "__qualname__", repr(function)))
+    return function

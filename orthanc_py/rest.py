@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Orthanc's own REST API, called from inside Orthanc (no HTTP, no credentials).
+
+>>> from orthanc_py import rest
+>>> study = rest.get_json(f"/studies/{study_id}")
+>>> rest.post("/modalities/sample/store", study_id)
+
+Calls made while the script loads fail: Orthanc's database opens after the
+plugins initialise. Make them from a route, an event handler, or
+``@on_startup``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Union
+
+from . import _calls, _capi, _sdk
+
+__all__ = ["RestError", "delete", "get", "get_json", "post", "post_json", "put", "put_json"]
+
+Body = Union[bytes, str, dict, list, None]
+
+_E = _sdk.OrthancPluginErrorCode
+# The HTTP status Orthanc's REST API answers for the error codes a call may meet.
+_HTTP_STATUS = {
+    _E.UnknownResource: 404,
+    _E.InexistentItem: 404,
+    _E.InexistentFile: 404,
+    _E.BadRequest: 400,
+    _E.BadFileFormat: 400,
+    _E.BadJson: 400,
+    _E.ParameterOutOfRange: 400,
+    _E.BadParameterType: 400,
+    _E.Unauthorized: 401,
+    _E.NotAcceptable: 406,
+    _E.NotImplemented: 501,
+    _E.Timeout: 504,
+}
+
+
+class RestError(Exception):
+    """A call to Orthanc's REST API failed.
+
+    :ivar status: the HTTP status Orthanc's REST API answers for this error (404, 400...).
+    :ivar code: Orthanc's error code.
+    :ivar method: the HTTP method of the call.
+    :ivar uri: the URI called.
+    """
+
+    def __init__(self, method: str, uri: str, code: int, description: str) -> None:
+        self.method, self.uri, self.code = method, uri, int(code)
+        self.status = _HTTP_STATUS.get(self.code, 500)  # type: ignore[call-overload]
+        super().__init__(f"{method} {uri}: {description} (HTTP {self.status}, Orthanc error {self.code})")
+
+
+def _body(body: Body) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, (dict, list)):
+        return json.dumps(body).encode("utf-8")
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise TypeError(f"a REST body must be bytes, str, dict or list, not {type(body).__name__}")
+
+
+def _call(method: str, function: str, uri: str, *args: Any) -> Any:
+    if not isinstance(uri, str):
+        raise TypeError(f"rest.{method.lower()}() argument 'uri' must be str, not {type(uri).__name__}")
+    try:
+        return _calls.sdk_function(function)(uri, *args)
+    except _calls.SdkVersionError:
+        raise
+    except _capi.OrthancError as error:
+        raise RestError(method, uri, error.code, error.description) from None
+
+
+def get(uri: str) -> bytes:
+    """GET ``uri`` from Orthanc's REST API; returns the body.
+
+    :raises RestError: carrying the HTTP status, e.g. 404 for an unknown resource.
+    """
+    return _call("GET", "OrthancPluginRestApiGet", uri)
+
+
+def post(uri: str, body: Body = b"") -> bytes:
+    """POST ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
+    return _call("POST", "OrthancPluginRestApiPost", uri, _body(body))
+
+
+def put(uri: str, body: Body = b"") -> bytes:
+    """PUT ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
+    return _call("PUT", "OrthancPluginRestApiPut", uri, _body(body))
+
+
+def delete(uri: str) -> None:
+    """DELETE ``uri``."""
+    _call("DELETE", "OrthancPluginRestApiDelete", uri)
+
+
+def get_json(uri: str) -> Any:
+    """GET ``uri`` and parse the answer as JSON."""
+    return json.loads(get(uri))
+
+
+def post_json(uri: str, body: Body = None) -> Any:
+    """POST ``body`` (a dict or list is sent as JSON) and parse the answer as JSON."""
+    return json.loads(post(uri, {} if body is None else body))
+
+
+def put_json(uri: str, body: Body = None) -> Any:
+    """PUT ``body`` (a dict or list is sent as JSON) and parse the answer as JSON."""
+    return json.loads(put(uri, {} if body is None else body))

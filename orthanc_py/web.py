@@ -1,0 +1,371 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Routes in the Flask style: ``@route``, :class:`Request`, :class:`Response`, :func:`abort`.
+
+>>> @route("/studies/<study_id>/summary")
+... def summary(request, study_id):
+...     study = rest.get_json(f"/studies/{study_id}")
+...     return {"patient": study["PatientMainDicomTags"].get("PatientName")}
+
+Each distinct rule becomes one Orthanc REST callback: Orthanc matches the
+path, Python only picks the handler for the method and converts the result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import pickle
+import threading
+import urllib.parse
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+
+from . import _calls, _capi, _runtime
+from ._routing import CompiledRule, RuleError, allow_header, compile_path
+
+__all__ = ["HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "route"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+METHODS = ("GET", "POST", "PUT", "DELETE")
+Offload = Union[bool, concurrent.futures.Executor]
+
+
+class Headers(dict):  # type: ignore[type-arg]
+    """HTTP headers; names are matched without regard to case."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__((k.lower(), v) for k, v in items)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
+class Request:
+    """An HTTP request to a route.
+
+    ``args``, ``headers`` and ``body`` are read from Orthanc when first used.
+    The request is valid while the handler runs (an offloaded handler gets a
+    complete copy).
+    """
+
+    def __init__(self, view: Optional[_capi.HttpRequestView], path: str, path_params: dict[str, Any],
+                 method: Optional[str] = None) -> None:
+        self._view = view
+        self.path = path
+        """The path of the request, without the query string."""
+        self.path_params = path_params
+        """The values taken from the path by the rule's ``<converters>``."""
+        self.method = method or (view.method if view is not None else "GET")
+        """``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``."""
+        self._args: Optional[dict[str, str]] = None
+        self._headers: Optional[Headers] = None
+        self._body: Optional[bytes] = None
+        self._groups: Optional[tuple[str, ...]] = None
+
+    def _from_view(self) -> _capi.HttpRequestView:
+        if self._view is None:
+            raise RuntimeError("this request is over: read it while the handler runs")
+        return self._view
+
+    @property
+    def args(self) -> dict[str, str]:
+        """The query arguments, decoded (``?name=J%C3%B6rg`` gives ``{"name": "Jörg"}``)."""
+        if self._args is None:
+            self._args = {k: urllib.parse.unquote_plus(v) for k, v in self._from_view().get}
+        return self._args
+
+    @property
+    def headers(self) -> Headers:
+        """The HTTP headers; ``request.headers["Content-Type"]`` ignores case."""
+        if self._headers is None:
+            self._headers = Headers(self._from_view().headers)
+        return self._headers
+
+    @property
+    def body(self) -> bytes:
+        """The body of a POST or PUT request (``b""`` otherwise)."""
+        if self._body is None:
+            self._body = self._from_view().body if self.method in ("POST", "PUT") else b""
+        return self._body
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The groups of the rule's regular expression, as Orthanc matched them."""
+        if self._groups is None:
+            self._groups = self._from_view().groups
+        return self._groups
+
+    def json(self) -> Any:
+        """The body parsed as JSON.
+
+        :raises HTTPError: 400, with the parser's message, when the body is not JSON.
+        """
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError as error:
+            raise HTTPError(400, f"the body is not valid JSON: {error}") from None
+
+    def detached(self) -> "Request":
+        """A complete copy that outlives the handler (and pickles)."""
+        copy = Request(None, self.path, self.path_params, self.method)
+        copy._args, copy._headers, copy._body, copy._groups = self.args, self.headers, self.body, self.groups
+        return copy
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.detached().__dict__.copy()
+        state["_view"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class Response:
+    """An HTTP answer with a status, headers and a content type of one's choosing.
+
+    :param body: ``str`` (sent as UTF-8), ``bytes``, or a ``dict``/``list`` sent as JSON.
+    """
+
+    def __init__(self, body: Union[str, bytes, dict, list, None] = b"", status: int = 200,
+                 headers: Optional[Mapping[str, str]] = None, content_type: Optional[str] = None) -> None:
+        if isinstance(body, (dict, list)):
+            data, default_type = json.dumps(body).encode("utf-8"), "application/json"
+        elif isinstance(body, str):
+            data, default_type = body.encode("utf-8"), "text/plain; charset=utf-8"
+        elif isinstance(body, (bytes, bytearray, memoryview)):
+            data, default_type = bytes(body), "application/octet-stream"
+        elif body is None:
+            data, default_type = b"", "application/octet-stream"
+        else:
+            raise TypeError(f"Response body must be str, bytes, dict, list or None, not {type(body).__name__}")
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"Response status must be an HTTP status between 100 and 599, not {status!r}")
+        self.body = data
+        self.status = status
+        self.headers = dict(headers or {})
+        self.content_type = content_type or self.headers.pop("Content-Type", None) or default_type
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.content_type} {len(self.body)} bytes>"
+
+
+class HTTPError(Exception):
+    """Raised to answer an HTTP error; :func:`abort` raises it."""
+
+    def __init__(self, status: int, message: Optional[str] = None) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> Response:
+        body = {"status": self.status, "message": self.message} if self.message else {"status": self.status}
+        return Response(body, self.status)
+
+
+def abort(status: int, message: Optional[str] = None) -> None:
+    """Stops the handler and answers ``status`` with a small JSON body ``{"status", "message"}``."""
+    raise HTTPError(status, message)
+
+
+def make_response(result: Any) -> Response:
+    """Turns what a handler returned into a :class:`Response`.
+
+    ``str`` is text, ``bytes`` binary, ``dict``/``list`` JSON, ``None`` an
+    empty 204; ``(body, status)`` and ``(body, status, headers)`` set those.
+    """
+    if isinstance(result, Response):
+        return result
+    if result is None:
+        return Response(b"", 204)
+    if isinstance(result, tuple):
+        if len(result) == 2:
+            return Response(result[0], result[1])
+        if len(result) == 3:
+            return Response(result[0], result[1], result[2])
+        raise TypeError(f"a handler may return (body, status) or (body, status, headers), not a tuple of {len(result)}")
+    return Response(result)
+
+
+def _send(output: int, response: Response) -> None:
+    """Answers the request through Orthanc, choosing the SDK call the status needs."""
+    status = response.status
+    for name, value in response.headers.items():
+        if name.lower() not in ("location", "allow", "www-authenticate"):
+            _sdk_call("SetHttpHeader", output, name, value)
+    if status == 200:
+        _capi.answer_buffer(output, response.body, response.content_type.encode("utf-8"))
+    elif status in (301, 302, 303, 307, 308) and "Location" in Headers(response.headers.items()):
+        _sdk_call("Redirect", output, Headers(response.headers.items())["Location"])
+    elif status == 401:
+        realm = Headers(response.headers.items()).get("WWW-Authenticate", "orthanc")
+        _sdk_call("SendUnauthorized", output, realm)
+    elif status == 405:
+        _sdk_call("SendMethodNotAllowed", output, Headers(response.headers.items()).get("Allow", ""))
+    elif not response.body:
+        _sdk_call("SendHttpStatusCode", output, status)
+    else:
+        _sdk_call("SetHttpHeader", output, "Content-Type", response.content_type)
+        _sdk_call("SendHttpStatus", output, status, response.body)
+
+
+def _sdk_call(name: str, output: int, *args: Any) -> None:
+    rest_output = _calls.handle_class("OrthancPluginRestOutput")(output)
+    try:
+        _calls.sdk_function("OrthancPlugin" + name)(rest_output, *args)
+    finally:
+        rest_output._address = 0  # Orthanc's, not ours to free
+
+
+# --- offloading to worker processes -------------------------------------------
+
+_pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_pool_lock = threading.Lock()
+
+
+def _default_pool() -> concurrent.futures.Executor:
+    """The process pool of offloaded routes, started on first use.
+
+    ``forkserver`` (``spawn`` where missing) rather than ``fork``: forking the
+    multi-threaded Orthanc process could copy locks held by other threads.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            workers = _runtime.settings.offload_workers or os.cpu_count() or 1
+            _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            _runtime.on_stop(_stop_pool)
+        return _pool
+
+
+def _stop_pool() -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
+
+
+def _run_offloaded(handler: Callable[..., Any], request: Request, params: dict[str, Any]) -> Any:
+    """Runs in a worker process: the handler, then the value to answer with."""
+    return make_response(handler(request, **params))
+
+
+# --- routes -------------------------------------------------------------------
+
+class _Endpoint:
+    """One rule: one Orthanc callback, a handler per method."""
+
+    def __init__(self, compiled: CompiledRule) -> None:
+        self.compiled = compiled
+        self.handlers: dict[str, tuple[Callable[..., Any], Offload]] = {}
+        self.where = f"route {compiled.rule}"
+
+    def handle(self, output: int, uri: str, view: _capi.HttpRequestView) -> int:
+        method = view.method
+        target = self.handlers.get(method)
+        if target is None:
+            _sdk_call("SendMethodNotAllowed", output, allow_header(list(self.handlers)))
+            return 0
+        handler, offload = target
+        try:
+            params = self.compiled.parameters(view.groups)
+        except ValueError:
+            _sdk_call("SendHttpStatusCode", output, 404)
+            return 0
+        request = Request(view, uri, params, method)
+        try:
+            try:
+                if offload:
+                    executor = _default_pool() if offload is True else offload
+                    response = executor.submit(_run_offloaded, handler, request.detached(), params).result()  # type: ignore[union-attr]
+                else:
+                    response = make_response(handler(request, **params))
+            except HTTPError as error:
+                response = error.response()
+            _send(output, response)
+        except Exception:
+            _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
+            return int(_capi.ErrorCode.Plugin)
+        return 0
+
+
+_endpoints: dict[str, _Endpoint] = {}
+
+
+def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = ("GET",),
+              offload: Offload = False) -> None:
+    """Registers ``handler(request, **path_params)`` for ``rule`` and ``methods``.
+
+    What :func:`route` does, without a decorator: for lists of routes built
+    at load time.
+
+    :param offload: ``True`` runs the handler in orthanc_py's pool of worker
+        processes, past the GIL; an :class:`concurrent.futures.Executor` runs it there.
+    :raises RuleError: for a malformed rule, an unknown method, or a method
+        that another handler already serves on the same rule.
+    :raises SetupError: after Orthanc has started: routes are declared while the script loads.
+    """
+    if not callable(handler):
+        raise TypeError(f"add_route({rule!r}): the handler must be callable, not {type(handler).__name__}")
+    if isinstance(methods, str):
+        raise TypeError(f"add_route({rule!r}): methods must be a list such as ['GET', 'POST'], not the string {methods!r}")
+    wanted = [m.upper() for m in methods]
+    for method in wanted:
+        if method not in METHODS:
+            raise RuleError(f"route {rule!r}: method {method!r} is not one Orthanc hands to plugins ({', '.join(METHODS)})")
+    if not (offload is False or offload is True or isinstance(offload, concurrent.futures.Executor)):
+        raise TypeError(f"route {rule!r}: offload must be True, False or a concurrent.futures.Executor")
+    compiled = compile_path(rule)
+    endpoint = _endpoints.get(compiled.regex)
+    if endpoint is not None:
+        for method in wanted:
+            if method in endpoint.handlers:
+                other = _name(endpoint.handlers[method][0])
+                raise RuleError(f"route {rule!r}: {method} is already handled by {other}")
+    if _capi.is_attached():
+        _runtime.require_setup(f"the route {rule!r}")
+        if offload:
+            _runtime.after_load(lambda: _check_picklable(rule, handler))
+    if endpoint is None:
+        endpoint = _endpoints[compiled.regex] = _Endpoint(compiled)
+        if _capi.is_attached():
+            _capi.register_rest_callback(compiled.regex, endpoint.handle, endpoint.where)
+    for method in wanted:
+        endpoint.handlers[method] = (handler, offload)
+
+
+def route(rule: str, methods: Sequence[str] = ("GET",), offload: Offload = False) -> Callable[[F], F]:
+    """Registers the decorated function as the handler of ``rule``; see :func:`add_route`.
+
+    Rules are Flask-style: ``/studies/<study_id>``, ``<int:n>``, ``<float:x>``,
+    ``<path:rest>``, ``<uuid:u>``; a rule holding regular-expression syntax and
+    no ``<...>`` is taken as a raw Orthanc regular expression.
+    """
+
+    def decorator(function: F) -> F:
+        add_route(rule, function, methods, offload)
+        return function
+
+    return decorator
+
+
+def _check_picklable(rule: str, handler: Callable[..., Any]) -> None:
+    try:
+        pickle.dumps(handler)
+    except Exception as error:
+        raise TypeError(
+            f"route {rule!r}: offload=True needs a handler that worker processes can import by name "
+            f"(a function defined at the top level of the script), but {_name(handler)} cannot be pickled: {error}"
+        ) from None
+
+
+def _name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))
