@@ -25,7 +25,7 @@ from .events import (
     on_stored_instance,
 )
 from .rest import RestError
-from .web import HTTPError, Request, Response, abort, add_route, route
+from .web import HTTPError, Request, Response, abort, add_route, route, run_in_worker
 
 __all__ = [
     "Change",
@@ -48,4 +48,5 @@ __all__ = [
     "plugin_path",
     "rest",
     "route",
+    "run_in_worker",
 ]

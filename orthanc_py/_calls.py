@@ -333,6 +333,8 @@ def _handle_converter(c_type_name: str) -> Callable[[Any, str], int]:
     def convert(value: Any, what: str) -> int:
         if isinstance(value, Handle) and value.c_type_name == c_type_name:
             return value.address
+        if value is None:
+            return 0  # NULL: the SDK takes it where the object is optional (CreateDicom's pixelData)
         expected = handle_class(c_type_name).__name__
         raise TypeError(f"{what} must be {expected}, not {type(value).__name__}")
 
@@ -358,7 +360,7 @@ def _field_value(value: Any, field_type: Any) -> Any:
     if field_type is ctypes.c_void_p and isinstance(value, bytes):
         return ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
     if isinstance(value, (int, ctypes.Array)) and hasattr(field_type, "contents"):
-        return ctypes.cast(value, field_type)
+        return ctypes.cast(value, field_type) if value else None
     return value
 
 

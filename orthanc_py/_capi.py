@@ -288,17 +288,38 @@ def register_on_change(callback: Callable[[int, int, Optional[bytes]], int]) -> 
 
 # --- REST callbacks ------------------------------------------------------------
 
+def _raw_layout(struct: Any, data_fields: tuple[str, ...] = ()) -> Any:
+    """The same layout as a generated struct, with plain pointers.
+
+    Pointers to Orthanc objects become ``c_void_p`` (set from an address with
+    no ctypes cast) and ``data_fields`` become ``c_char_p`` (set from bytes):
+    the REST answer path sets these on every request.
+    """
+    fields = []
+    for name, c_type in struct._fields_:
+        if name in data_fields:
+            c_type = ctypes.c_char_p
+        elif hasattr(c_type, "contents") or c_type is ctypes.c_void_p:
+            c_type = ctypes.c_void_p
+        fields.append((name, c_type))
+    return type(struct.__name__ + "Raw", (ctypes.Structure,), {"_fields_": fields})
+
+
+_AnswerBufferRaw = _raw_layout(_sdk._OrthancPluginAnswerBuffer, ("answer",))
+
+
 def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
     """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path."""
-    params = _sdk._OrthancPluginAnswerBuffer()
-    params.output = ctypes.cast(output, _OUTPUT_POINTER)
-    params.answer = ctypes.cast(body, ctypes.c_void_p)
-    params.answerSize = len(body)
-    params.mimeType = mime_type
-    invoke(Service.AnswerBuffer, params, "AnswerBuffer")
+    context = _context
+    if context is None:
+        _require("AnswerBuffer")
+    params = _AnswerBufferRaw(output, body, len(body), mime_type)
+    code = context.invoke_service(context.pointer, _ANSWER_BUFFER, ctypes.byref(params))  # type: ignore[union-attr]
+    if code:
+        raise OrthancError(code, error_description(code))
 
 
-_OUTPUT_POINTER = ctypes.POINTER(_sdk.OrthancPluginRestOutput)
+_ANSWER_BUFFER = int(Service.AnswerBuffer)
 
 HTTP_METHODS = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
 
@@ -346,6 +367,8 @@ class HttpRequestView:
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]
+_RawRestCallback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+_HttpRequest = _sdk.OrthancPluginHttpRequest
 
 
 def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
@@ -356,14 +379,16 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
     waits (on the REST API, on I/O, on a worker process).
     """
 
-    def callback(output: Any, url: Optional[bytes], request: Any) -> int:
+    def callback(output: int, url: Optional[bytes], request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
-        return handler(ctypes.cast(output, ctypes.c_void_p).value or 0, uri, HttpRequestView(request.contents))
+        return handler(output, uri, HttpRequestView(_HttpRequest.from_address(request)))
 
-    c_callback = trampoline(_sdk.OrthancPluginRestCallback, where)(callback)
+    # Same ABI as OrthancPluginRestCallback, with the pointers as plain
+    # addresses: ctypes then builds no pointer objects on each request.
+    c_callback = trampoline(_RawRestCallback, where)(callback)
     params = keep_alive(_sdk._OrthancPluginRestCallback())
     params.pathRegularExpression = path_regex.encode("utf-8")
-    params.callback = c_callback
+    params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
     invoke(Service.RegisterRestCallbackNoLock, params)
 
 

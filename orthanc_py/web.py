@@ -19,12 +19,14 @@ import os
 import pickle
 import threading
 import urllib.parse
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+from http import HTTPStatus
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
 
 from . import _calls, _capi, _runtime
+from .rest import RestError
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 
-__all__ = ["HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "route"]
+__all__ = ["HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "route", "run_in_worker"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -107,8 +109,10 @@ class Request:
 
         :raises HTTPError: 400, with the parser's message, when the body is not JSON.
         """
+        if not self.body:
+            raise HTTPError(400, "the body is empty: JSON expected")
         try:
-            return json.loads(self.body or b"null")
+            return json.loads(self.body)
         except ValueError as error:
             raise HTTPError(400, f"the body is not valid JSON: {error}") from None
 
@@ -169,7 +173,7 @@ class HTTPError(Exception):
         return Response(body, self.status)
 
 
-def abort(status: int, message: Optional[str] = None) -> None:
+def abort(status: int, message: Optional[str] = None) -> NoReturn:
     """Stops the handler and answers ``status`` with a small JSON body ``{"status", "message"}``."""
     raise HTTPError(status, message)
 
@@ -253,6 +257,17 @@ def _stop_pool() -> None:
             _pool = None
 
 
+def run_in_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs ``function(*args, **kwargs)`` in orthanc_py's pool of worker processes; returns its result.
+
+    For the CPU-bound part of a handler that must also call Orthanc: fetch
+    with :mod:`orthanc_py.rest` here, compute in the worker (which has no
+    access to Orthanc), answer here. ``function`` must be defined at the top
+    level of the script; arguments and result must pickle.
+    """
+    return _default_pool().submit(function, *args, **kwargs).result()
+
+
 def _run_offloaded(handler: Callable[..., Any], request: Request, params: dict[str, Any]) -> Any:
     """Runs in a worker process: the handler, then the value to answer with."""
     return make_response(handler(request, **params))
@@ -275,28 +290,49 @@ class _Endpoint:
             _sdk_call("SendMethodNotAllowed", output, allow_header(list(self.handlers)))
             return 0
         handler, offload = target
-        try:
-            params = self.compiled.parameters(view.groups)
-        except ValueError:
-            _sdk_call("SendHttpStatusCode", output, 404)
-            return 0
+        params: dict[str, Any] = {}
+        if self.compiled.names:
+            try:
+                params = self.compiled.parameters(view.groups)
+            except ValueError:
+                _sdk_call("SendHttpStatusCode", output, 404)
+                return 0
         request = Request(view, uri, params, method)
         try:
             try:
                 if offload:
                     executor = _default_pool() if offload is True else offload
-                    response = executor.submit(_run_offloaded, handler, request.detached(), params).result()  # type: ignore[union-attr]
+                    result = executor.submit(_run_offloaded, handler, request.detached(), params).result()  # type: ignore[union-attr]
                 else:
-                    response = make_response(handler(request, **params))
+                    result = handler(request, **params)
+                if type(result) is str:  # the common case, answered without a Response object
+                    _capi.answer_buffer(output, result.encode("utf-8"), _TEXT)
+                    return 0
+                response = make_response(result)
             except HTTPError as error:
                 response = error.response()
+            except RestError as error:
+                if error.status >= 500:
+                    raise
+                # A resource the handler looked up is missing (404) or was
+                # refused (400...): the client gets that status, and the
+                # details, which name internal URIs, stay in the log.
+                _capi.log_info(f"orthanc_py: {self.where} ({_name(handler)}): {error}")
+                response = HTTPError(error.status, HTTPStatus(error.status).phrase).response()
             _send(output, response)
+        except _capi.OrthancError as error:
+            if error.code != _capi.ErrorCode.NetworkProtocol:
+                _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
+                return int(_capi.ErrorCode.Plugin)
+            # The client went away before the answer was sent: nothing to fix.
+            _capi.log_info(f"orthanc_py: the client of {method} {uri} closed the connection before the answer")
         except Exception:
             _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
             return int(_capi.ErrorCode.Plugin)
         return 0
 
 
+_TEXT = b"text/plain; charset=utf-8"
 _endpoints: dict[str, _Endpoint] = {}
 
 
@@ -309,6 +345,9 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
 
     :param offload: ``True`` runs the handler in orthanc_py's pool of worker
         processes, past the GIL; an :class:`concurrent.futures.Executor` runs it there.
+        A worker process has no access to Orthanc (:mod:`orthanc_py.rest`
+        raises there): to combine both, use :func:`run_in_worker` inside an
+        ordinary route.
     :raises RuleError: for a malformed rule, an unknown method, or a method
         that another handler already serves on the same rule.
     :raises SetupError: after Orthanc has started: routes are declared while the script loads.

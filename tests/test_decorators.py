@@ -91,6 +91,10 @@ def missing_study(request):
     except RestError as error:
         return {"status": error.status}
 
+@route("/uncaught-missing")
+def uncaught_missing(request):
+    return rest.get("/studies/no-such-study")
+
 @route("/body-echo", methods=["POST"])
 def body_echo(request):
     return request.body
@@ -235,6 +239,8 @@ def test_malformed_json_is_a_400(app):
     answer = app.post("/items", "{not json")
     assert answer.status == 400
     assert "the body is not valid JSON" in answer.json()["message"]
+    empty = app.post("/items", b"")
+    assert (empty.status, empty.json()["message"]) == (400, "the body is empty: JSON expected")
 
 
 def test_exceptions_and_unsupported_results_are_500_without_details(app):
@@ -251,6 +257,11 @@ def test_exceptions_and_unsupported_results_are_500_without_details(app):
 def test_rest_client_and_its_errors(app):
     assert app.get("/study-count").json() == {"count": len(app.get_json("/studies"))}
     assert app.get("/missing-study").json() == {"status": 404}
+    # Not caught by the handler: the client gets the status, not the internal URI.
+    uncaught = app.get("/uncaught-missing")
+    assert uncaught.status == 404
+    assert uncaught.json() == {"status": 404, "message": "Not Found"}
+    assert "no-such-study" not in uncaught.text
 
 
 def test_binary_bodies_reach_the_handler_intact(app):
@@ -326,6 +337,15 @@ def cpu(request):
 @route("/pid")
 def pid(request):
     return {"pid": os.getpid()}
+
+def square_in_worker(x):
+    return {"square": x * x, "pid": os.getpid()}
+
+@route("/mixed/<int:x>")
+def mixed(request, x):
+    from orthanc_py import rest, run_in_worker
+    name = rest.get_json("/system")["Name"]
+    return {"name": name, **run_in_worker(square_in_worker, x)}
 '''
 
 
@@ -337,6 +357,8 @@ def test_offloaded_routes_run_in_worker_processes_in_parallel(make_orthanc):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         both = list(pool.map(lambda _: server.get_json("/cpu?s=1"), range(2)))
     assert len({answer["pid"] for answer in both}) == 2, "two workers served the two calls"
+    mixed = server.get_json("/mixed/7")
+    assert (mixed["name"], mixed["square"]) == ("orthanc-py", 49) and mixed["pid"] != main_pid
     assert server.stop() == 0
 
 
