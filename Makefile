@@ -15,13 +15,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # and python3-pil: the official plugin, which the tests compare against.
 DEBIAN_PACKAGES := orthanc orthanc-dev dcmtk orthanc-python python3-pydicom python3-pil
 
-.PHONY: run test setup system-deps clean
+.PHONY: run test bench setup system-deps clean
 
 run: setup
 	$(VENV)/bin/orthanc-py run $(SCRIPT) --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT)
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Requests/s of Python routes against Orthanc's own API and the official plugin (wrk).
+bench: setup
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	$(VENV)/bin/python bench/http_bench.py
 
 setup: system-deps $(VENV)/.installed
 

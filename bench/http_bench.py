@@ -1,0 +1,152 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Requests per second of Python routes, against Orthanc's own API and the official plugin.
+
+Starts real Orthanc servers on loopback and drives them with ``wrk`` (Debian
+package ``wrk``), all in one run so that the ratios compare like with like:
+
+- Orthanc's built-in ``/system`` (no Python on the path): the ceiling;
+- a hello route and a JSON echo route written with orthanc_py's decorators;
+- the same routes written against the ``orthanc`` module, under orthanc_py;
+- the same routes under the official plugin, when Debian's orthanc-python is installed;
+- one CPU-bound offloaded call against two at once (``offload=True``).
+
+Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from orthanc_py.server import OrthancServer
+
+OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+
+DECORATORS = '''
+import math, time
+from orthanc_py import route
+
+@route("/hello")
+def hello(request):
+    return "hello"
+
+@route("/echo", methods=["POST"])
+def echo(request):
+    return request.json()
+
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        math.sqrt(12345.678)
+
+@route("/cpu", offload=True)
+def cpu(request):
+    burn(float(request.args["s"]))
+    return "done"
+'''
+
+ORTHANC_MODULE = '''
+import json
+import orthanc
+
+def Hello(output, uri, **request):
+    output.AnswerBuffer("hello", "text/plain")
+
+def Echo(output, uri, **request):
+    output.AnswerBuffer(json.dumps(json.loads(request["body"])), "application/json")
+
+orthanc.RegisterRestCallback("/hello", Hello)
+orthanc.RegisterRestCallback("/echo", Echo)
+'''
+
+POST_LUA = 'wrk.method = "POST"\nwrk.body = \'{"a": [1, 2, 3], "b": "text"}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+
+
+def wrk(url: str, seconds: int, connections: int, script: Optional[Path] = None) -> float:
+    """Requests per second that ``wrk`` measured; fails on any non-2xx answer or socket error."""
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s"]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output or "Socket errors" in output:
+        raise RuntimeError(f"wrk saw failed requests on {url}:\n{output}")
+    return float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
+
+
+def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str], args: argparse.Namespace,
+                   post: Path, with_system: bool = False) -> dict[str, float]:
+    (workdir / f"{name}.py").write_text(script)
+    server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
+    server.start()
+    try:
+        results = {}
+        if with_system:
+            results["system"] = wrk(server.url + "/system", args.seconds, args.connections)
+        results["hello"] = wrk(server.url + "/hello", args.seconds, args.connections)
+        results["echo"] = wrk(server.url + "/echo", args.seconds, args.connections, post)
+        if name == "decorators":
+            results.update(measure_offload(server))
+        return results
+    finally:
+        server.stop()
+
+
+def measure_offload(server: OrthancServer, seconds: float = 1.0) -> dict[str, float]:
+    """Wall time of one CPU-bound offloaded call, then of two at once."""
+    server.get(f"/cpu?s={seconds / 10}")  # start the worker pool
+
+    def call(_: int) -> float:
+        started = time.monotonic()
+        answer = server.get(f"/cpu?s={seconds}", timeout=60)
+        assert answer.status == 200, answer
+        return time.monotonic() - started
+
+    one = call(0)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        list(pool.map(call, range(2)))
+        two = time.monotonic() - started
+    return {"offload_one_s": one, "offload_two_s": two}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run (default: 10)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder:
+        workdir = Path(folder)
+        post = workdir / "post.lua"
+        post.write_text(POST_LUA)
+        ours = measure_routes(workdir, "decorators", DECORATORS, None, args, post, with_system=True)
+        module = measure_routes(workdir, "orthanc_module", ORTHANC_MODULE, None, args, post)
+        official = (measure_routes(workdir, "official", ORTHANC_MODULE, OFFICIAL_PLUGIN, args, post)
+                    if os.path.exists(OFFICIAL_PLUGIN) else None)
+
+    print(f"requests/s, wrk -c{args.connections}, {args.seconds} s each, {os.cpu_count()} cores")
+    print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} {'decorators/official':>20}")
+    print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python)")
+    for route in ("hello", "echo"):
+        base = official[route] if official else None
+        ratio = f"{ours[route] / base:.2f}x" if base else "n/a"
+        print(f"{'/' + route:<8} {ours[route]:>11.0f} {module[route]:>15.0f} "
+              f"{(f'{base:.0f}' if base else 'n/a'):>10} {ratio:>20}")
+    print(f"offload: one CPU-bound call {ours['offload_one_s']:.2f} s, two at once {ours['offload_two_s']:.2f} s "
+          f"({ours['offload_two_s'] / ours['offload_one_s']:.2f}x of one)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
