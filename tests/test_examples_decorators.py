@@ -23,8 +23,15 @@ from typing import Any, Callable
 import pydicom
 import pytest
 
-from orthanc_py.server import HttpAnswer, OrthancServer
+from orthanc_py.server import OrthancServer
 
+from .checks import (
+    assert_answer,
+    assert_error,
+    assert_method_not_allowed,
+    printed,
+    upload,
+)
 from .conftest import EXAMPLES
 from .dicom import make_dicom, make_study, sop_instance_uids
 from .fixtures_dicom import StoreScp
@@ -59,35 +66,6 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., 
         codes = list(pool.map(lambda server: server.stop(timeout=60), servers.values()))
     failed = [(script, code) for (script, _), code in zip(servers, codes) if code != 0]
     assert not failed, f"examples that did not stop cleanly: {failed}"
-
-
-def printed(text: str) -> str:
-    """A regular expression for the log line that ``print(text)`` (one line) writes: a warning line."""
-    return rf"^W\d{{4}} [^\]]*\] (?:\(plugins\) )?{re.escape(text)}$"
-
-
-def upload(server: OrthancServer, dicom: bytes) -> dict[str, Any]:
-    """POSTs one DICOM file to ``/instances``; returns Orthanc's answer (``ID``, ``ParentStudy``...)."""
-    answer = server.post("/instances", dicom)
-    assert answer.status == 200, f"upload refused: {answer.status} {answer.text}"
-    return answer.json()
-
-
-def assert_answer(answer: HttpAnswer, status: int, content_type: str) -> None:
-    assert answer.status == status, f"expected {status}, got {answer.status}: {answer.text[:500]}"
-    assert answer.headers.get("content-type", "").split(";")[0] == content_type, answer.headers
-
-
-def assert_error(answer: HttpAnswer, status: int, message: str) -> None:
-    """``abort(status, message)``: the status, and a JSON body whose message holds ``message``."""
-    assert_answer(answer, status, "application/json")
-    body = answer.json()
-    assert body["status"] == status and message in body["message"], body
-
-
-def assert_method_not_allowed(answer: HttpAnswer, allowed: str) -> None:
-    assert answer.status == 405, f"expected 405, got {answer.status}: {answer.text[:500]}"
-    assert answer.headers.get("allow") == allowed, answer.headers
 
 
 # --- hello.py -----------------------------------------------------------------

@@ -22,8 +22,9 @@ from typing import Any, Callable, Optional
 import pydicom
 import pytest
 
-from orthanc_py.server import HttpAnswer, OrthancServer
+from orthanc_py.server import OrthancServer
 
+from .checks import assert_answer, assert_method_not_allowed, printed, upload
 from .conftest import EXAMPLES
 from .dicom import make_dicom, make_study, sop_instance_uids
 from .fixtures_dicom import StoreScp
@@ -53,32 +54,6 @@ def start_sample(make_orthanc: Callable[..., OrthancServer], plugin: Optional[st
         return make_orthanc(SEED / f"{name}.py", plugin=plugin, **kwargs)
 
     return start
-
-
-def printed(text: str) -> str:
-    """A regular expression for the log line that ``print(text)`` (one line) writes.
-
-    orthanc_py logs it as an Orthanc warning line (``W... file:line] text``);
-    the official plugin writes it bare on Orthanc's standard output.
-    """
-    return rf"^(?:[WIE]\d{{4}} [^\]]*\] (?:\(plugins\) )?)?{re.escape(text)}$"
-
-
-def upload(server: OrthancServer, dicom: bytes) -> dict[str, Any]:
-    """POSTs one DICOM file to ``/instances``; returns Orthanc's answer (``ID``, ``ParentStudy``...)."""
-    answer = server.post("/instances", dicom)
-    assert answer.status == 200, f"upload refused: {answer.status} {answer.text}"
-    return answer.json()
-
-
-def assert_answer(answer: HttpAnswer, status: int, content_type: str) -> None:
-    assert answer.status == status, f"expected {status}, got {answer.status}: {answer.text[:500]}"
-    assert answer.headers.get("content-type", "").split(";")[0] == content_type, answer.headers
-
-
-def assert_method_not_allowed(answer: HttpAnswer, allowed: str) -> None:
-    assert answer.status == 405, f"expected 405, got {answer.status}: {answer.text[:500]}"
-    assert answer.headers.get("allow") == allowed, answer.headers
 
 
 def study_dates(studies: list[dict[str, Any]]) -> list[str]:
