@@ -9,8 +9,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
+from hypothesis import settings
 
 from orthanc_py.server import OrthancServer
+
+# In CI, the same examples every run: a failure there can be replayed here.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

@@ -17,7 +17,8 @@ segment = st.text(alphabet=st.characters(blacklist_characters="/", blacklist_cat
 
 def match(rule: str, path: str):
     compiled = compile_path(rule)
-    found = re.fullmatch(compiled.regex, path)
+    # Orthanc matches with Boost's Perl syntax, where "." also matches a newline.
+    found = re.fullmatch(compiled.regex, path, re.DOTALL)
     return None if found is None else compiled.parameters(found.groups())
 
 
