@@ -17,21 +17,25 @@ from .events import (
     Change,
     ChangeType,
     InstanceOrigin,
+    ReceivedInstance,
     ResourceType,
     StoredInstance,
     on_change,
+    on_received_instance,
     on_shutdown,
     on_startup,
     on_stored_instance,
 )
 from .rest import RestError
-from .web import HTTPError, Request, Response, abort, add_route, route, run_in_worker
+from .web import FilterRequest, HTTPError, Request, Response, abort, add_route, http_filter, route, run_in_worker
 
 __all__ = [
     "Change",
     "ChangeType",
+    "FilterRequest",
     "HTTPError",
     "InstanceOrigin",
+    "ReceivedInstance",
     "Request",
     "ResourceType",
     "Response",
@@ -41,7 +45,9 @@ __all__ = [
     "StoredInstance",
     "abort",
     "add_route",
+    "http_filter",
     "on_change",
+    "on_received_instance",
     "on_shutdown",
     "on_startup",
     "on_stored_instance",

@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 from . import _calls, _events, _sdk
 
 __all__ = [
-    "Change", "ChangeType", "InstanceOrigin", "ResourceType", "StoredInstance",
-    "on_change", "on_shutdown", "on_startup", "on_stored_instance",
+    "Change", "ChangeType", "InstanceOrigin", "ReceivedInstance", "ResourceType", "StoredInstance",
+    "on_change", "on_received_instance", "on_shutdown", "on_startup", "on_stored_instance",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,3 +184,57 @@ def on_stored_instance(function: F) -> F:
 
     _events.stored_instances.add(deliver, "@on_stored_instance", getattr(function, "__qualname__", repr(function)))
     return function
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """An instance Orthanc has received and not stored yet."""
+
+    data: bytes
+    """The DICOM file as received (or as changed by an earlier handler)."""
+    origin: InstanceOrigin
+    """How it reached Orthanc (DICOM protocol, REST API...)."""
+
+
+_received_handlers: list[Callable[[ReceivedInstance], Any]] = []
+
+
+def on_received_instance(function: F) -> F:
+    """Lets the decorated ``handler(instance)`` keep, change or drop each instance before it is stored.
+
+    ``instance`` is a :class:`ReceivedInstance`. The handler returns ``None``
+    (or ``True``) to store it, ``False`` to drop it (the REST API then answers
+    ``"Status": "FilteredOut"``), or ``bytes``: a DICOM file stored instead.
+    Several handlers run in order, each seeing what the one before kept.
+
+    A handler that raises or returns something else is logged, and the
+    instance is stored as received: nothing a modality sent is lost. Orthanc
+    runs handlers synchronously with its core: do not call :mod:`orthanc_py.rest` here.
+    """
+    if not callable(function):
+        raise TypeError(f"@on_received_instance: the handler must be callable, not {type(function).__name__}")
+    if not _received_handlers:
+        from ._callbacks import RegisterReceivedInstanceCallback
+
+        RegisterReceivedInstanceCallback(_run_received_handlers)
+    _received_handlers.append(function)
+    return function
+
+
+def _run_received_handlers(data: bytes, origin: int) -> tuple[int, Optional[bytes]]:
+    action = _sdk.OrthancPluginReceivedInstanceAction
+    current, changed = data, False
+    for handler in _received_handlers:
+        verdict = handler(ReceivedInstance(current, InstanceOrigin(origin)))
+        if verdict is None or verdict is True:
+            continue
+        if verdict is False:
+            return int(action.Discard), None
+        if isinstance(verdict, (bytes, bytearray, memoryview)):
+            current, changed = bytes(verdict), True
+            continue
+        raise TypeError(
+            f"@on_received_instance handler {getattr(handler, '__qualname__', handler)} returned "
+            f"{type(verdict).__name__}: return None to keep, False to drop, or the new DICOM file as bytes"
+        )
+    return (int(action.Modify), current) if changed else (int(action.KeepAsIs), None)

@@ -26,7 +26,10 @@ from . import _calls, _capi, _runtime
 from .rest import RestError
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 
-__all__ = ["HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "route", "run_in_worker"]
+__all__ = [
+    "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "http_filter", "route",
+    "run_in_worker",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 METHODS = ("GET", "POST", "PUT", "DELETE")
@@ -408,3 +411,62 @@ def _check_picklable(rule: str, handler: Callable[..., Any]) -> None:
 
 def _name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
+
+
+# --- filtering incoming requests ----------------------------------------------------
+
+class FilterRequest:
+    """What an :func:`http_filter` knows of a request Orthanc is about to serve."""
+
+    def __init__(self, method: str, path: str, ip: str, headers: Headers, args: dict[str, str]) -> None:
+        self.method = method
+        """``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``."""
+        self.path = path
+        """The path asked for (any route: Orthanc's own and the script's)."""
+        self.ip = ip
+        """The client's IP address."""
+        self.headers = headers
+        """The HTTP headers (names match without regard to case)."""
+        self.args = args
+        """The query arguments of a GET request, decoded (empty for other methods)."""
+
+    def __repr__(self) -> str:
+        return f"<FilterRequest {self.method} {self.path} from {self.ip}>"
+
+
+_filters: list[Callable[[FilterRequest], bool]] = []
+_METHOD_NAMES = {int(m): m.name.upper() for m in _calls._sdk.OrthancPluginHttpMethod}
+
+
+def http_filter(function: F) -> F:
+    """Asks the decorated ``handler(request)`` about every HTTP request before Orthanc serves it.
+
+    ``request`` is a :class:`FilterRequest`. The handler returns ``True`` to let
+    the request through, ``False`` to refuse it (HTTP 403). Several filters
+    may be declared: a request goes through when every one lets it. A filter
+    that raises or returns something else refuses the request (HTTP 500) and
+    the reason goes to Orthanc's log. Filters run on Orthanc's HTTP threads,
+    for every request: keep them quick.
+    """
+    if not callable(function):
+        raise TypeError(f"@http_filter: the handler must be callable, not {type(function).__name__}")
+    if not _filters:
+        from ._callbacks import RegisterIncomingHttpRequestFilter
+
+        RegisterIncomingHttpRequestFilter(_run_filters)
+    _filters.append(function)
+    return function
+
+
+def _run_filters(uri: str, method: int, ip: str, headers: dict[str, str], get: Optional[dict[str, str]] = None) -> bool:
+    request = FilterRequest(
+        _METHOD_NAMES.get(method, "GET"), uri, ip, Headers(headers.items()),
+        {k: urllib.parse.unquote_plus(v) for k, v in (get or {}).items()},
+    )
+    for check in _filters:
+        verdict = check(request)
+        if verdict is not True:
+            if verdict is False:
+                return False
+            raise TypeError(f"the HTTP filter {_name(check)} returned {type(verdict).__name__}, not True or False")
+    return True

@@ -400,3 +400,85 @@ def test_route_mistakes_stop_the_start_with_the_fix(make_orthanc, source, messag
     with pytest.raises(OrthancStartError):
         server.start()
     assert message in server.log
+
+
+def test_http_filter_builds_a_token_check(make_orthanc):
+    server = make_orthanc(
+        """
+        from orthanc_py import http_filter, route
+
+        SEEN = []
+
+        @http_filter
+        def token_for_secure_paths(request):
+            SEEN.append((request.method, request.path, request.ip))
+            if request.path.startswith("/secure/"):
+                return request.headers.get("Authorization") == "Bearer s3cret"
+            return True
+
+        @http_filter
+        def no_deletes_of_patients(request):
+            return not (request.method == "DELETE" and request.path.startswith("/patients/"))
+
+        @http_filter
+        def broken_for_one_path(request):
+            if request.path == "/system" and request.args.get("break") == "yes please":
+                return "yes"
+            return True
+
+        @route("/secure/data")
+        def data(request):
+            return {"secret": 42}
+
+        @route("/seen")
+        def seen(request):
+            return SEEN[-3:]
+        """
+    )
+    assert server.get("/secure/data").status == 403
+    assert server.get("/secure/data", headers={"Authorization": "Bearer wrong"}).status == 403
+    allowed = server.get("/secure/data", headers={"Authorization": "Bearer s3cret"})
+    assert (allowed.status, allowed.json()) == (200, {"secret": 42})
+    assert server.get("/system").status == 200, "other paths, Orthanc's own included, go through"
+    assert server.request("DELETE", "/patients/whatever").status == 403
+    assert server.get("/seen").json()[-1] == ["GET", "/seen", "127.0.0.1"]
+    broken = server.get("/system?break=yes%20please")
+    assert broken.status == 500, "a filter that answers neither True nor False refuses"
+    assert "returned str, not True or False" in server.log
+
+
+def test_on_received_instance_keeps_changes_or_drops(make_orthanc):
+    server = make_orthanc(
+        """
+        import io
+        import pydicom
+        from orthanc_py import on_received_instance, InstanceOrigin
+
+        @on_received_instance
+        def drop_test_patients(instance):
+            if b"DROP-ME" in instance.data:
+                return False
+
+        @on_received_instance
+        def rename(instance):
+            dataset = pydicom.dcmread(io.BytesIO(instance.data))
+            if dataset.PatientID == "MODIFY-ME":
+                dataset.PatientName = "Renamed^By^Script"
+                out = io.BytesIO()
+                dataset.save_as(out)
+                return out.getvalue()
+            return None
+
+        @on_received_instance
+        def check_origin(instance):
+            assert instance.origin == InstanceOrigin.REST_API
+        """
+    )
+    dropped = server.post("/instances", make_dicom(patient_id="DROP-ME"))
+    assert dropped.json()["Status"] == "FilteredOut"
+    kept = server.post("/instances", make_dicom(patient_id="KEEP-ME")).json()
+    assert server.get_json(f"/instances/{kept['ID']}/simplified-tags")["PatientID"] == "KEEP-ME"
+    changed = server.post("/instances", make_dicom(patient_id="MODIFY-ME")).json()
+    assert server.get_json(f"/instances/{changed['ID']}/simplified-tags")["PatientName"] == "Renamed^By^Script"
+    patients = {p["MainDicomTags"]["PatientID"] for p in server.get_json("/patients?expand")}
+    assert patients == {"KEEP-ME", "MODIFY-ME"}
