@@ -308,7 +308,28 @@ class OrthancServer:
         return self.request("POST", path, body, **kwargs)
 
     def get_json(self, path: str) -> JsonValue:
+        """GETs ``path`` and parses the answer; fails unless the status is 200."""
         answer = self.get(path)
         if answer.status != 200:
             raise AssertionError(f"GET {path} answered {answer.status}: {answer.text}")
+        return answer.json()
+
+    def post_json(self, path: str, body: JsonValue = None) -> JsonValue:
+        """POSTs ``body`` as JSON and parses the answer; fails unless the status is 200."""
+        answer = self.post(path, json.dumps({} if body is None else body))
+        if answer.status != 200:
+            raise AssertionError(f"POST {path} answered {answer.status}: {answer.text}")
+        return answer.json()
+
+    def upload(self, dicom: Union[bytes, str, "os.PathLike[str]"]) -> JsonValue:
+        """Stores a DICOM file (its bytes, or its path) through ``/instances``.
+
+        :returns: Orthanc's answer: ``ID``, ``ParentStudy``, ``Status``...
+        """
+        if not isinstance(dicom, bytes):
+            with open(dicom, "rb") as source:
+                dicom = source.read()
+        answer = self.post("/instances", dicom)
+        if answer.status != 200:
+            raise AssertionError(f"upload refused: {answer.status} {answer.text}")
         return answer.json()

@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A pytest plugin for testing Orthanc scripts in a real Orthanc.
+
+Installed with orthanc_py and loaded by pytest automatically. Name the script
+under test in the project's pytest configuration::
+
+    [tool.pytest.ini_options]
+    orthanc_script = "my_plugin.py"          # relative to the configuration file
+    orthanc_config = "orthanc-extra.json"    # optional: extra Orthanc options
+
+then write tests against the ``orthanc`` fixture::
+
+    def test_hello(orthanc):
+        assert orthanc.get("/hello").text == "Hello!"
+
+    def test_upload(orthanc):
+        instance = orthanc.upload("tests/data/ct.dcm")
+        orthanc.wait_for_log("Received instance")
+
+Each test gets its own Orthanc on free ports with a temporary storage
+folder. ``orthanc_factory(script=..., config=...)`` starts others (a second
+script, other options). When the ``Orthanc`` binary is missing, these tests
+are skipped with a message that says how to install it.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
+
+import pytest
+
+from .server import OrthancServer, find_orthanc, read_orthanc_json
+
+__all__ = ["OrthancFactory", "orthanc", "orthanc_factory"]
+
+OrthancFactory = Callable[..., OrthancServer]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("orthanc_script", "the Orthanc script the 'orthanc' fixture loads", default="")
+    parser.addini("orthanc_config", "a JSON file of extra Orthanc options for the 'orthanc' fixture", default="")
+
+
+def _from_ini(config: pytest.Config, name: str) -> Optional[Path]:
+    value = config.getini(name)
+    if not value:
+        return None
+    path = Path(value)
+    base = Path(config.inipath).parent if config.inipath else Path(config.rootpath)
+    return path if path.is_absolute() else base / path
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancFactory]:
+    """Starts Orthanc servers with orthanc_py: ``orthanc_factory(script, config=None, start=True, **options)``.
+
+    ``script`` is a path, or Python source (a ``str`` holding a newline) that
+    is written to a file first; ``config`` is merged into Orthanc's
+    configuration; other keyword arguments go to
+    :class:`~orthanc_py.server.OrthancServer`. Every server is stopped at the
+    end of the test.
+    """
+    try:
+        find_orthanc()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    servers: list[OrthancServer] = []
+
+    def start(script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,
+              start: bool = True, **options: Any) -> OrthancServer:
+        workdir = tmp_path_factory.mktemp("orthanc")
+        if isinstance(script, str) and "\n" in script:
+            path = workdir / "script.py"
+            path.write_text(textwrap.dedent(script))
+            script = path
+        server = OrthancServer(str(workdir / "server"), script=None if script is None else str(script),
+                               config=config, **options)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield start
+    for server in servers:
+        try:
+            server.stop(timeout=60)
+        except Exception:  # a server a test already killed: nothing to stop
+            pass
+
+
+@pytest.fixture
+def orthanc(orthanc_factory: OrthancFactory, request: pytest.FixtureRequest) -> OrthancServer:
+    """A running Orthanc with the script named by ``orthanc_script`` in the pytest configuration."""
+    script = _from_ini(request.config, "orthanc_script")
+    if script is None:
+        raise pytest.UsageError(
+            'the "orthanc" fixture needs the script to load: set orthanc_script = "your_script.py" under '
+            "[tool.pytest.ini_options] (or in pytest.ini), or use orthanc_factory(script)"
+        )
+    if not script.is_file():
+        raise pytest.UsageError(f"orthanc_script names {script}, which does not exist")
+    config_path = _from_ini(request.config, "orthanc_config")
+    config = read_orthanc_json(str(config_path)) if config_path else None
+    return orthanc_factory(script, config=config)
+
