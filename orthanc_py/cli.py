@@ -7,14 +7,13 @@ import argparse
 import ctypes
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
+from pathlib import Path
 from typing import Optional, Sequence
 
 from . import server
 from ._paths import plugin_path
+from .devserver import DevServer
 
 # Debian's official Python plugin, loaded by Debian's default configuration.
 OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
@@ -49,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="an Orthanc configuration file to start from (comments allowed)"
     )
     run.add_argument("--verbose", action="store_true", help="run Orthanc with --verbose")
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart Orthanc when the script, or a Python file beside it, changes; when the new "
+        "version fails to load, show the error and wait for the next change",
+    )
 
     commands.add_parser(
         "plugin-path",
@@ -114,31 +119,8 @@ def run(args: argparse.Namespace) -> int:
     storage = os.path.abspath(args.storage)
     os.makedirs(storage, exist_ok=True)
     configuration = server.build_configuration(args.script, storage, args.http_port, args.dicom_port, base=base)
-    with tempfile.TemporaryDirectory(prefix="orthanc-py-") as workdir:
-        config_path = os.path.join(workdir, "orthanc.json")
-        with open(config_path, "w", encoding="utf-8") as out:
-            json.dump(configuration, out, indent=2)
-        print(
-            f"orthanc-py: Orthanc {server.orthanc_version(binary)} ({binary})\n"
-            f"orthanc-py: script  {os.path.abspath(args.script)}\n"
-            f"orthanc-py: HTTP    http://127.0.0.1:{args.http_port}/   DICOM port {args.dicom_port}\n"
-            f"orthanc-py: storage {storage}\n"
-            f"orthanc-py: Orthanc's log follows; Ctrl-C stops it.",
-            file=sys.stderr,
-            flush=True,
-        )
-        command = [binary, config_path] + (["--verbose"] if args.verbose else [])
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-
-        def forward(signum: int, _frame: object) -> None:
-            child.send_signal(signum)
-
-        # Ctrl-C reaches Orthanc directly (same process group); SIGTERM sent to
-        # us alone (a service manager) is passed on. Either way, wait for it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, forward)
-        code = child.wait()
-    return code if code >= 0 else 128 - code
+    script = Path(args.script).resolve()
+    return DevServer(binary, script, configuration, args.verbose, args.reload).serve()
 
 
 # SDK functions that scripts have no use for, on purpose.
@@ -149,17 +131,36 @@ DELIBERATE_EXCLUSIONS = {
 }
 
 
+# SDK functions that a function of the `orthanc` module with another name
+# calls: reachable, through that function (checked against _callbacks.py and
+# _capi.py, which make the calls).
+COVERED_BY = {
+    # orthanc.RegisterRestCallback registers through the no-lock service, so
+    # that requests run in parallel (the plain one would serialise them).
+    "OrthancPluginRegisterRestCallbackNoLock": "orthanc.RegisterRestCallback",
+    # The filter and the storage area use the newer services, which add the
+    # GET arguments and range reads to the older ones.
+    "OrthancPluginRegisterIncomingHttpRequestFilter2": "orthanc.RegisterIncomingHttpRequestFilter",
+    "OrthancPluginRegisterStorageArea2": "orthanc.RegisterStorageArea",
+}
+
+
 def sdk_coverage() -> int:
     """Prints how much of the SDK the ``orthanc`` module reaches; exit code 1 if anything is missing."""
     from . import _compat, _sdk
 
     total = len(_sdk.FUNCTIONS)
-    missing = {name: why for name, why in _compat.UNSUPPORTED.items() if name not in DELIBERATE_EXCLUSIONS}
+    covered = {name: by for name, by in COVERED_BY.items() if name in _compat.UNSUPPORTED}
+    missing = {name: why for name, why in _compat.UNSUPPORTED.items()
+               if name not in DELIBERATE_EXCLUSIONS and name not in covered}
     excluded = {name: why for name, why in DELIBERATE_EXCLUSIONS.items() if name in _sdk.FUNCTIONS}
     version = ".".join(map(str, _sdk.SDK_VERSION))
     reachable = total - len(missing) - len(excluded)
     print(f"Orthanc SDK {version}: {reachable} of {total} functions reachable from Python "
-          f"({len(excluded)} excluded on purpose, {len(missing)} not reachable)")
+          f"({len(covered)} of them through a function of another name, {len(excluded)} excluded on purpose, "
+          f"{len(missing)} not reachable)")
+    for name, by in sorted(covered.items()):
+        print(f"  covered   {name}: by {by}")
     for name, why in sorted(excluded.items()):
         print(f"  excluded  {name}: {why}")
     for name, why in sorted(missing.items()):

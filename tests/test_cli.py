@@ -133,3 +133,49 @@ def test_run_keeps_a_users_configuration(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
+    http, dicom = free_port(), free_port()
+    script = tmp_path / "app.py"
+    helper = tmp_path / "words.py"
+    helper.write_text("WORD = 'one'\n")
+    script.write_text("from orthanc_py import route\nimport words\n\n@route('/v')\ndef v(request):\n    return words.WORD\n")
+    log = open(tmp_path / "run.log", "w+")
+    process = subprocess.Popen(
+        [CLI, "run", str(script), "--reload", "--http-port", str(http), "--dicom-port", str(dicom),
+         "--storage", str(tmp_path / "storage")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def answer() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v", timeout=2) as reply:
+                return reply.read().decode()
+        except OSError:
+            return ""
+
+    def wait_for(condition, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert process.poll() is None, f"orthanc-py exited while waiting for {what}"
+            assert time.monotonic() < deadline, f"{what} not seen; output:\n{open(tmp_path / 'run.log').read()}"
+            time.sleep(0.2)
+
+    try:
+        wait_for(lambda: answer() == "one", "the first version")
+        helper.write_text("WORD = 'two'\n")  # a module beside the script changes
+        wait_for(lambda: answer() == "two", "the module's new version")
+        script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request:\n    return 'x'\n")
+        wait_for(lambda: "the script failed to load" in open(tmp_path / "run.log").read(), "the failure")
+        assert "SyntaxError" in open(tmp_path / "run.log").read()
+        script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request):\n    return 'three'\n")
+        wait_for(lambda: answer() == "three", "the fixed version")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = open(tmp_path / "run.log").read()
+    assert "change detected: restarting Orthanc" in output
+    assert "waiting for a change to restart" in output
