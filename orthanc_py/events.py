@@ -46,7 +46,9 @@ class Change:
     """A change in Orthanc's store (a new study, a stable series, Orthanc starting...)."""
 
     change_type: ChangeType
+    """What happened (``NEW_STUDY``, ``STABLE_SERIES``, ``ORTHANC_STARTED``...)."""
     resource_type: ResourceType
+    """The level of the resource it happened to (``NONE`` for changes about no resource)."""
     resource_id: Optional[str]
     """The Orthanc ID of the resource, or ``None`` for changes about no resource."""
 

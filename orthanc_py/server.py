@@ -137,7 +137,10 @@ class OrthancServer:
     :param config: extra configuration merged over the defaults.
     :param plugin: the loader to load; defaults to this installation's.
     :param binary: the Orthanc binary; defaults to ``Orthanc`` on ``PATH``.
+    :param http_port: the HTTP port; a free one by default.
+    :param dicom_port: the DICOM port; a free one by default.
     :param verbose: run Orthanc with ``--verbose`` (info lines in the log).
+    :param env: the environment of the Orthanc process; this process's by default.
     :param cwd: the folder Orthanc runs in; defaults to ``workdir``.
     """
 
@@ -177,6 +180,7 @@ class OrthancServer:
 
     @property
     def url(self) -> str:
+        """The base URL of the REST API, e.g. ``http://127.0.0.1:8042``."""
         return f"http://127.0.0.1:{self.http_port}"
 
     # --- life cycle ---------------------------------------------------------
@@ -302,9 +306,11 @@ class OrthancServer:
             return HttpAnswer(error.code, dict(error.headers), error.read())
 
     def get(self, path: str, **kwargs: Any) -> HttpAnswer:
+        """GETs ``path``; see :meth:`request`."""
         return self.request("GET", path, **kwargs)
 
     def post(self, path: str, body: Union[bytes, str, None] = b"", **kwargs: Any) -> HttpAnswer:
+        """POSTs ``body`` to ``path``; see :meth:`request`."""
         return self.request("POST", path, body, **kwargs)
 
     def get_json(self, path: str) -> JsonValue:

@@ -138,6 +138,10 @@ class Response:
     """An HTTP answer with a status, headers and a content type of one's choosing.
 
     :param body: ``str`` (sent as UTF-8), ``bytes``, or a ``dict``/``list`` sent as JSON.
+    :param status: the HTTP status (default 200).
+    :param headers: extra headers; a ``Content-Type`` among them becomes the content type.
+    :param content_type: the content type; by default ``text/plain; charset=utf-8`` for
+        ``str``, ``application/json`` for ``dict``/``list``, ``application/octet-stream`` for ``bytes``.
     """
 
     def __init__(self, body: Union[str, bytes, dict, list, None] = b"", status: int = 200,
@@ -164,7 +168,11 @@ class Response:
 
 
 class HTTPError(Exception):
-    """Raised to answer an HTTP error; :func:`abort` raises it."""
+    """Raised to answer an HTTP error; :func:`abort` raises it.
+
+    :ivar status: the HTTP status to answer.
+    :ivar message: the message of the JSON body, or ``None``.
+    """
 
     def __init__(self, status: int, message: Optional[str] = None) -> None:
         super().__init__(status, message)
@@ -172,6 +180,7 @@ class HTTPError(Exception):
         self.message = message
 
     def response(self) -> Response:
+        """The answer: ``status``, with the JSON body ``{"status": ..., "message": ...}``."""
         body = {"status": self.status, "message": self.message} if self.message else {"status": self.status}
         return Response(body, self.status)
 

@@ -1,0 +1,58 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Sphinx configuration of orthanc_py's documentation.
+
+Build it with ``make docs``, or::
+
+    .venv/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+Nothing is downloaded while building (no intersphinx): the API reference
+imports ``orthanc_py`` and ``orthanc`` from the venv the build runs in.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)  # the checkout's orthanc_py, even without an install
+
+project = "orthanc_py"
+author = "orthanc_py developers"
+copyright = "orthanc_py developers; GPL-3.0-or-later"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orthanc-py")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+release = version = _version()
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinxarg.ext",  # sphinx-argparse: the CLI reference, from orthanc_py.cli.build_parser()
+]
+
+exclude_patterns = ["_build"]
+templates_path: list[str] = []
+html_static_path: list[str] = []
+
+html_theme = "alabaster"
+html_title = f"orthanc_py {release}"
+html_theme_options = {
+    "description": "Orthanc plugins in Python, in your own venv",
+    "fixed_sidebar": False,
+    "page_width": "1100px",
+}
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+highlight_language = "python3"
+# Curly quotes and ellipses, but no dashes: "--http-port" must stay as typed.
+smartquotes_action = "qe"
