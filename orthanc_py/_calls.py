@@ -314,9 +314,9 @@ class _Compiled:
                     error.code, f"{self.python_name}() is not offered by this Orthanc ({_capi.orthanc_version()})"
                 ) from None
             raise
-        results = [_take_buffer(buffers[name]) for name, _ in self.out_buffers]
+        results: list[Any] = [_take_buffer(buffers[name]) for name, _ in self.out_buffers]
         results += [scalars[name].value for name, _ in self.out_scalars]
-        results += [{field: getattr(structs[name], field) for field, *_ in cls._fields_} for name, cls in self.out_structs]
+        results += [_struct_dict(structs[name]) for name, _ in self.out_structs]
         if self.raw and self.locals:
             # The caller interprets the local: an integer, or a pointer as an address.
             name = fn.returns[6:] if fn.returns.startswith("local:") else next(iter(self.locals))
@@ -362,6 +362,11 @@ def _field_value(value: Any, field_type: Any) -> Any:
     if isinstance(value, (int, ctypes.Array)) and hasattr(field_type, "contents"):
         return ctypes.cast(value, field_type) if value else None
     return value
+
+
+def _struct_dict(struct: Any) -> dict[str, Any]:
+    """A filled out-struct (``OrthancPluginDictionaryEntry``...) as ``{field: value}``."""
+    return {entry[0]: getattr(struct, entry[0]) for entry in struct._fields_}
 
 
 def _take_buffer(buffer: Any) -> bytes:

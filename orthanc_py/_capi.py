@@ -11,6 +11,7 @@ built with :func:`trampoline`, so that no Python exception ever reaches C.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 import traceback
@@ -133,7 +134,7 @@ def error_description(code: int) -> str:
 
 def _set_out_pointer(params: ctypes.Structure, field: str, target: Any) -> None:
     """Points ``params.<field>`` (a ``T**`` out-parameter) at ``target``."""
-    field_type = dict(params._fields_)[field]
+    field_type: Any = next(entry[1] for entry in params._fields_ if entry[0] == field)
     setattr(params, field, ctypes.cast(ctypes.pointer(target), field_type))
 
 
@@ -228,6 +229,11 @@ def keep_alive(obj: Any) -> Any:
     return obj
 
 
+def _original_stderr() -> Any:
+    """The process's standard error, or a sink when Python has none (an embedded interpreter may not)."""
+    return sys.__stderr__ if sys.__stderr__ is not None else open(os.devnull, "w")
+
+
 def report_exception(where: str) -> None:
     """Writes the exception being handled, with its traceback, to Orthanc's log."""
     text = "".join(traceback.format_exception(*sys.exc_info())).rstrip()
@@ -235,7 +241,7 @@ def report_exception(where: str) -> None:
     try:
         log_error(message)
     except Exception:
-        sys.__stderr__.write(message + "\n")
+        _original_stderr().write(message + "\n")
 
 
 _pinned_threads: set[int] = set()

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
-from . import _capi, _runtime
+from . import _capi, _runtime, _sdk
 
 ChangeHandler = Callable[[int, int, Optional[str]], None]
 
 # The change type Orthanc uses when it stops (OrthancPluginChangeType).
-ORTHANC_STOPPED = int(_capi._sdk.OrthancPluginChangeType.OrthancStopped)
-NO_RESOURCE = int(_capi._sdk.OrthancPluginResourceType.None_)
+ORTHANC_STOPPED = int(_sdk.OrthancPluginChangeType.OrthancStopped)
+NO_RESOURCE = int(_sdk.OrthancPluginResourceType.None_)
 
 _STOP = object()
 
@@ -76,7 +76,7 @@ class ChangeDispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            change_type, resource_type, resource_id = item  # type: ignore[misc]
+            change_type, resource_type, resource_id = cast("tuple[int, int, Optional[str]]", item)
             if change_type == ORTHANC_STOPPED:
                 self.stopped_delivered = True
             for handler in list(self._handlers):

@@ -34,7 +34,7 @@ class OrthancLogStream(io.TextIOBase):
         self._pending = threading.local()
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self._name
 
     @property
@@ -88,7 +88,7 @@ class OrthancLogHandler(logging.Handler):
             else:
                 _capi.log_info(message)
         except _capi.NotInOrthancError:
-            sys.__stderr__.write(self.format(record) + "\n")
+            _capi._original_stderr().write(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
 
@@ -102,8 +102,8 @@ def install(verbose: bool = False) -> None:
     if _installed is not None:
         return
     original_out, original_err = sys.stdout, sys.stderr
-    sys.stdout = OrthancLogStream(_capi.log_warning, sys.__stdout__, "<orthanc log: stdout>")
-    sys.stderr = OrthancLogStream(_capi.log_error, sys.__stderr__, "<orthanc log: stderr>")
+    sys.stdout = OrthancLogStream(_capi.log_warning, sys.__stdout__ or _capi._original_stderr(), "<orthanc log: stdout>")
+    sys.stderr = OrthancLogStream(_capi.log_error, _capi._original_stderr(), "<orthanc log: stderr>")
     handler = OrthancLogHandler()
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     root = logging.getLogger()

@@ -12,14 +12,13 @@ stores the instance: the instance they get is valid during the call only.
 
 from __future__ import annotations
 
-import enum
 import functools
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from . import _calls, _events, _sdk
+from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
     "Change", "ChangeType", "InstanceOrigin", "ReceivedInstance", "ResourceType", "StoredInstance",
@@ -27,18 +26,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _python_enum(name: str, source: Any, doc: str) -> Any:
-    members = {re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", m.name.rstrip("_")).upper(): int(m) for m in source}
-    cls = enum.IntEnum(name, members, module=__name__)  # type: ignore[misc]
-    cls.__doc__ = doc
-    return cls
-
-
-ChangeType = _python_enum("ChangeType", _sdk.OrthancPluginChangeType, "The kinds of change Orthanc reports.")
-ResourceType = _python_enum("ResourceType", _sdk.OrthancPluginResourceType, "Patient, study, series, instance.")
-InstanceOrigin = _python_enum("InstanceOrigin", _sdk.OrthancPluginInstanceOrigin, "Where a stored instance came from.")
 
 
 @dataclass(frozen=True)
@@ -156,17 +143,20 @@ class StoredInstance:
 
     def metadata(self, name: str) -> Optional[str]:
         """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
-        return self._call("GetInstanceMetadata", name)
+        value = self._call("GetInstanceMetadata", name)
+        return None if value is None else str(value)
 
     @functools.cached_property
     def simplified_json(self) -> dict[str, Any]:
         """The DICOM tags as ``{"PatientID": "...", ...}``."""
-        return json.loads(self._call("GetInstanceSimplifiedJson"))
+        tags: dict[str, Any] = json.loads(self._call("GetInstanceSimplifiedJson"))
+        return tags
 
     @functools.cached_property
     def json(self) -> dict[str, Any]:
         """The DICOM tags as Orthanc's full JSON (``{"0010,0020": {"Name": ..., "Value": ...}}``)."""
-        return json.loads(self._call("GetInstanceJson"))
+        tags: dict[str, Any] = json.loads(self._call("GetInstanceJson"))
+        return tags
 
     def __repr__(self) -> str:
         return f"<StoredInstance {self.id}>"

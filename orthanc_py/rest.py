@@ -19,7 +19,7 @@ from . import _calls, _capi, _sdk
 
 __all__ = ["RestError", "delete", "get", "get_json", "post", "post_json", "put", "put_json"]
 
-Body = Union[bytes, str, dict, list, None]
+Body = Union[bytes, str, dict[str, Any], list[Any], None]
 
 _E = _sdk.OrthancPluginErrorCode
 # The HTTP status Orthanc's REST API answers for the error codes a call may meet.
@@ -82,17 +82,17 @@ def get(uri: str) -> bytes:
 
     :raises RestError: carrying the HTTP status, e.g. 404 for an unknown resource.
     """
-    return _call("GET", "OrthancPluginRestApiGet", uri)
+    return bytes(_call("GET", "OrthancPluginRestApiGet", uri))
 
 
 def post(uri: str, body: Body = b"") -> bytes:
     """POST ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return _call("POST", "OrthancPluginRestApiPost", uri, _body(body))
+    return bytes(_call("POST", "OrthancPluginRestApiPost", uri, _body(body)))
 
 
 def put(uri: str, body: Body = b"") -> bytes:
     """PUT ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return _call("PUT", "OrthancPluginRestApiPut", uri, _body(body))
+    return bytes(_call("PUT", "OrthancPluginRestApiPut", uri, _body(body)))
 
 
 def delete(uri: str) -> None:

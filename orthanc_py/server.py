@@ -275,7 +275,8 @@ class OrthancServer:
 
     def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """Waits until a line of the log matches the regular expression ``pattern``."""
-        return self.wait_until(lambda: re.search(pattern, self.log, re.M), timeout, f"log line /{pattern}/")
+        match: re.Match[str] = self.wait_until(lambda: re.search(pattern, self.log, re.M), timeout, f"log line /{pattern}/")
+        return match
 
     def wait_until(self, condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
         """Polls ``condition`` until it returns something true; returns that."""

@@ -22,9 +22,9 @@ import urllib.parse
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
 
-from . import _calls, _capi, _runtime
-from .rest import RestError
+from . import _calls, _capi, _runtime, _sdk
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
+from .rest import RestError
 
 __all__ = [
     "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "http_filter", "route",
@@ -43,12 +43,12 @@ class Headers(dict):  # type: ignore[type-arg]
         super().__init__((k.lower(), v) for k, v in items)
 
     def __getitem__(self, name: str) -> str:
-        return super().__getitem__(name.lower())
+        return str(super().__getitem__(name.lower()))
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and super().__contains__(name.lower())
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return super().get(name.lower(), default)
 
 
@@ -144,7 +144,7 @@ class Response:
         ``str``, ``application/json`` for ``dict``/``list``, ``application/octet-stream`` for ``bytes``.
     """
 
-    def __init__(self, body: Union[str, bytes, dict, list, None] = b"", status: int = 200,
+    def __init__(self, body: Union[str, bytes, dict[str, Any], list[Any], None] = b"", status: int = 200,
                  headers: Optional[Mapping[str, str]] = None, content_type: Optional[str] = None) -> None:
         if isinstance(body, (dict, list)):
             data, default_type = json.dumps(body).encode("utf-8"), "application/json"
@@ -314,7 +314,7 @@ class _Endpoint:
             try:
                 if offload:
                     executor = _default_pool() if offload is True else offload
-                    result = executor.submit(_run_offloaded, handler, request.detached(), params).result()  # type: ignore[union-attr]
+                    result = executor.submit(_run_offloaded, handler, request.detached(), params).result()
                 else:
                     result = handler(request, **params)
                 if type(result) is str:  # the common case, answered without a Response object
@@ -444,7 +444,7 @@ class FilterRequest:
 
 
 _filters: list[Callable[[FilterRequest], bool]] = []
-_METHOD_NAMES = {int(m): m.name.upper() for m in _calls._sdk.OrthancPluginHttpMethod}
+_METHOD_NAMES = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
 
 
 def http_filter(function: F) -> F:

@@ -77,6 +77,7 @@ def require_libclang() -> None:
 def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
     require_libclang()
     output = tmp_path / "_sdk.py"
+    enums = tmp_path / "_enums.py"
     subprocess.run(
         [
             sys.executable,
@@ -85,11 +86,16 @@ def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
             str(HEADER),
             "--output",
             str(output),
+            "--enums-output",
+            str(enums),
         ],
         check=True,
     )
     assert output.read_bytes() == SDK_FILE.read_bytes(), (
         "orthanc_py/_sdk.py is stale: run `python tools/gen_sdk.py` and commit the result"
+    )
+    assert enums.read_bytes() == (PACKAGE_DIR / "_enums.py").read_bytes(), (
+        "orthanc_py/_enums.py is stale: run `python tools/gen_sdk.py` and commit the result"
     )
 
 
