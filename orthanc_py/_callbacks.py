@@ -24,8 +24,10 @@ registration raises :class:`RuntimeError`. Every C trampoline is built with
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -41,12 +43,24 @@ SUCCESS = int(ErrorCode.Success)
 PLUGIN_ERROR = int(ErrorCode.Plugin)
 
 __all__ = [
+    "ChunkedHttpClient",
+    "CreateJob",
+    "EncodeDicomWebJson",
+    "EncodeDicomWebJson2",
+    "EncodeDicomWebXml",
+    "EncodeDicomWebXml2",
+    "RegisterDecodeImageCallback",
     "RegisterFindCallback",
     "RegisterIncomingCStoreInstanceFilter",
+    "RegisterIncomingDicomInstanceFilter",
     "RegisterIncomingHttpRequestFilter",
+    "RegisterJobsUnserializer",
     "RegisterMoveCallback",
     "RegisterReceivedInstanceCallback",
+    "RegisterRefreshMetricsCallback",
     "RegisterStorageArea",
+    "RegisterStorageCommitmentScpCallback",
+    "RegisterTranscoderCallback",
     "RegisterWorklistCallback",
 ]
 
@@ -538,3 +552,946 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
         _sdk.OrthancPluginStorageRemove, f"the storage area's remove callback {_name(remove)}", PLUGIN_ERROR
     )(c_remove)
     _register(Service.RegisterStorageArea2, params, function)
+
+
+# --- handing objects over to Orthanc ------------------------------------------------------
+
+def _hand_over(value: Any, c_type_name: str, where: str) -> int | None:
+    """The address of an object the script gives to Orthanc, which frees it from now on.
+
+    The Python handle forgets it (closed, not owned): Python must never free
+    what Orthanc now owns. Returns ``None`` (and logs why) when ``value`` is
+    not such an object, owned by the script.
+    """
+    expected = _calls.handle_class(c_type_name)
+    if not isinstance(value, Handle) or value.c_type_name != c_type_name:
+        _capi.log_error(f"orthanc_py: {where} returned {type(value).__name__}, not orthanc.{expected.__name__}")
+        return None
+    if not value._address or not value._owned:
+        _capi.log_error(
+            f"orthanc_py: {where} returned an orthanc.{expected.__name__} that was closed or that Orthanc "
+            "only lent to the script; return one the script created"
+        )
+        return None
+    address = value._address
+    value._owned = False
+    value._address = 0
+    return address
+
+
+def _fill_buffer32(target: Any, data: bytes) -> None:
+    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in."""
+    params = _sdk._OrthancPluginCreateMemoryBuffer()
+    params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer))
+    params.size = len(data)
+    _capi.invoke(Service.CreateMemoryBuffer, params, "CreateMemoryBuffer")
+    if data:
+        ctypes.memmove(params.target.contents.data, data, len(data))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+RefreshMetricsCallback = Callable[[], Any]
+
+_metrics_callbacks: list[RefreshMetricsCallback] = []
+
+
+def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:
+    """Registers ``callback()``, called each time Orthanc refreshes its metrics.
+
+    Orthanc refreshes them when a monitoring tool reads them (``GET
+    /tools/metrics-prometheus``, ``GET /tools/metrics``); the callback sets
+    the values it is in charge of with :func:`orthanc.SetMetricsValue`. That
+    suits values that are costly to compute: they are computed only when
+    asked for. Several callbacks may be registered; each is called in
+    registration order, and one that raises is logged (with its traceback)
+    without stopping the others. The return value is ignored.
+
+    :param callback: the function to call, with no argument.
+    :raises TypeError: when ``callback`` is not callable.
+    """
+    function = "RegisterRefreshMetricsCallback"
+    _check_callable(function, "callback", callback)
+    if not _capi.is_attached():
+        return
+    _runtime.require_setup(f"orthanc.{function}()")
+    with _registered_lock:
+        first = not _metrics_callbacks
+        _metrics_callbacks.append(callback)
+    if not first:
+        return  # the C callback registered with the first one calls them all
+
+    def c_refresh() -> None:
+        for each in _metrics_callbacks[:]:  # a snapshot: registrations may come from other threads
+            try:
+                each()
+            except BaseException:  # noqa: BLE001 - logged; the other callbacks still run
+                _capi.report_exception(f"the refresh-metrics callback {_name(each)}")
+
+    params = _sdk._OrthancPluginRegisterRefreshMetricsCallback()
+    params.callback = _capi.trampoline(
+        _sdk.OrthancPluginRefreshMetricsCallback, "the refresh-metrics callbacks", on_error=None  # type: ignore[arg-type]
+    )(c_refresh)
+    try:
+        _register(Service.RegisterRefreshMetricsCallback, params, function)
+    except _capi.OrthancError:
+        with _registered_lock:
+            _metrics_callbacks.clear()
+        raise
+
+
+# --- DICOM instance filter --------------------------------------------------------------------
+
+DicomInstanceFilter = Callable[[Handle], Any]
+
+
+def RegisterIncomingDicomInstanceFilter(callback: DicomInstanceFilter) -> None:
+    """Registers ``callback(instance)``, asked whether to store each instance Orthanc receives.
+
+    It runs for every received instance, whatever the way (REST API, C-STORE,
+    DICOMweb...), before it is stored. ``instance`` is an
+    :class:`orthanc.DicomInstance`, valid during the call only (its metadata
+    is not available yet). The callback returns ``True`` (or ``1``) to store
+    the instance, ``False`` (or ``0``) to discard it: a REST upload then
+    answers ``"Status": "FilteredOut"``, a C-STORE fails.
+
+    When the callback raises or returns anything else, the reason goes to
+    Orthanc's log and the instance is not stored (Orthanc reports an error to
+    the sender): a filter that fails never lets an instance through.
+
+    Orthanc runs this callback synchronously with its core: do not call the
+    REST API from it.
+
+    :param callback: the filter.
+    :raises TypeError: when ``callback`` is not callable.
+    :raises RuntimeError: when such a filter is already registered.
+    """
+    function = "RegisterIncomingDicomInstanceFilter"
+    _check_callable(function, "callback", callback)
+    if not _claim(function, "incoming DICOM instance filter"):
+        return
+    where = f"the incoming-DICOM-instance filter {_name(callback)}"
+
+    def c_filter(instance_pointer: Any) -> int:
+        instance = _lend("OrthancPluginDicomInstance", instance_pointer)
+        try:
+            accepted = callback(instance)
+        finally:
+            instance._address = 0
+        if accepted is True or accepted is False or (_is_int(accepted) and accepted in (0, 1)):
+            return int(accepted)  # Orthanc: 1 stores, 0 discards
+        _capi.log_error(
+            f"orthanc_py: {where} returned {accepted!r}, not True (store) or False (discard); "
+            "the instance is not stored"
+        )
+        return -1
+
+    params = _sdk._OrthancPluginIncomingDicomInstanceFilter()
+    # -1 is Orthanc's "error": the instance is not stored and the sender is told.
+    params.callback = _capi.trampoline(_sdk.OrthancPluginIncomingDicomInstanceFilter, where, on_error=-1)(c_filter)
+    _register(Service.RegisterIncomingDicomInstanceFilter, params, function)
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+StepStatus = _sdk.OrthancPluginJobStepStatus
+_STEP_STATUSES = {int(status) for status in StepStatus}
+
+
+class _JobState:
+    """What Orthanc's job callbacks need of one job created by :func:`CreateJob`."""
+
+    def __init__(self, job_type: str, callbacks: dict[str, Any]) -> None:
+        self.job_type = job_type
+        self.type_bytes = job_type.encode("utf-8")
+        self.callbacks = callbacks
+        # getContent() and getSerialized() return "const char*" that stays
+        # the plugin's: the text must outlive the call, and Orthanc does not
+        # say when it is done reading. The last few texts of each kind are
+        # kept (and all of them are dropped when Orthanc finalizes the job),
+        # so that a text is never freed while another thread may still read
+        # it, even when several REST requests ask for the job at once.
+        self.kept: collections.deque[Any] = collections.deque(maxlen=16)
+
+    def where(self, name: str) -> str:
+        return f"the {name} callback {_name(self.callbacks[name])} of the job of type {self.job_type!r}"
+
+    def c_text(self, value: Any) -> int:
+        text = value if isinstance(value, str) else json.dumps(value)
+        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+        self.kept.append(buffer)
+        return ctypes.addressof(buffer)
+
+
+# Jobs alive in Orthanc, by the "job" pointer Orthanc hands back to the
+# callbacks: a counter, never 0.
+_jobs: dict[int, _JobState] = {}
+_job_ids = itertools.count(1)
+_jobs_lock = threading.Lock()
+_EMPTY_OBJECT = ctypes.create_string_buffer(b"{}")
+_job_thunks: dict[str, Any] = {}
+
+
+def _job_callbacks() -> dict[str, Any]:
+    """The C callbacks shared by every job (made once, kept for the life of the process)."""
+    with _jobs_lock:
+        if _job_thunks:
+            return _job_thunks
+
+    def state_of(job: int | None) -> _JobState | None:
+        return _jobs.get(job or 0)
+
+    def c_finalize(job: int | None) -> None:
+        with _jobs_lock:
+            _jobs.pop(job or 0, None)
+
+    def c_progress(job: int | None) -> float:
+        state = state_of(job)
+        if state is None or state.callbacks.get("progress") is None:
+            return 0.0
+        try:
+            progress = float(state.callbacks["progress"]())
+        except BaseException:  # noqa: BLE001 - logged; the job goes on
+            _capi.report_exception(state.where("progress"))
+            return 0.0
+        return min(max(progress, 0.0), 1.0)
+
+    def c_content(job: int | None) -> int | None:
+        state = state_of(job)
+        if state is None or state.callbacks.get("content") is None:
+            return ctypes.addressof(_EMPTY_OBJECT)
+        try:
+            return state.c_text(state.callbacks["content"]())
+        except BaseException:  # noqa: BLE001 - logged; Orthanc shows an empty content
+            _capi.report_exception(state.where("content"))
+            return ctypes.addressof(_EMPTY_OBJECT)
+
+    def c_serialized(job: int | None) -> int | None:
+        state = state_of(job)
+        if state is None or state.callbacks.get("serialized") is None:
+            return None  # NULL: the job is not saved in Orthanc's database
+        try:
+            value = state.callbacks["serialized"]()
+            return None if value is None else state.c_text(value)
+        except BaseException:  # noqa: BLE001 - logged; the job is not saved
+            _capi.report_exception(state.where("serialized"))
+            return None
+
+    def c_step(job: int | None) -> int:
+        state = state_of(job)
+        if state is None:
+            _capi.log_error(f"orthanc_py: unknown job {job}: it fails")
+            return int(StepStatus.Failure)
+        try:
+            status = state.callbacks["step"]()
+        except BaseException:  # noqa: BLE001 - logged; the job fails
+            _capi.report_exception(state.where("step"))
+            return int(StepStatus.Failure)
+        if not _is_int(status) or status not in _STEP_STATUSES:
+            _capi.log_error(
+                f"orthanc_py: {state.where('step')} returned {status!r}, not an orthanc.JobStepStatus value; "
+                "the job fails"
+            )
+            return int(StepStatus.Failure)
+        return int(status)
+
+    def c_stop(job: int | None, reason: int) -> int:
+        state = state_of(job)
+        if state is not None and state.callbacks.get("stop") is not None:
+            try:
+                state.callbacks["stop"](reason)
+            except BaseException:  # noqa: BLE001 - logged, and reported to Orthanc
+                _capi.report_exception(state.where("stop"))
+                return PLUGIN_ERROR
+        return SUCCESS
+
+    def c_reset(job: int | None) -> int:
+        state = state_of(job)
+        if state is not None and state.callbacks.get("reset") is not None:
+            try:
+                state.callbacks["reset"]()
+            except BaseException:  # noqa: BLE001 - logged, and reported to Orthanc
+                _capi.report_exception(state.where("reset"))
+                return PLUGIN_ERROR
+        return SUCCESS
+
+    # Each function handles its own errors, to name the job in the log; the
+    # trampoline is the last guard.
+    thunks = {
+        "finalize": _capi.trampoline(_sdk.OrthancPluginJobFinalize, "a job's finalize callback", None)(c_finalize),  # type: ignore[arg-type]
+        "getProgress": _capi.trampoline(_sdk.OrthancPluginJobGetProgress, "a job's progress callback", 0)(c_progress),
+        "getContent": _capi.trampoline(
+            _sdk.OrthancPluginJobGetContent, "a job's content callback", ctypes.addressof(_EMPTY_OBJECT)
+        )(c_content),
+        "getSerialized": _capi.trampoline(_sdk.OrthancPluginJobGetSerialized, "a job's serialize callback", 0)(
+            c_serialized
+        ),
+        "step": _capi.trampoline(_sdk.OrthancPluginJobStep, "a job's step callback", int(StepStatus.Failure))(c_step),
+        "stop": _capi.trampoline(_sdk.OrthancPluginJobStop, "a job's stop callback", PLUGIN_ERROR)(c_stop),
+        "reset": _capi.trampoline(_sdk.OrthancPluginJobReset, "a job's reset callback", PLUGIN_ERROR)(c_reset),
+    }
+    with _jobs_lock:
+        if not _job_thunks:
+            _job_thunks.update(thunks)
+        return _job_thunks
+
+
+def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], float] | None = None,
+              content: Callable[[], Any] | None = None, serialized: Callable[[], Any] | None = None,
+              stop: Callable[[int], Any] | None = None, reset: Callable[[], Any] | None = None) -> Handle:
+    """Creates a job written in Python, for Orthanc's jobs engine; submit it with ``job.SubmitJob(priority)``.
+
+    Orthanc runs each job on a thread of its own and calls its callbacks
+    there, one at a time:
+
+    - ``step()`` does a bit of the work and returns an
+      :class:`orthanc.JobStepStatus`: ``CONTINUE`` (call me again),
+      ``SUCCESS`` or ``FAILURE`` (the job is over);
+    - ``progress()`` returns how far the job is, from 0.0 to 1.0 (default: 0.0);
+    - ``content()`` returns what ``GET /jobs/{id}`` shows as the job's
+      ``"Content"``: a ``dict`` (made JSON here) or the JSON text of an
+      object (default: ``{}``);
+    - ``serialized()`` returns the job's state as a ``dict`` or JSON text, for
+      Orthanc to save it in its database and recreate it when it restarts
+      through :func:`orthanc.RegisterJobsUnserializer`; ``None`` (the
+      default) means the job is not saved;
+    - ``stop(reason)`` is told that the job leaves the running state, with an
+      :class:`orthanc.JobStopReason` (``SUCCESS``, ``PAUSED``, ``FAILURE``,
+      ``CANCELED``): the place to stop threads the job started;
+    - ``reset()`` is called when a failed or canceled job is resubmitted.
+
+    An exception in ``step`` fails the job; in any callback, it goes to
+    Orthanc's log with its traceback and never reaches Orthanc.
+
+    :param jobType: the job's type, shown by ``GET /jobs/{id}`` and given to the unserializer.
+    :param step: the callback that does the work.
+    :returns: an :class:`orthanc.Job`. Until it is submitted, it belongs to
+        the script (closing or collecting it frees it); once submitted,
+        Orthanc owns it and the Python object is closed.
+    :raises TypeError: when ``jobType`` is not a ``str`` or a callback not callable.
+    :raises OrthancError: when Orthanc refuses to create the job.
+    """
+    function = "CreateJob"
+    if not isinstance(jobType, str):
+        raise TypeError(f"CreateJob() argument 'jobType' must be str, not {type(jobType).__name__}")
+    _check_callable(function, "step", step)
+    callbacks: dict[str, Any] = {"step": step, "progress": progress, "content": content,
+                                 "serialized": serialized, "stop": stop, "reset": reset}
+    for argument, value in callbacks.items():
+        if value is not None:
+            _check_callable(function, argument, value)
+    thunks = _job_callbacks()
+    state = _JobState(jobType, callbacks)
+    driver = next(_job_ids)
+    with _jobs_lock:
+        _jobs[driver] = state
+
+    target = ctypes.POINTER(_sdk.OrthancPluginJob)()
+    params = _sdk._OrthancPluginCreateJob()
+    params.target = ctypes.pointer(target)
+    params.job = driver
+    params.type = state.type_bytes
+    for field, thunk in thunks.items():
+        setattr(params, field, thunk)
+    try:
+        _capi.invoke(Service.CreateJob, params, f"orthanc.{function}()")
+    except BaseException:
+        with _jobs_lock:
+            _jobs.pop(driver, None)
+        raise
+    address = ctypes.cast(target, ctypes.c_void_p).value
+    if not address:
+        with _jobs_lock:
+            _jobs.pop(driver, None)
+        raise _capi.OrthancError(PLUGIN_ERROR, "Orthanc created no job")
+    return _calls.handle_class("OrthancPluginJob")(address, owned=True)
+
+
+def _SubmitJob(self: Handle, priority: int) -> str:
+    """Submits the job to Orthanc's jobs engine; returns its ID (as in ``GET /jobs/{id}``).
+
+    Orthanc owns the job from then on: this object is closed.
+
+    :param priority: the job's priority (higher runs first).
+    :raises OrthancError: when Orthanc refuses the job (the job then stays the script's).
+    """
+    job_id = _calls.sdk_function("OrthancPluginSubmitJob")(self, priority)
+    self._owned = False  # Orthanc frees it (through the job's finalize callback)
+    self._address = 0
+    if job_id is None:
+        raise _capi.OrthancError(PLUGIN_ERROR, "Orthanc gave the submitted job no ID")
+    return str(job_id)
+
+
+JobsUnserializer = Callable[[str, str], Any]
+
+
+def RegisterJobsUnserializer(callback: JobsUnserializer) -> None:
+    """Registers ``callback(jobType, serialized)``, which recreates saved jobs when Orthanc starts.
+
+    Orthanc saves in its database the jobs whose ``serialized()`` callback
+    (see :func:`CreateJob`) gives a state. When it restarts, it calls this
+    callback for each one, with the job's type and that state as JSON text
+    (``str``; Orthanc adds the key ``"Type"`` to the object). The callback returns the recreated :class:`orthanc.Job` (made
+    with :func:`CreateJob`, not submitted), which Orthanc takes over, or
+    ``None`` when the type is not its own. When it raises or returns
+    something else, the reason goes to Orthanc's log and the job is not
+    recreated.
+
+    :param callback: the unserializer.
+    :raises TypeError: when ``callback`` is not callable.
+    :raises RuntimeError: when an unserializer is already registered.
+    """
+    function = "RegisterJobsUnserializer"
+    _check_callable(function, "callback", callback)
+    if not _claim(function, "jobs unserializer"):
+        return
+    where = f"the jobs unserializer {_name(callback)}"
+
+    def c_unserialize(job_type: bytes | None, serialized: bytes | None) -> int | None:
+        job = callback(_decode(job_type), _decode(serialized))
+        if job is None:
+            return None  # not ours: Orthanc asks its other unserializers
+        return _hand_over(job, "OrthancPluginJob", where)
+
+    params = _sdk._OrthancPluginJobsUnserializer()
+    params.unserializer = _capi.trampoline(_sdk.OrthancPluginJobsUnserializer, where, on_error=0)(c_unserialize)
+    _register(Service.RegisterJobsUnserializer, params, function)
+
+
+# --- image decoding and transcoding --------------------------------------------------------
+
+# What a decoder or transcoder returns to say "not mine": Orthanc then tries
+# the next one (another plugin, or its built-in DCMTK one).
+_DECLINED = int(ErrorCode.NotImplemented)
+
+DecodeImageCallback = Callable[[bytes, int], Any]
+
+
+def RegisterDecodeImageCallback(callback: DecodeImageCallback) -> None:
+    """Registers ``callback(dicom, frameIndex)``, which decodes the frames of DICOM images for Orthanc.
+
+    Orthanc asks it whenever it needs pixels (previews, ``/frames/...``,
+    ``/rendered``...): ``dicom`` is the DICOM file (``bytes``) and
+    ``frameIndex`` the frame wanted (an ``int``, from 0). The callback
+    returns the decoded frame as an :class:`orthanc.Image` it created (e.g.
+    with :func:`orthanc.CreateImageFromBuffer`), which Orthanc then owns, or
+    ``None`` when it cannot decode that file: Orthanc then uses its other
+    decoders. The configuration option ``BuiltinDecoderTranscoderOrder``
+    says whether Orthanc's own decoder comes before (``"Before"``) or after
+    (``"After"``, the default) the plugins.
+
+    When the callback raises or returns something else, the reason goes to
+    Orthanc's log and Orthanc goes on as for ``None``.
+
+    :param callback: the decoder.
+    :raises TypeError: when ``callback`` is not callable.
+    :raises RuntimeError: when a decoder is already registered.
+    """
+    function = "RegisterDecodeImageCallback"
+    _check_callable(function, "callback", callback)
+    if not _claim(function, "image decoder"):
+        return
+    where = f"the image decoder {_name(callback)}"
+    image_pointer = ctypes.POINTER(_sdk.OrthancPluginImage)
+
+    def c_decode(target: Any, dicom: int | None, size: int, frame_index: int) -> int:
+        image = callback(ctypes.string_at(dicom, size) if dicom and size else b"", frame_index)
+        if image is None:
+            return _DECLINED
+        address = _hand_over(image, "OrthancPluginImage", where)
+        if address is None:
+            return PLUGIN_ERROR
+        target[0] = ctypes.cast(address, image_pointer)
+        return SUCCESS
+
+    params = _sdk._OrthancPluginDecodeImageCallback()
+    params.callback = _capi.trampoline(_sdk.OrthancPluginDecodeImageCallback, where, PLUGIN_ERROR)(c_decode)
+    _register(Service.RegisterDecodeImageCallback, params, function)
+
+
+TranscoderCallback = Callable[[bytes, list[str], bool], Any]
+
+
+def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
+    """Registers ``callback(dicom, allowedSyntaxes, allowNewSopInstanceUid)``, which transcodes DICOM files.
+
+    Orthanc asks it whenever it changes the transfer syntax of an instance
+    (``/modify`` with ``"Transcode"``, C-STORE to a modality that needs
+    another syntax, DICOMweb...). ``dicom`` is the DICOM file (``bytes``),
+    ``allowedSyntaxes`` the transfer syntax UIDs the result may use (a
+    ``list`` of ``str``: the callback chooses one), and
+    ``allowNewSopInstanceUid`` (``bool``) whether the result may get a new
+    SOP instance UID, as lossy compression requires. The callback returns
+    the transcoded DICOM file (``bytes``), or ``None`` when it cannot
+    transcode this one: Orthanc then uses its other transcoders (see the
+    option ``BuiltinDecoderTranscoderOrder``).
+
+    When the callback raises or returns something else, the reason goes to
+    Orthanc's log and Orthanc goes on as for ``None``.
+
+    :param callback: the transcoder.
+    :raises TypeError: when ``callback`` is not callable.
+    :raises RuntimeError: when a transcoder is already registered.
+    """
+    function = "RegisterTranscoderCallback"
+    _check_callable(function, "callback", callback)
+    if not _claim(function, "transcoder"):
+        return
+    where = f"the transcoder {_name(callback)}"
+    c_strings = _capi._c_strings
+
+    def c_transcode(transcoded: Any, dicom: int | None, size: int, syntaxes: Any, count: int,
+                    allow_new_sop_instance_uid: int) -> int:
+        result = callback(ctypes.string_at(dicom, size) if dicom and size else b"", c_strings(syntaxes, count),
+                          bool(allow_new_sop_instance_uid))
+        if result is None:
+            return _DECLINED
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            _capi.log_error(f"orthanc_py: {where} returned {type(result).__name__}, not bytes or None")
+            return PLUGIN_ERROR
+        _fill_buffer32(transcoded, bytes(result))
+        return SUCCESS
+
+    params = _sdk._OrthancPluginTranscoderCallback()
+    params.callback = _capi.trampoline(_sdk.OrthancPluginTranscoderCallback, where, PLUGIN_ERROR)(c_transcode)
+    _register(Service.RegisterTranscoderCallback, params, function)
+
+
+# --- storage commitment SCP ------------------------------------------------------------------
+
+FailureReason = _sdk.OrthancPluginStorageCommitmentFailureReason
+_FAILURE_REASONS = {int(reason) for reason in FailureReason}
+
+StorageCommitmentFactory = Callable[[str, str, list[str], list[str], str, str], Any]
+StorageCommitmentDestructor = Callable[[Any], Any]
+StorageCommitmentLookup = Callable[[Any, str, str], int]
+
+# Pending storage commitment requests, by the handler "pointer" given to
+# Orthanc: a counter, never 0.
+_commitments: dict[int, Any] = {}
+_commitment_ids = itertools.count(1)
+
+
+def RegisterStorageCommitmentScpCallback(factory: StorageCommitmentFactory,
+                                         destructor: StorageCommitmentDestructor | None,
+                                         lookup: StorageCommitmentLookup) -> None:
+    """Makes the script answer the storage commitment requests Orthanc receives (its N-ACTION SCP).
+
+    For each request, Orthanc starts a job that calls:
+
+    - ``factory(jobId, transactionUid, sopClassUids, sopInstanceUids,
+      remoteAet, calledAet)`` once: the ID of that Orthanc job, the
+      transaction UID (0008,1195), the SOP class and instance UIDs the SCU
+      asks about (two ``list`` of ``str`` of the same length), and the AE
+      titles of the SCU and of Orthanc. It returns a handler: any Python
+      object (``None`` too), given back to the two other callbacks; the
+      place to start fetching the answers in the background;
+    - ``lookup(handler, sopClassUid, sopInstanceUid)`` for each instance in
+      turn: it returns an :class:`orthanc.StorageCommitmentFailureReason`,
+      ``SUCCESS`` (``0``) when the instance is safely stored;
+    - ``destructor(handler)`` when Orthanc drops the request's job, which
+      may be long after the answer: once the job leaves Orthanc's jobs
+      history (option ``JobsHistorySize``), or when Orthanc stops
+      (``destructor`` may be ``None``).
+
+    Orthanc then sends the answers to the SCU (N-EVENT-REPORT). When
+    ``factory`` raises, the request fails; when ``lookup`` raises or returns
+    something else, the instance is reported as ``PROCESSING_FAILURE``. The
+    reason goes to Orthanc's log either way.
+
+    :raises TypeError: when an argument is not callable (``destructor`` may be ``None``).
+    :raises RuntimeError: when a storage commitment SCP is already registered.
+    """
+    function = "RegisterStorageCommitmentScpCallback"
+    _check_callable(function, "factory", factory)
+    if destructor is not None:
+        _check_callable(function, "destructor", destructor)
+    _check_callable(function, "lookup", lookup)
+    if not _claim(function, "storage commitment SCP"):
+        return
+    c_strings = _capi._c_strings
+    lookup_where = f"the storage commitment lookup callback {_name(lookup)}"
+
+    def c_factory(handler: Any, job_id: bytes | None, transaction_uid: bytes | None, sop_class_uids: Any,
+                  sop_instance_uids: Any, count: int, remote_aet: bytes | None, called_aet: bytes | None) -> int:
+        created = factory(_decode(job_id), _decode(transaction_uid), c_strings(sop_class_uids, count),
+                          c_strings(sop_instance_uids, count), _decode(remote_aet), _decode(called_aet))
+        driver = next(_commitment_ids)
+        _commitments[driver] = created
+        handler[0] = driver
+        return SUCCESS
+
+    def c_destructor(driver: int | None) -> None:
+        created = _commitments.pop(driver or 0, None)
+        if destructor is not None:
+            destructor(created)
+
+    def c_lookup(target: Any, driver: int | None, sop_class_uid: bytes | None, sop_instance_uid: bytes | None) -> int:
+        target[0] = int(FailureReason.ProcessingFailure)
+        try:
+            reason = lookup(_commitments.get(driver or 0), _decode(sop_class_uid), _decode(sop_instance_uid))
+        except BaseException:  # noqa: BLE001 - logged; the SCU is told this instance failed
+            _capi.report_exception(lookup_where)
+            return SUCCESS
+        if not _is_int(reason) or reason not in _FAILURE_REASONS:
+            _capi.log_error(
+                f"orthanc_py: {lookup_where} returned {reason!r}, not an orthanc.StorageCommitmentFailureReason "
+                "value; the instance is reported as PROCESSING_FAILURE"
+            )
+            return SUCCESS
+        target[0] = int(reason)
+        return SUCCESS
+
+    params = _sdk._OrthancPluginRegisterStorageCommitmentScpCallback()
+    params.factory = _capi.trampoline(
+        _sdk.OrthancPluginStorageCommitmentFactory, f"the storage commitment factory {_name(factory)}", PLUGIN_ERROR
+    )(c_factory)
+    params.destructor = _capi.trampoline(
+        _sdk.OrthancPluginStorageCommitmentDestructor,
+        f"the storage commitment destructor {_name(destructor) if destructor else ''}", None,  # type: ignore[arg-type]
+    )(c_destructor)
+    params.lookup = _capi.trampoline(_sdk.OrthancPluginStorageCommitmentLookup, lookup_where, PLUGIN_ERROR)(c_lookup)
+    _register(Service.RegisterStorageCommitmentScpCallback, params, function)
+
+
+# --- DICOMweb ----------------------------------------------------------------------------------------
+
+BinaryMode = _sdk.OrthancPluginDicomWebBinaryMode
+_BINARY_MODES = {int(mode) for mode in BinaryMode}
+
+DicomWebBinaryCallback = Callable[[list[tuple[int, int, int]], int, int, int], Any]
+
+
+class _DicomWebEncoding:
+    """One DICOMweb conversion with a Python callback for the binary tags.
+
+    The callback runs during the SDK call, on the caller's thread: an
+    exception it raises is kept, the tag left out, and the exception raised
+    again to the caller once Orthanc returns.
+    """
+
+    def __init__(self, function: str, callback: DicomWebBinaryCallback | None) -> None:
+        if callback is not None:
+            _check_callable(function, "callback", callback)
+        self.function = function
+        self.callback = callback
+        self.error: BaseException | None = None
+
+    def thunk(self, c_type: Any) -> Any:
+        if self.callback is None:
+            return c_type()  # NULL: Orthanc's default for binary tags
+        callback = self.callback
+
+        def c_binary(node: Any, setter: Any, depth: int, groups: Any, elements: Any, indexes: Any,
+                     group: int, element: int, vr: int, *payload: Any) -> None:
+            if self.error is not None:
+                return
+            try:
+                path = [(groups[i], elements[i], indexes[i]) for i in range(depth)]
+                answer = callback(path, group, element, vr)
+                if answer is None:
+                    return  # the tag is left out
+                mode, uri = answer if isinstance(answer, tuple) else (answer, None)
+                if not _is_int(mode) or mode not in _BINARY_MODES:
+                    raise ValueError(
+                        f"the callback of orthanc.{self.function}() returned {answer!r}, not None, an "
+                        "orthanc.DicomWebBinaryMode value or (DicomWebBinaryMode.BULK_DATA_URI, uri)"
+                    )
+                setter(node, int(mode), None if uri is None else str(uri).encode("utf-8"))
+            except BaseException as error:  # noqa: BLE001 - raised again to the caller
+                self.error = error
+
+        return c_type(c_binary)
+
+    def finish(self, result: ctypes.c_void_p) -> str:
+        text = _capi.take_string(result)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if text is None:
+            raise _capi.OrthancError(PLUGIN_ERROR, f"orthanc.{self.function}() got no document from Orthanc")
+        return text
+
+
+def _encode_dicomweb(function: str, service: Service, version2: bool, dicom: Any,
+                     callback: DicomWebBinaryCallback | None) -> str:
+    data = _calls._to_bytes(dicom, f"{function}() argument 'dicom'")
+    encoding = _DicomWebEncoding(function, callback)
+    result = ctypes.c_void_p()
+    if version2:
+        params: Any = _sdk._OrthancPluginEncodeDicomWeb2()
+        params.callback = thunk = encoding.thunk(_sdk.OrthancPluginDicomWebBinaryCallback2)
+        params.payload = None
+    else:
+        params = _sdk._OrthancPluginEncodeDicomWeb()
+        params.callback = thunk = encoding.thunk(_sdk.OrthancPluginDicomWebBinaryCallback)
+    _capi._set_out_pointer(params, "target", result)
+    buffer = ctypes.create_string_buffer(data, len(data))
+    params.dicom = ctypes.addressof(buffer)
+    params.dicomSize = len(data)
+    _capi.invoke(service, params, f"orthanc.{function}()")
+    del thunk  # kept alive until here: Orthanc calls it during invoke() only
+    return encoding.finish(result)
+
+
+_BINARY_CALLBACK_DOC = """
+    ``callback(path, group, element, vr)``, when given, chooses how each
+    binary tag (VR OB, OD, OF, OL, OW or UN) is written: ``group`` and
+    ``element`` name the tag, ``vr`` is an :class:`orthanc.ValueRepresentation`
+    value, and ``path`` lists the sequences that hold it, as ``(group,
+    element, index)`` tuples (``[]`` at the top level). It returns ``None``
+    or ``DicomWebBinaryMode.IGNORE`` to leave the tag out,
+    ``DicomWebBinaryMode.INLINE_BINARY`` to write its value in base64, or
+    ``(DicomWebBinaryMode.BULK_DATA_URI, uri)`` to write ``uri`` in its
+    place. Without a callback, Orthanc writes binary tags its own way. An
+    exception the callback raises is raised again by this function.
+"""
+
+
+def EncodeDicomWebJson(dicom: bytes, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _encode_dicomweb("EncodeDicomWebJson", Service.EncodeDicomWebJson, False, dicom, callback)
+
+
+def EncodeDicomWebXml(dicom: bytes, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _encode_dicomweb("EncodeDicomWebXml", Service.EncodeDicomWebXml, False, dicom, callback)
+
+
+def EncodeDicomWebJson2(dicom: bytes, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _encode_dicomweb("EncodeDicomWebJson2", Service.EncodeDicomWebJson2, True, dicom, callback)
+
+
+def EncodeDicomWebXml2(dicom: bytes, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _encode_dicomweb("EncodeDicomWebXml2", Service.EncodeDicomWebXml2, True, dicom, callback)
+
+
+def _instance_dicomweb(function: str, service: Service, instance: Handle,
+                       callback: DicomWebBinaryCallback | None) -> str:
+    address = _calls._handle_converter("OrthancPluginDicomInstance")(instance, f"{function}() argument 'self'")
+    encoding = _DicomWebEncoding(function, callback)
+    result = ctypes.c_void_p()
+    params = _sdk._OrthancPluginAccessDicomInstance2()
+    _capi._set_out_pointer(params, "targetStringToFree", result)
+    params.instance = ctypes.cast(address, ctypes.POINTER(_sdk.OrthancPluginDicomInstance))
+    params.dicomWebCallback = thunk = encoding.thunk(_sdk.OrthancPluginDicomWebBinaryCallback2)
+    params.dicomWebPayload = None
+    _capi.invoke(service, params, f"orthanc.DicomInstance.{function}()")
+    del thunk
+    return encoding.finish(result)
+
+
+def GetInstanceDicomWebJson(self: Handle, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _instance_dicomweb("GetInstanceDicomWebJson", Service.GetInstanceDicomWebJson, self, callback)
+
+
+def GetInstanceDicomWebXml(self: Handle, callback: DicomWebBinaryCallback | None = None) -> str:
+    return _instance_dicomweb("GetInstanceDicomWebXml", Service.GetInstanceDicomWebXml, self, callback)
+
+
+for _function, _what, _form in (
+    (EncodeDicomWebJson, "DICOMweb JSON", "a DICOM file (``bytes``)"),
+    (EncodeDicomWebXml, "DICOMweb XML", "a DICOM file (``bytes``)"),
+    (EncodeDicomWebJson2, "DICOMweb JSON", "a DICOM file (``bytes``)"),
+    (EncodeDicomWebXml2, "DICOMweb XML", "a DICOM file (``bytes``)"),
+    (GetInstanceDicomWebJson, "DICOMweb JSON", "this instance"),
+    (GetInstanceDicomWebXml, "DICOMweb XML", "this instance"),
+):
+    _function.__doc__ = (
+        f"Returns {_form} in {_what} (``str``).\n{_BINARY_CALLBACK_DOC}\n"
+        + ("    :param dicom: the DICOM file.\n" if _form.startswith("a DICOM") else "")
+        + "    :param callback: how to write binary tags (optional).\n"
+        "    :raises OrthancError: when Orthanc cannot parse the file.\n"
+        "    :raises TypeError: when ``callback`` is not callable.\n"
+    )
+
+
+
+# --- HTTP client with chunked transfers ---------------------------------------------------------------
+
+class _ChunkedTransfer:
+    """The request body (an iterator over chunks) and the answer of one chunked HTTP call.
+
+    Orthanc calls back during the SDK call, on the caller's thread: an
+    exception of the script's is kept, the transfer stopped (error code), and
+    the exception raised again to the caller once Orthanc returns.
+    """
+
+    _DONE = object()
+
+    def __init__(self, body: Any, answer_chunk: Callable[[bytes], Any] | None) -> None:
+        if body is None:
+            body = []
+        elif isinstance(body, (bytes, bytearray, memoryview, str)):
+            body = [body]
+        self.chunks = iter(body)
+        self.current: Any = None
+        self.answer_chunk = answer_chunk
+        self.answer: list[bytes] = []
+        self.headers: dict[str, str] = {}
+        self.error: BaseException | None = None
+        self.advance()
+
+    def advance(self) -> int:
+        try:
+            chunk = next(self.chunks, self._DONE)
+            if chunk is not self._DONE:
+                data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body")
+                chunk = (ctypes.create_string_buffer(data, len(data)), len(data))
+        except BaseException as error:  # noqa: BLE001 - raised again to the caller
+            self.error = error
+            self.current = self._DONE
+            return PLUGIN_ERROR
+        self.current = chunk  # kept until the next chunk: Orthanc reads it meanwhile
+        return SUCCESS
+
+    def c_callbacks(self) -> dict[str, Any]:
+        def add_header(_answer: Any, key: bytes | None, value: bytes | None) -> int:
+            self.headers[_decode(key)] = _decode(value)
+            return SUCCESS
+
+        def add_chunk(_answer: Any, data: int | None, size: int) -> int:
+            chunk = ctypes.string_at(data, size) if data and size else b""
+            if self.answer_chunk is None:
+                self.answer.append(chunk)
+                return SUCCESS
+            try:
+                self.answer_chunk(chunk)
+            except BaseException as error:  # noqa: BLE001 - raised again to the caller
+                self.error = error
+                return PLUGIN_ERROR
+            return SUCCESS
+
+        def is_done(_request: Any) -> int:
+            return int(self.current is self._DONE)
+
+        def chunk_data(_request: Any) -> int | None:
+            return None if self.current is self._DONE else ctypes.addressof(self.current[0])
+
+        def chunk_size(_request: Any) -> int:
+            return 0 if self.current is self._DONE else self.current[1]
+
+        def next_chunk(_request: Any) -> int:
+            return self.advance()
+
+        where = "orthanc.ChunkedHttpClient()"
+        return {
+            "answerAddHeader": _sdk.OrthancPluginChunkedClientAnswerAddHeader(_guard(add_header, where, PLUGIN_ERROR)),
+            "answerAddChunk": _sdk.OrthancPluginChunkedClientAnswerAddChunk(_guard(add_chunk, where, PLUGIN_ERROR)),
+            "requestIsDone": _sdk.OrthancPluginChunkedClientRequestIsDone(_guard(is_done, where, 1)),
+            "requestChunkData": _sdk.OrthancPluginChunkedClientRequestGetChunkData(_guard(chunk_data, where, 0)),
+            "requestChunkSize": _sdk.OrthancPluginChunkedClientRequestGetChunkSize(_guard(chunk_size, where, 0)),
+            "requestNext": _sdk.OrthancPluginChunkedClientRequestNext(_guard(next_chunk, where, PLUGIN_ERROR)),
+        }
+
+
+def _guard(function: Callable[..., Any], where: str, on_error: Any) -> Callable[..., Any]:
+    """Like :func:`_capi.trampoline`, for a C callback that lives during one SDK call only (not kept)."""
+    def guarded(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except BaseException:  # noqa: BLE001 - logged; never reaches C
+            _capi.report_exception(where)
+            return on_error
+
+    return guarded
+
+
+def ChunkedHttpClient(method: int, url: str, headers: Any = None, body: Any = None, username: str | None = None,
+                      password: str | None = None, timeout: int = 0, certificateFile: str | None = None,
+                      certificateKeyFile: str | None = None, certificateKeyPassword: str | None = None,
+                      pkcs11: bool = False, *, answerChunk: Callable[[bytes], Any] | None = None) -> tuple[bytes, dict[str, str], int]:
+    """Makes an HTTP call with chunked transfers: the body is sent, and the answer read, piece by piece.
+
+    Unlike :func:`orthanc.HttpClient`, neither the body nor the answer needs
+    to be in memory as a whole. Orthanc's options ``HttpProxy``,
+    ``HttpTimeout``, ``HttpsVerifyPeers``, ``HttpsCACertificates`` and
+    ``Pkcs11`` apply. Orthanc 1.5.6 and older, as a server, do not take
+    chunked transfers.
+
+    :param method: an :class:`orthanc.HttpMethod` value.
+    :param url: the URL to call.
+    :param headers: the request's headers (a ``dict`` of ``str``), or ``None``.
+    :param body: the request's body: ``bytes``, any iterable of ``bytes``
+        chunks (a generator streams it), or ``None``.
+    :param username: for HTTP basic authentication (or ``None``).
+    :param password: its password (or ``None``).
+    :param timeout: in seconds (``0``: Orthanc's ``HttpTimeout``).
+    :param certificateFile: the client certificate for HTTPS, PEM (or ``None``).
+    :param certificateKeyFile: its key, PEM (or ``None``).
+    :param certificateKeyPassword: the key's password (or ``None``).
+    :param pkcs11: whether to use PKCS#11 for the client certificate.
+    :param answerChunk: when given, ``answerChunk(chunk)`` receives each
+        piece of the answer's body (``bytes``) as it arrives, and the
+        returned body is ``b""``.
+    :returns: ``(answerBody, answerHeaders, httpStatus)``: ``bytes``, a
+        ``dict`` of ``str`` and an ``int``.
+    :raises OrthancError: when Orthanc reports that the call failed.
+    :raises TypeError: when an argument has the wrong type.
+    """
+    function = "ChunkedHttpClient"
+    if answerChunk is not None:
+        _check_callable(function, "answerChunk", answerChunk)
+    transfer = _ChunkedTransfer(body, answerChunk)
+    pairs = _calls._to_string_pairs(headers, f"{function}() argument 'headers'")
+    status = ctypes.c_uint16()
+    params = _sdk._OrthancPluginChunkedHttpClient()
+    thunks = transfer.c_callbacks()  # kept alive by this local until Orthanc returns
+    for field, thunk in thunks.items():
+        setattr(params, field, thunk)
+    params.answer = params.request = None
+    params.httpStatus = ctypes.pointer(status)
+    params.method = _calls._to_int(method, f"{function}() argument 'method'")
+    params.url = _calls._to_c_string(url, f"{function}() argument 'url'")
+    params.headersCount = len(pairs)
+    params.headersKeys = (ctypes.c_char_p * len(pairs))(*(k for k, _ in pairs))
+    params.headersValues = (ctypes.c_char_p * len(pairs))(*(v for _, v in pairs))
+    params.username = _calls._to_c_string(username, f"{function}() argument 'username'")
+    params.password = _calls._to_c_string(password, f"{function}() argument 'password'")
+    params.timeout = _calls._to_int(timeout, f"{function}() argument 'timeout'")
+    params.certificateFile = _calls._to_c_string(certificateFile, f"{function}() argument 'certificateFile'")
+    params.certificateKeyFile = _calls._to_c_string(certificateKeyFile, f"{function}() argument 'certificateKeyFile'")
+    params.certificateKeyPassword = _calls._to_c_string(
+        certificateKeyPassword, f"{function}() argument 'certificateKeyPassword'"
+    )
+    params.pkcs11 = 1 if pkcs11 else 0
+    try:
+        _capi.invoke(Service.ChunkedHttpClient, params, f"orthanc.{function}()")
+    except _capi.OrthancError:
+        if transfer.error is None:
+            raise
+    del thunks
+    if transfer.error is not None:
+        raise transfer.error
+    return b"".join(transfer.answer), transfer.headers, status.value
+
+
+# --- methods of the orthanc module's classes -----------------------------------------------------
+
+def _attach_methods() -> None:
+    """Puts the hand-written methods above on the ``orthanc`` module's classes.
+
+    Imported here, at the end, so that it works whichever of the two modules
+    is imported first: when ``_compat`` imports this module, it is part-way
+    through and its classes exist (its SDK-built methods come after, and
+    leave these alone); when this module comes first (the decorator API
+    registers filters through it), ``_compat`` imports completely here.
+    """
+    from . import _compat
+
+    for cls, method in (
+        (_calls.handle_class("OrthancPluginJob"), _SubmitJob),
+        (_compat.DicomInstance, GetInstanceDicomWebJson),
+        (_compat.DicomInstance, GetInstanceDicomWebXml),
+    ):
+        name = method.__name__.lstrip("_")
+        method.__name__ = method.__qualname__ = name
+        method.__module__ = "orthanc"
+        setattr(cls, name, _compat._SdkMethod(method))
+        _compat.UNSUPPORTED.pop(f"OrthancPlugin{name}", None)
+
+
+_attach_methods()

@@ -270,7 +270,7 @@ def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buff
     """
     if len(buffer) < pitch * height:
         raise ValueError(f"CreateImageFromBuffer(): buffer holds {len(buffer)} bytes, less than pitch * height = {pitch * height}")
-    image = _call("OrthancPluginCreateImage", format, width, height)
+    image: Image = _call("OrthancPluginCreateImage", format, width, height)
     _capi.copy_rows(_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image), _call("OrthancPluginGetImagePitch", image),
                     bytes(buffer), pitch, height)
     return image
@@ -384,12 +384,24 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
 
 
 from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
+    ChunkedHttpClient,
+    CreateJob,
+    EncodeDicomWebJson,
+    EncodeDicomWebJson2,
+    EncodeDicomWebXml,
+    EncodeDicomWebXml2,
+    RegisterDecodeImageCallback,
     RegisterFindCallback,
     RegisterIncomingCStoreInstanceFilter,
+    RegisterIncomingDicomInstanceFilter,
     RegisterIncomingHttpRequestFilter,
+    RegisterJobsUnserializer,
     RegisterMoveCallback,
     RegisterReceivedInstanceCallback,
+    RegisterRefreshMetricsCallback,
     RegisterStorageArea,
+    RegisterStorageCommitmentScpCallback,
+    RegisterTranscoderCallback,
     RegisterWorklistCallback,
 )
 
@@ -398,7 +410,11 @@ for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "
               "LookupDictionary", "CreateImageFromBuffer",
               "RegisterIncomingHttpRequestFilter", "RegisterReceivedInstanceCallback",
               "RegisterIncomingCStoreInstanceFilter", "RegisterFindCallback", "RegisterWorklistCallback",
-              "RegisterMoveCallback", "RegisterStorageArea"):
+              "RegisterMoveCallback", "RegisterStorageArea",
+              "RegisterRefreshMetricsCallback", "RegisterIncomingDicomInstanceFilter", "CreateJob",
+              "RegisterJobsUnserializer", "RegisterStorageCommitmentScpCallback", "RegisterDecodeImageCallback",
+              "RegisterTranscoderCallback", "EncodeDicomWebJson", "EncodeDicomWebXml", "EncodeDicomWebJson2",
+              "EncodeDicomWebXml2", "ChunkedHttpClient"):
     globals()[_name].__module__ = "orthanc"
     __all__.append(_name)
 

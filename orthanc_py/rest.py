@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Orthanc's own REST API, called from inside Orthanc (no HTTP, no credentials).
+"""Orthanc's REST API, called from inside Orthanc (no HTTP, no credentials).
+
+Calls see the whole API, routes of plugins included (this script's own,
+DICOMweb's...), as an HTTP client would.
 
 >>> from orthanc_py import rest
 >>> study = rest.get_json(f"/studies/{study_id}")
@@ -82,22 +85,22 @@ def get(uri: str) -> bytes:
 
     :raises RestError: carrying the HTTP status, e.g. 404 for an unknown resource.
     """
-    return bytes(_call("GET", "OrthancPluginRestApiGet", uri))
+    return bytes(_call("GET", "OrthancPluginRestApiGetAfterPlugins", uri))
 
 
 def post(uri: str, body: Body = b"") -> bytes:
     """POST ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return bytes(_call("POST", "OrthancPluginRestApiPost", uri, _body(body)))
+    return bytes(_call("POST", "OrthancPluginRestApiPostAfterPlugins", uri, _body(body)))
 
 
 def put(uri: str, body: Body = b"") -> bytes:
     """PUT ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return bytes(_call("PUT", "OrthancPluginRestApiPut", uri, _body(body)))
+    return bytes(_call("PUT", "OrthancPluginRestApiPutAfterPlugins", uri, _body(body)))
 
 
 def delete(uri: str) -> None:
     """DELETE ``uri``."""
-    _call("DELETE", "OrthancPluginRestApiDelete", uri)
+    _call("DELETE", "OrthancPluginRestApiDeleteAfterPlugins", uri)
 
 
 def get_json(uri: str) -> Any:

@@ -208,14 +208,15 @@ class OrthancServer:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Waits until the REST API answers ``/system``."""
+        """Waits until the REST API answers ``/system`` (a 401 counts, when authentication is on)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise OrthancStartError(f"Orthanc exited with code {code} while starting:\n{self.log}")
             try:
-                if self.get("/system", timeout=2).status == 200:
+                # Any answer means the REST API serves (401: authentication is on).
+                if self.get("/system", timeout=2).status in (200, 401, 403):
                     return
             except OSError:
                 pass
