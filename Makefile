@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 HTTP_PORT ?= 8042
 DICOM_PORT ?= 4242
-SCRIPT ?= examples/seed/hello.py
+SCRIPT ?= examples/decorators/rest.py
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # orthanc: the server; orthanc-dev: OrthancCPlugin.h, which the loader is
