@@ -317,8 +317,9 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
 
     ``request`` holds ``method`` (``"GET"``, ``"POST"``...), ``groups`` (the
-    regular expression's groups), ``get`` (query arguments), ``headers``
-    (lower-case names) and, for POST and PUT, ``body`` (bytes). The callback
+    regular expression's groups), ``headers`` (lower-case names) and, for GET,
+    ``get`` (query arguments, still percent-encoded as Orthanc gives them) or,
+    for POST and PUT, ``body`` (bytes) — the keys the official plugin passes. The callback
     answers through ``output`` (:class:`RestOutput`). When it raises, or
     returns without answering, the client gets HTTP 500 and the reason goes to
     Orthanc's log.
@@ -337,13 +338,11 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
         output = RestOutput(output_address)
         method = request.method
-        kwargs: dict[str, Any] = {
-            "method": method,
-            "groups": request.groups,
-            "get": dict(request.get),
-            "headers": dict(request.headers),
-        }
-        if method in ("POST", "PUT"):
+        # The keys the official plugin passes: "get" for GET only, "body" for POST and PUT only.
+        kwargs: dict[str, Any] = {"method": method, "groups": request.groups, "headers": dict(request.headers)}
+        if method == "GET":
+            kwargs["get"] = dict(request.get)
+        elif method in ("POST", "PUT"):
             kwargs["body"] = request.body
         try:
             callback(output, uri, **kwargs)
