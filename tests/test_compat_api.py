@@ -227,3 +227,25 @@ def test_answers_match_the_official_plugin(probes):
         pytest.skip("Debian's orthanc-python is not installed")
     assert probes["ours"]["probe"] == probes["official"]["probe"]
     assert probes["ours"]["stored"] == probes["official"]["stored"]
+
+
+def test_a_function_newer_than_the_running_orthanc_raises_a_clear_error(make_orthanc):
+    # No SDK function of this header is newer than this Orthanc, so a copy of
+    # one is dated in the future: the check is the one every call goes through.
+    server = make_orthanc(
+        """
+        import dataclasses
+        from orthanc_py import _calls, _sdk, route
+
+        future = dataclasses.replace(_sdk.FUNCTIONS["OrthancPluginGenerateUuid"], since=(99, 1, 0))
+
+        @route("/future")
+        def call_future(request):
+            try:
+                _calls._Compiled(future)()
+            except _calls.SdkVersionError as error:
+                return {"error": str(error), "is_orthanc_exception": isinstance(error, Exception)}
+        """
+    )
+    answer = server.get_json("/future")
+    assert "GenerateUuid() needs Orthanc 99.1.0 or newer; this Orthanc is 1.10.1" in answer["error"]

@@ -482,3 +482,19 @@ def test_on_received_instance_keeps_changes_or_drops(make_orthanc):
     assert server.get_json(f"/instances/{changed['ID']}/simplified-tags")["PatientName"] == "Renamed^By^Script"
     patients = {p["MainDicomTags"]["PatientID"] for p in server.get_json("/patients?expand")}
     assert patients == {"KEEP-ME", "MODIFY-ME"}
+
+
+def test_offload_accepts_any_executor(make_orthanc):
+    server = make_orthanc(
+        """
+        import concurrent.futures, threading
+        from orthanc_py import route
+
+        POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mine")
+
+        @route("/where", offload=POOL)
+        def where(request):
+            return {"thread": threading.current_thread().name}
+        """
+    )
+    assert server.get_json("/where")["thread"].startswith("mine")
