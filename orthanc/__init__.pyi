@@ -96,6 +96,7 @@ __all__ = [
     "PixelFormat",
     "ReadFile",
     "ReceivedInstanceAction",
+    "RegisterChunkedRestCallback",
     "RegisterDecodeImageCallback",
     "RegisterDictionaryTag",
     "RegisterErrorCode",
@@ -114,6 +115,7 @@ __all__ = [
     "RegisterStorageArea",
     "RegisterStorageCommitmentScpCallback",
     "RegisterTranscoderCallback",
+    "RegisterWebDavCollection",
     "RegisterWorklistCallback",
     "ResourceType",
     "RestApiDelete",
@@ -835,6 +837,16 @@ class ReceivedInstanceAction:
     MODIFY: int
     DISCARD: int
 
+def RegisterChunkedRestCallback(
+    pathRegularExpression: str,
+    getHandler: Callable[..., Any] | None = ...,
+    postFactory: Callable[..., Any] | None = ...,
+    deleteHandler: Callable[..., Any] | None = ...,
+    putFactory: Callable[..., Any] | None = ...,
+) -> None:
+    """Serves the URIs matching a regular expression, receiving POST and PUT bodies chunk by chunk."""
+    ...
+
 def RegisterDecodeImageCallback(callback: Callable[[bytes, int], Any]) -> None:
     """Registers ``callback(dicom, frameIndex)``, which decodes the frames of DICOM images for Orthanc."""
     ...
@@ -922,6 +934,18 @@ def RegisterStorageCommitmentScpCallback(
 
 def RegisterTranscoderCallback(callback: Callable[[bytes, list[str], bool], Any]) -> None:
     """Registers ``callback(dicom, allowedSyntaxes, allowNewSopInstanceUid)``, which transcodes DICOM files."""
+    ...
+
+def RegisterWebDavCollection(
+    uri: str,
+    isExistingFolder: Callable[[list[str]], Any],
+    listFolder: Callable[[list[str]], Any],
+    retrieveFile: Callable[[list[str]], Any],
+    storeFile: Callable[[list[str], bytes], Any] | None,
+    createFolder: Callable[[list[str]], Any] | None,
+    deleteItem: Callable[[list[str]], Any] | None,
+) -> None:
+    """Serves a virtual tree of folders and files through WebDAV, at ``uri``."""
     ...
 
 def RegisterWorklistCallback(callback: Callable[[Any, Any, str, str], Any]) -> None:

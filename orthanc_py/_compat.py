@@ -389,6 +389,7 @@ from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
     EncodeDicomWebJson2,
     EncodeDicomWebXml,
     EncodeDicomWebXml2,
+    RegisterChunkedRestCallback,
     RegisterDecodeImageCallback,
     RegisterFindCallback,
     RegisterIncomingCStoreInstanceFilter,
@@ -401,6 +402,7 @@ from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
     RegisterStorageArea,
     RegisterStorageCommitmentScpCallback,
     RegisterTranscoderCallback,
+    RegisterWebDavCollection,
     RegisterWorklistCallback,
 )
 
@@ -413,7 +415,8 @@ for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "
               "RegisterRefreshMetricsCallback", "RegisterIncomingDicomInstanceFilter", "CreateJob",
               "RegisterJobsUnserializer", "RegisterStorageCommitmentScpCallback", "RegisterDecodeImageCallback",
               "RegisterTranscoderCallback", "EncodeDicomWebJson", "EncodeDicomWebXml", "EncodeDicomWebJson2",
-              "EncodeDicomWebXml2", "ChunkedHttpClient"):
+              "EncodeDicomWebXml2", "ChunkedHttpClient", "RegisterChunkedRestCallback",
+              "RegisterWebDavCollection"):
     globals()[_name].__module__ = "orthanc"
     __all__.append(_name)
 
