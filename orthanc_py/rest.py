@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Orthanc's REST API, called from inside Orthanc (no HTTP, no credentials).
 
-Calls see the whole API, routes of plugins included (this script's own,
-DICOMweb's...), as an HTTP client would.
+Calls reach Orthanc's built-in API, so that a route which overrides a
+built-in one (``/tools/find``...) can call the original. Pass
+``plugins=True`` to go through the routes of plugins too (this script's
+own, DICOMweb's...), as an HTTP client would.
 
 >>> from orthanc_py import rest
 >>> study = rest.get_json(f"/studies/{study_id}")
@@ -69,7 +71,9 @@ def _body(body: Body) -> bytes:
     raise TypeError(f"a REST body must be bytes, str, dict or list, not {type(body).__name__}")
 
 
-def _call(method: str, function: str, uri: str, *args: Any) -> Any:
+def _call(method: str, function: str, uri: str, *args: Any, plugins: bool = False) -> Any:
+    if plugins:
+        function += "AfterPlugins"
     if not isinstance(uri, str):
         raise TypeError(f"rest.{method.lower()}() argument 'uri' must be str, not {type(uri).__name__}")
     try:
@@ -80,39 +84,40 @@ def _call(method: str, function: str, uri: str, *args: Any) -> Any:
         raise RestError(method, uri, error.code, error.description) from None
 
 
-def get(uri: str) -> bytes:
+def get(uri: str, plugins: bool = False) -> bytes:
     """GET ``uri`` from Orthanc's REST API; returns the body.
 
+    :param plugins: go through the routes of plugins too, not only Orthanc's built-in API.
     :raises RestError: carrying the HTTP status, e.g. 404 for an unknown resource.
     """
-    return bytes(_call("GET", "OrthancPluginRestApiGetAfterPlugins", uri))
+    return bytes(_call("GET", "OrthancPluginRestApiGet", uri, plugins=plugins))
 
 
-def post(uri: str, body: Body = b"") -> bytes:
+def post(uri: str, body: Body = b"", plugins: bool = False) -> bytes:
     """POST ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return bytes(_call("POST", "OrthancPluginRestApiPostAfterPlugins", uri, _body(body)))
+    return bytes(_call("POST", "OrthancPluginRestApiPost", uri, _body(body), plugins=plugins))
 
 
-def put(uri: str, body: Body = b"") -> bytes:
+def put(uri: str, body: Body = b"", plugins: bool = False) -> bytes:
     """PUT ``body`` (bytes, str, or a dict/list sent as JSON) to ``uri``; returns the answer's body."""
-    return bytes(_call("PUT", "OrthancPluginRestApiPutAfterPlugins", uri, _body(body)))
+    return bytes(_call("PUT", "OrthancPluginRestApiPut", uri, _body(body), plugins=plugins))
 
 
-def delete(uri: str) -> None:
+def delete(uri: str, plugins: bool = False) -> None:
     """DELETE ``uri``."""
-    _call("DELETE", "OrthancPluginRestApiDeleteAfterPlugins", uri)
+    _call("DELETE", "OrthancPluginRestApiDelete", uri, plugins=plugins)
 
 
-def get_json(uri: str) -> Any:
+def get_json(uri: str, plugins: bool = False) -> Any:
     """GET ``uri`` and parse the answer as JSON."""
-    return json.loads(get(uri))
+    return json.loads(get(uri, plugins))
 
 
-def post_json(uri: str, body: Body = None) -> Any:
+def post_json(uri: str, body: Body = None, plugins: bool = False) -> Any:
     """POST ``body`` (a dict or list is sent as JSON) and parse the answer as JSON."""
-    return json.loads(post(uri, {} if body is None else body))
+    return json.loads(post(uri, {} if body is None else body, plugins))
 
 
-def put_json(uri: str, body: Body = None) -> Any:
+def put_json(uri: str, body: Body = None, plugins: bool = False) -> Any:
     """PUT ``body`` (a dict or list is sent as JSON) and parse the answer as JSON."""
-    return json.loads(put(uri, {} if body is None else body))
+    return json.loads(put(uri, {} if body is None else body, plugins))

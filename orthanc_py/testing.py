@@ -75,7 +75,8 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
             path = workdir / "script.py"
             path.write_text(textwrap.dedent(script))
             script = path
-        server = OrthancServer(str(workdir / "server"), script=None if script is None else str(script),
+        # The server's folder is the script's: files a script reads beside itself are found there.
+        server = OrthancServer(str(workdir), script=None if script is None else str(script),
                                config=config, **options)
         servers.append(server)
         if start:

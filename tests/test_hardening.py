@@ -129,15 +129,15 @@ def recurse(request):
 def reenter(request, n):
     if n == 0:
         return "bottom"
-    return rest.get(f"/reenter/{n - 1}").decode()
+    return rest.get(f"/reenter/{n - 1}", plugins=True).decode()
 
 @route("/forever")
 def forever(request):
-    return rest.get("/forever").decode()
+    return rest.get("/forever", plugins=True).decode()
 
 @route("/other-route")
 def other_route(request):
-    return rest.get("/fine").decode() + " via REST"
+    return rest.get("/fine", plugins=True).decode() + " via REST"
 
 @on_change
 def always_fails(change):
