@@ -1497,9 +1497,6 @@ def _attach_methods() -> None:
         _compat.UNSUPPORTED.pop(f"OrthancPlugin{name}", None)
 
 
-_attach_methods()
-
-
 # --- REST callbacks with chunked uploads -----------------------------------------------------------
 
 ChunkedRestHandler = Callable[..., Any]
@@ -1970,3 +1967,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
         setattr(params, field, _capi.trampoline(c_type, what)(c_write))
     params.payload = None
     _capi.invoke(Service.RegisterWebDavCollection, _capi.keep_alive(params), f"orthanc.{function}()")
+
+
+# Last: _compat, which this may import, imports every name defined above.
+_attach_methods()

@@ -265,8 +265,18 @@ def _stop_pool() -> None:
     global _pool
     with _pool_lock:
         if _pool is not None:
+            # Wait (a bounded time) for the pool's manager thread: left running,
+            # it may close its wake-up pipe while Python's exit hook writes to
+            # it (a race of CPython 3.11's concurrent.futures), which prints a
+            # traceback into Orthanc's log.
+            manager = getattr(_pool, "_executor_manager_thread", None)
             _pool.shutdown(wait=False, cancel_futures=True)
+            if manager is not None:
+                manager.join(_POOL_STOP_SECONDS)
             _pool = None
+
+
+_POOL_STOP_SECONDS = 5.0
 
 
 def run_in_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
