@@ -158,7 +158,11 @@ def misbehaving(tmp_path_factory):
 def test_a_handler_that_blocks_does_not_stop_other_routes(misbehaving):
     # Orthanc waits for the handlers in progress when it stops: the "endless"
     # handler here sleeps 8 s, so that the module's Orthanc can stop after it.
-    blocked = threading.Thread(target=lambda: misbehaving.get("/block?s=8", timeout=3), daemon=True)
+    def wait_in_vain() -> None:
+        with pytest.raises(OSError):  # times out: the handler is still asleep
+            misbehaving.get("/block?s=8", timeout=3)
+
+    blocked = threading.Thread(target=wait_in_vain, daemon=True)
     blocked.start()
     time.sleep(0.5)
     started = time.monotonic()
