@@ -277,7 +277,7 @@ class _Compiled:
         if fn.params is None:
             params: Any = None
             if fn.direct_params is not None:
-                params = _raw_argument(values[fn.direct_params[4:]])
+                params = values[fn.direct_params[4:]]
         else:
             params = fn.params()
             field_types = _field_types(fn.params)
@@ -339,10 +339,6 @@ def _handle_converter(c_type_name: str) -> Callable[[Any, str], int]:
         raise TypeError(f"{what} must be {expected}, not {type(value).__name__}")
 
     return convert
-
-
-def _raw_argument(value: Any) -> Any:
-    return value
 
 
 def _field_types(params: type[ctypes.Structure]) -> dict[str, Any]:

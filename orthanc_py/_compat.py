@@ -13,13 +13,13 @@ whose Python form differs from their C form are written by hand below.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
-import re
 import types
 from typing import Any, Callable, Optional
 
-from . import _calls, _capi, _events, _runtime, _sdk
+from . import _calls, _capi, _enums, _events, _runtime, _sdk
 from ._calls import Handle
 
 OrthancException = _capi.OrthancError
@@ -32,22 +32,22 @@ __all__: list[str] = ["OrthancException"]
 
 # --- enumerations --------------------------------------------------------------
 
-def _upper_snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.rstrip("_")).upper()
+def _enum_class(source: Any) -> type:
+    """An official-style enum: a plain class whose UPPER_CASE attributes are ints.
+
+    The names and values are those of the generated ``_enums`` module; the
+    official plugin's enums are plain classes (not :class:`enum.IntEnum`),
+    which its introspection sample relies on.
+    """
+    members = {member.name: int(member) for member in source}
+    doc = (inspect.getdoc(source) or source.__name__).strip()
+    return type(source.__name__, (), {"__doc__": doc, "__module__": "orthanc", **members})
 
 
-def _enum_class(name: str, source: Any) -> type:
-    """An official-style enum: a class whose UPPER_CASE attributes are ints."""
-    members = {_upper_snake(member.name): int(member.value) for member in source}
-    doc = (inspect.getdoc(source) or name).strip()
-    return type(name, (), {"__doc__": doc, "__module__": "orthanc", **members})
-
-
-for _source in _sdk.ENUMS:
-    if _source.__name__.startswith(_PREFIX):
-        _name = _source.__name__[len(_PREFIX):]
-        globals()[_name] = _enum_class(_name, _source)
-        __all__.append(_name)
+for _source in vars(_enums).values():
+    if isinstance(_source, type) and issubclass(_source, enum.IntEnum) and _source is not enum.IntEnum:
+        globals()[_source.__name__] = _enum_class(_source)
+        __all__.append(_source.__name__)
 
 
 # --- Orthanc objects ---------------------------------------------------------------

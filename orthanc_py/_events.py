@@ -37,10 +37,6 @@ class ChangeDispatcher:
         self._registered = False
         self.stopped_delivered = False
 
-    @property
-    def handlers(self) -> list[ChangeHandler]:
-        return list(self._handlers)
-
     def add(self, handler: ChangeHandler, what: str) -> None:
         """Adds a handler; handlers are called in the order they were added.
 
