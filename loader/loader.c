@@ -18,6 +18,7 @@
 #include <Python.h>
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,8 +51,8 @@ ORTHANC_PLUGINS_API const char orthanc_py_loader_min_orthanc[] =
     STR(ORTHANC_PY_MIN_MAJOR) "." STR(ORTHANC_PY_MIN_MINOR) "." STR(ORTHANC_PY_MIN_REVISION);
 
 static OrthancPluginContext *context = NULL;
-static PyThreadState *main_thread_state = NULL;
-static int python_started = 0;
+/* Whether start() ran in this cycle of Orthanc (Initialize ... Finalize). */
+static int running = 0;
 
 static void log_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
 
@@ -149,6 +150,23 @@ static int publish_libpython(void)
 
 static int start_interpreter(const char *program)
 {
+  /* The process's locale is Orthanc's: Python must not call setlocale()
+   * (nor coerce a C locale through LC_CTYPE in the environment). UTF-8 mode
+   * gives Python its encodings without it. */
+  PyPreConfig preconfig;
+  PyPreConfig_InitPythonConfig(&preconfig);
+  preconfig.configure_locale = 0;
+  preconfig.coerce_c_locale = 0;
+  preconfig.coerce_c_locale_warn = 0;
+  preconfig.utf8_mode = 1;
+  preconfig.parse_argv = 0;
+  PyStatus prestatus = Py_PreInitialize(&preconfig);
+  if (PyStatus_Exception(prestatus))
+  {
+    log_error("orthanc_py: Python failed to pre-initialize: %s",
+              prestatus.err_msg ? prestatus.err_msg : "unknown error");
+    return -1;
+  }
   PyConfig config;
   PyConfig_InitPythonConfig(&config);
   /* Orthanc owns SIGINT/SIGTERM: Python must not replace its handlers. */
@@ -195,6 +213,98 @@ static PyObject *call_runtime(const char *name, PyObject *args)
     log_error("orthanc_py: orthanc_py._runtime.%s() failed (traceback above)", name);
   }
   return result;
+}
+
+/* A thread state is kept on each Orthanc thread that calls Python (see
+ * orthanc_py_pin_thread); this key's destructor releases it when the thread
+ * ends, so that short-lived threads (archive loaders, job workers) leave
+ * nothing behind. */
+static pthread_key_t pinned_key;
+static int process_exiting = 0;
+
+static void release_pinned_thread(void *value)
+{
+  (void)value;
+  /* At process exit the interpreter is left as it is (see at_process_exit);
+   * a thread state that Python itself already deleted needs nothing. */
+  if (process_exiting || PyGILState_GetThisThreadState() == NULL)
+    return;
+  PyGILState_STATE state = PyGILState_Ensure();
+  PyObject *result = call_runtime("thread_ended", NULL);
+  Py_XDECREF(result);
+  /* The Ensure above and the one that pinned the state: the second release
+   * brings the thread's count to zero, which deletes its thread state. */
+  PyGILState_Release(state == PyGILState_UNLOCKED ? PyGILState_LOCKED : state);
+  PyGILState_Release(PyGILState_UNLOCKED);
+}
+
+/* Called through ctypes.PyDLL (the GIL held) the first time an Orthanc thread
+ * enters a Python callback: one more PyGILState_Ensure, released only by the
+ * key's destructor, keeps the thread state for the life of the thread instead
+ * of ctypes creating and destroying one on every call. */
+ORTHANC_PLUGINS_API int orthanc_py_pin_thread(void)
+{
+  if (pthread_getspecific(pinned_key) != NULL)
+    return 0;
+  PyGILState_Ensure();
+  pthread_setspecific(pinned_key, &pinned_key);
+  return 1;
+}
+
+/* Python's own exit functions (the script's atexit hooks, multiprocessing's
+ * clean-up) run when the process exits, as they would in `python script.py`.
+ * The interpreter is not finalized: threads the script left running keep it
+ * in use, and Orthanc's static destructors still follow. */
+static void at_process_exit(void)
+{
+  process_exiting = 1;
+  PyGILState_STATE state = PyGILState_Ensure();
+  PyObject *result = call_runtime("process_exit", NULL);
+  Py_XDECREF(result);
+  PyGILState_Release(state);
+}
+
+/* Starts the interpreter once per process. Orthanc restarts in the same
+ * process (POST /tools/reset, a configuration change): it finalizes and
+ * unloads its plugins, then loads and initializes them again. The loader
+ * pins itself in memory (RTLD_NODELETE) so that the re-loaded copy is this
+ * one, with this state; a second interpreter could not import C extensions
+ * such as numpy again. */
+static int interpreter_started = 0;
+
+static int start_once(const char *loader, const char *venv)
+{
+  if (interpreter_started)
+    return 0;
+  if (Py_IsInitialized())
+  {
+    log_error("orthanc_py: Python is already running in this Orthanc (another Python plugin, such "
+              "as the official one, is loaded); keep only one of them in \"Plugins\"");
+    return -1;
+  }
+  if (dlopen(loader, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+  {
+    log_error("orthanc_py: cannot pin the loader %s in memory: %s", loader, dlerror());
+    return -1;
+  }
+  if (publish_libpython() != 0)
+    return -1;
+  char program[PATH_MAX + 16];
+  snprintf(program, sizeof(program), "%s/bin/python3", venv);
+  if (access(program, X_OK) != 0)
+    snprintf(program, sizeof(program), "%s/bin/python", venv);
+  if (start_interpreter(program) != 0)
+    return -1;
+  if (pthread_key_create(&pinned_key, release_pinned_thread) != 0)
+  {
+    log_error("orthanc_py: cannot create a thread-local key");
+    return -1;
+  }
+  atexit(at_process_exit);
+  interpreter_started = 1;
+  /* Callbacks arrive on Orthanc's threads and take the GIL themselves. */
+  PyEval_SaveThread();
+  return 0;
 }
 
 ORTHANC_PLUGINS_API int32_t OrthancPluginInitialize(OrthancPluginContext *c)
@@ -244,54 +354,29 @@ ORTHANC_PLUGINS_API int32_t OrthancPluginInitialize(OrthancPluginContext *c)
               "reinstall orthanc-py in its venv", orthanc_py_loader_python, Py_GetVersion());
     return -1;
   }
-  if (Py_IsInitialized())
-  {
-    log_error("orthanc_py: Python is already running in this Orthanc (another Python plugin, such "
-              "as the official one, is loaded); keep only one of them in \"Plugins\"");
-    return -1;
-  }
-  if (publish_libpython() != 0)
+  if (start_once(loader, venv) != 0)
     return -1;
 
-  char program[PATH_MAX + 16];
-  snprintf(program, sizeof(program), "%s/bin/python3", venv);
-  if (access(program, X_OK) != 0)
-    snprintf(program, sizeof(program), "%s/bin/python", venv);
-  if (start_interpreter(program) != 0)
-    return -1;
-  python_started = 1;
-
+  PyGILState_STATE state = PyGILState_Ensure();
   PyObject *args = Py_BuildValue("(Ks)", (unsigned long long)(uintptr_t)c, loader);
   PyObject *result = args ? call_runtime("start", args) : NULL;
   Py_XDECREF(args);
   int ok = result != NULL && PyObject_IsTrue(result) == 1;
   Py_XDECREF(result);
-
-  /* Callbacks arrive on Orthanc's threads and take the GIL themselves. */
-  main_thread_state = PyEval_SaveThread();
+  running = 1;
+  PyGILState_Release(state);
   return ok ? 0 : -1;
 }
 
 ORTHANC_PLUGINS_API void OrthancPluginFinalize(void)
 {
-  if (!python_started)
+  if (!running)
     return;
-  python_started = 0;
-  PyEval_RestoreThread(main_thread_state);
+  running = 0;
+  PyGILState_STATE state = PyGILState_Ensure();
   PyObject *result = call_runtime("stop", NULL);
-  /* stop() answers whether finalizing is safe: it is not while a thread of
-   * the script still runs, since Py_FinalizeEx would wait for it forever. */
-  int can_finalize = result != NULL && PyObject_IsTrue(result) == 1;
   Py_XDECREF(result);
-  if (can_finalize)
-  {
-    if (Py_FinalizeEx() < 0)
-      log_error("orthanc_py: errors while finalizing Python");
-  }
-  else
-  {
-    PyEval_SaveThread();
-  }
+  PyGILState_Release(state);
 }
 
 ORTHANC_PLUGINS_API const char *OrthancPluginGetName(void)

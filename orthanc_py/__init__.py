@@ -27,7 +27,18 @@ from .events import (
     on_stored_instance,
 )
 from .rest import RestError
-from .web import FilterRequest, HTTPError, Request, Response, abort, add_route, http_filter, route, run_in_worker
+from .web import (
+    FilterRequest,
+    HTTPError,
+    Request,
+    Response,
+    WorkerCrashed,
+    abort,
+    add_route,
+    http_filter,
+    route,
+    run_in_worker,
+)
 
 __all__ = [
     "Change",
@@ -43,6 +54,7 @@ __all__ = [
     "RuleError",
     "SetupError",
     "StoredInstance",
+    "WorkerCrashed",
     "abort",
     "add_route",
     "http_filter",

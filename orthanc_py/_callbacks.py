@@ -86,6 +86,7 @@ def _check_callable(function: str, argument: str, value: Any) -> None:
 
 _registered: set[str] = set()
 _registered_lock = threading.Lock()
+_runtime.on_new_run(_registered.clear)
 
 
 def _claim(function: str, what: str) -> bool:
@@ -601,6 +602,7 @@ def _is_int(value: Any) -> bool:
 RefreshMetricsCallback = Callable[[], Any]
 
 _metrics_callbacks: list[RefreshMetricsCallback] = []
+_runtime.on_new_run(_metrics_callbacks.clear)
 
 
 def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:

@@ -14,6 +14,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Optional, TypeVar
 
@@ -61,20 +62,52 @@ class _Context:
 
 _context: Optional[_Context] = None
 _context_lock = threading.Lock()
+# Set once Orthanc has announced that it stops (ORTHANC_STOPPED delivered):
+# only Orthanc's own threads may still call in, since Orthanc goes on to tear
+# down its HTTP server, DICOM server and database under any other caller.
+_closing = False
+_closer = 0
+# Threads inside an SDK call right now (thread id -> nesting depth): close()
+# waits for them, so that no call is in flight when Orthanc tears itself down.
+_in_flight: dict[int, int] = {}
 
 
 def attach(address: int) -> None:
     """Makes the context at ``address`` the one every SDK call uses."""
-    global _context
+    global _context, _closing
     with _context_lock:
         _context = _Context(address)
+        _closing = False
+
+
+def close(timeout: float) -> bool:
+    """Refuses SDK calls from every thread but Orthanc's own and this one, then waits for calls in flight.
+
+    Called when Orthanc has announced its stop, while its REST API still
+    works: a script thread that calls in afterwards gets
+    :class:`NotInOrthancError` instead of reaching a server that is tearing
+    itself down. Logging stays open until :func:`detach`.
+
+    :returns: ``False`` when calls were still in flight after ``timeout`` seconds.
+    """
+    global _closing, _closer
+    me = threading.get_ident()
+    with _context_lock:
+        _closer = me
+        _closing = True
+    deadline = time.monotonic() + timeout
+    while any(ident != me for ident in list(_in_flight)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def detach() -> None:
     """Forgets the context: from now on SDK calls raise :class:`NotInOrthancError`.
 
-    Called when Orthanc stops, so that a thread the script left behind fails
-    cleanly instead of calling into a server that is shutting down.
+    Called when Orthanc has stopped, so that a thread the script left behind
+    fails cleanly instead of calling into a server that is gone.
     """
     global _context
     with _context_lock:
@@ -86,9 +119,18 @@ def is_attached() -> bool:
     return _context is not None
 
 
+def _may_call_while_closing() -> bool:
+    return bool(getattr(_thread, "orthanc", False)) or threading.get_ident() == _closer
+
+
 def _require(what: str) -> _Context:
     context = _context
-    if context is None:
+    if context is None or (_closing and not _may_call_while_closing()):
+        if context is not None:
+            raise NotInOrthancError(
+                f"{what}: Orthanc is stopping, and only its own callbacks may still call it; end the "
+                "script's threads when Orthanc stops (@on_shutdown or ORTHANC_STOPPED)"
+            )
         raise NotInOrthancError(
             f"{what} needs the Orthanc server, but this code runs outside Orthanc "
             "(in a worker process, a plain Python session, or after Orthanc stopped)"
@@ -111,7 +153,14 @@ def invoke(service: Service, params: Any, what: str = "") -> None:
     context = _require(what or service.name)
     if isinstance(params, ctypes.Structure):
         params = ctypes.byref(params)
-    code = context.invoke_service(context.pointer, int(service), params)
+    ident = threading.get_ident()
+    _in_flight[ident] = _in_flight.get(ident, 0) + 1
+    try:
+        code = context.invoke_service(context.pointer, int(service), params)
+    finally:
+        depth = _in_flight.pop(ident) - 1
+        if depth:
+            _in_flight[ident] = depth
     if code != ErrorCode.Success:
         raise OrthancError(code, error_description(code))
 
@@ -183,8 +232,14 @@ def retrieve_dynamic_string(service: Service, argument: Optional[bytes] = None) 
 # --- logging ---------------------------------------------------------------
 
 def _log(service: Service, message: str) -> None:
+    # Orthanc's log works until the process ends: it stays open to every
+    # thread while Orthanc stops, up to detach().
+    context = _context
+    if context is None:
+        _require(service.name)
+        return
     # Orthanc's log takes a C string: drop NULs rather than cut the message.
-    invoke(service, message.replace("\0", "\\0").encode("utf-8", "replace"))
+    context.invoke_service(context.pointer, int(service), message.replace("\0", "\\0").encode("utf-8", "replace"))
 
 
 def log_info(message: str) -> None:
@@ -244,21 +299,35 @@ def report_exception(where: str) -> None:
         _original_stderr().write(message + "\n")
 
 
-_pinned_threads: set[int] = set()
+_thread = threading.local()
+_pin: Optional[Callable[[], int]] = None
 
 
-def _pin_thread_state() -> None:
-    """Keeps this Orthanc thread's Python thread state for the life of the thread.
+def use_loader(path: str) -> None:
+    """Reaches the loader's own functions (the thread-state pinning)."""
+    global _pin
+    loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the function expects
+    pin = loader.orthanc_py_pin_thread
+    pin.restype, pin.argtypes = ctypes.c_int, []
+    _pin = pin
+
+
+def _enter_thread() -> None:
+    """The first call of this thread into a callback: learn whose thread it is, and pin it.
 
     ctypes creates a thread state when a thread Python has never seen calls
-    in, and destroys it on return: on Orthanc's HTTP threads that is paid on
-    every request. One extra ``PyGILState_Ensure`` the first time a thread
-    calls in, never released, makes the state stay.
+    in, and destroys it on return: on Orthanc's HTTP threads that would be
+    paid on every request. The loader keeps the state for the life of the
+    thread and releases it when the thread ends.
     """
-    ident = threading.get_ident()
-    if ident not in _pinned_threads:
-        ctypes.pythonapi.PyGILState_Ensure()
-        _pinned_threads.add(ident)
+    known = threading._active.get(threading.get_ident())  # type: ignore[attr-defined]
+    foreign = known is None or isinstance(known, threading._DummyThread)
+    if foreign and _pin is not None:
+        _pin()
+    # Orthanc's threads may call it while it stops (they answer the requests
+    # and events it still waits for); threads of the script may not.
+    _thread.orthanc = foreign or known is threading.main_thread()
+    _thread.entered = True
 
 
 def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Callable[[F], Any]:
@@ -271,8 +340,8 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
 
     def wrap(function: F) -> Any:
         def guarded(*args: Any) -> Any:
-            if threading.get_ident() not in _pinned_threads:
-                _pin_thread_state()
+            if not getattr(_thread, "entered", False):
+                _enter_thread()
             try:
                 return function(*args)
             except BaseException:
@@ -317,10 +386,10 @@ _AnswerBufferRaw = _raw_layout(_sdk._OrthancPluginAnswerBuffer, ("answer",))
 def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
     """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path."""
     context = _context
-    if context is None:
-        _require("AnswerBuffer")
+    if context is None or _closing:
+        context = _require("AnswerBuffer")
     params = _AnswerBufferRaw(output, body, len(body), mime_type)
-    code = context.invoke_service(context.pointer, _ANSWER_BUFFER, ctypes.byref(params))  # type: ignore[union-attr]
+    code = context.invoke_service(context.pointer, _ANSWER_BUFFER, ctypes.byref(params))
     if code:
         raise OrthancError(code, error_description(code))
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Optional, cast
+import time
+from typing import Callable, Optional
 
 from . import _capi, _runtime, _sdk
 
@@ -24,18 +25,26 @@ ChangeHandler = Callable[[int, int, Optional[str]], None]
 ORTHANC_STOPPED = int(_sdk.OrthancPluginChangeType.OrthancStopped)
 NO_RESOURCE = int(_sdk.OrthancPluginResourceType.None_)
 
-_STOP = object()
+# How often a long delivery at stop says how far it got.
+PROGRESS_SECONDS = 5.0
 
 
 class ChangeDispatcher:
-    """The queue between Orthanc's on-change callback and the Python handlers."""
+    """The queue between Orthanc's on-change callback and the Python handlers.
+
+    One per run of the script: Orthanc's in-process restart drops the
+    handlers with the run that registered them.
+    """
 
     def __init__(self) -> None:
         self._handlers: list[ChangeHandler] = []
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Optional[tuple[int, int, Optional[str]]]] = queue.SimpleQueue()
         self._worker: Optional[threading.Thread] = None
-        self._registered = False
-        self.stopped_delivered = False
+        self._lock = threading.Lock()
+        self._pending = 0  # queued and not yet delivered to every handler
+        self._stop_queued = False
+        self._closed = False
+        self.delivered = 0
 
     def add(self, handler: ChangeHandler, what: str) -> None:
         """Adds a handler; handlers are called in the order they were added.
@@ -47,57 +56,92 @@ class ChangeDispatcher:
             raise TypeError(f"{what}: the handler must be callable, not {type(handler).__name__}")
         if _capi.is_attached():
             _runtime.require_setup(what)
-            if not self._registered:
-                _capi.register_on_change(self._on_change)
-                self._registered = True
         self._handlers.append(handler)
 
+    def register(self) -> None:
+        """Registers the on-change callback with Orthanc (once per run, while the plugin initialises).
+
+        Registered whether or not the script has handlers: ``ORTHANC_STOPPED``
+        is the moment orthanc_py closes the SDK to the script's threads,
+        while Orthanc still serves.
+        """
+        _capi.register_on_change(self._on_change)
+
     def _on_change(self, change_type: int, resource_type: int, resource_id: Optional[bytes]) -> int:
-        # Runs on Orthanc's thread, inside its core: queue and return at once.
-        decoded = resource_id.decode("utf-8", "replace") if resource_id else None
-        self._queue.put((change_type, resource_type, decoded))
-        if self._worker is None:
-            self._start_worker()
+        # Runs on Orthanc's thread, inside its core: queue and return at once,
+        # except for ORTHANC_STOPPED (see _runtime.orthanc_stopped).
+        if change_type == ORTHANC_STOPPED:
+            _runtime.orthanc_stopped()
+        elif self._handlers and not self._closed:
+            self._put((change_type, resource_type, resource_id.decode("utf-8", "replace") if resource_id else None))
         return int(_capi.ErrorCode.Success)
 
-    def _start_worker(self) -> None:
-        with _worker_lock:
+    def _put(self, item: tuple[int, int, Optional[str]]) -> None:
+        with self._lock:
+            self._pending += 1
             if self._worker is None:
-                worker = threading.Thread(target=self._deliver, name="orthanc_py-changes", daemon=True)
-                worker.start()
-                self._worker = worker
+                self._worker = threading.Thread(target=self._deliver, name="orthanc_py-changes", daemon=True)
+                self._worker.start()
+        self._queue.put(item)
 
     def _deliver(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
-            change_type, resource_type, resource_id = cast("tuple[int, int, Optional[str]]", item)
-            if change_type == ORTHANC_STOPPED:
-                self.stopped_delivered = True
+            change_type, resource_type, resource_id = item
             for handler in list(self._handlers):
                 try:
                     handler(change_type, resource_type, resource_id)
-                except Exception:
+                except BaseException:  # SystemExit too: one handler must not end the delivery of others
                     _capi.report_exception(f"on-change handler {_name_of(handler)}")
+            with self._lock:
+                self._pending -= 1
+                self.delivered += 1
 
-    def stop(self, timeout: float) -> bool:
-        """Delivers what is queued (ORTHANC_STOPPED included), then ends the worker.
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet delivered."""
+        return self._pending
 
-        :returns: ``False`` when a handler still ran after ``timeout`` seconds.
+    def deliver_stop(self, timeout: Optional[float]) -> int:
+        """Queues ``ORTHANC_STOPPED`` (once) and waits until everything queued is delivered.
+
+        Logs how far it got every few seconds. Events that arrive afterwards
+        are not delivered.
+
+        :param timeout: the longest wait in seconds, ``None`` for no limit.
+        :returns: how many events were left undelivered (0 when all were).
         """
-        if not self._handlers:
-            return True
-        if not self.stopped_delivered:
-            # Orthanc may finalize plugins before the ORTHANC_STOPPED change
-            # reaches us: make sure every handler hears it, once.
-            self._queue.put((ORTHANC_STOPPED, NO_RESOURCE, None))
-        self._queue.put(_STOP)
-        if self._worker is None:
-            self._start_worker()
-        assert self._worker is not None
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        with self._lock:
+            self._closed = True
+            if self._stop_queued or not self._handlers:
+                return self._pending
+            self._stop_queued = True
+        self._put((ORTHANC_STOPPED, NO_RESOURCE, None))
+        self._queue.put(None)
+        started = time.monotonic()
+        worker = self._worker
+        assert worker is not None
+        while worker.is_alive():
+            waited = time.monotonic() - started
+            step = PROGRESS_SECONDS if timeout is None else min(PROGRESS_SECONDS, timeout - waited)
+            if step <= 0:
+                break
+            worker.join(step)
+            if worker.is_alive() and self._pending:
+                _capi.log_warning(f"orthanc_py: Orthanc stops once the script's change handlers are done: "
+                                  f"{self.delivered} events delivered, {self._pending} to go")
+        return self._pending
+
+    def stop(self, timeout: float) -> int:
+        """Ends the delivery at the end of a run; returns how many events were dropped."""
+        self.deliver_stop(timeout)
+        with self._lock:
+            dropped = self._pending
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put(None)
+        return dropped
 
 
 StoredInstanceHandler = Callable[[int, str], None]
@@ -121,7 +165,7 @@ class StoredInstanceDispatcher:
         for handler, name in list(self._handlers):
             try:
                 handler(address, instance_id)
-            except Exception:
+            except BaseException:  # SystemExit too: the other handlers still get the instance
                 _capi.report_exception(f"on-stored-instance handler {name}")
         return int(_capi.ErrorCode.Success)
 
@@ -131,10 +175,15 @@ def _name_of(function: Callable[..., object]) -> str:
     return f"{module}.{getattr(function, '__qualname__', repr(function))}"
 
 
-_worker_lock = threading.Lock()
-
 changes = ChangeDispatcher()
-"""The process-wide dispatcher (Orthanc has one on-change callback per plugin)."""
+"""The dispatcher of this run of the script (Orthanc has one on-change callback per plugin)."""
 
 stored_instances = StoredInstanceDispatcher()
-"""The process-wide dispatcher of stored instances."""
+"""The dispatcher of stored instances of this run."""
+
+
+def new_run() -> None:
+    """Drops the handlers of the previous run (Orthanc's in-process restart)."""
+    global changes, stored_instances
+    changes = ChangeDispatcher()
+    stored_instances = StoredInstanceDispatcher()

@@ -24,20 +24,27 @@ from . import _capi, _logging
 
 log = logging.getLogger("orthanc_py")
 
-# How long stop() waits, in all, for queued events and the script's threads.
-SHUTDOWN_GRACE_SECONDS = 3.0
+# How long the script's threads and offloaded work may go on once Orthanc
+# stops (``Python.ShutdownGrace``); queued events are all delivered unless
+# ``Python.ShutdownEventsTimeout`` caps the wait.
+DEFAULT_SHUTDOWN_GRACE = 5.0
 
 
 class Phase(enum.Enum):
     IDLE = "idle"  # not inside Orthanc, or no script
     LOADING = "loading"  # the script runs: callbacks may be registered
     RUNNING = "running"  # Orthanc serves: registrations are closed
+    STOPPING = "stopping"  # Orthanc announced its stop: queued events are being delivered
     STOPPED = "stopped"
 
 
 phase = Phase.IDLE
+# What this run of the script registered; each run starts with empty lists.
 _after_load: list[Callable[[], None]] = []
+_when_stopping: list[Callable[[], None]] = []
 _on_stop: list[Callable[[], None]] = []
+# What each module forgets when a new run starts (routes, filters...).
+_new_run: list[Callable[[], None]] = []
 
 
 def after_load(check: Callable[[], None]) -> None:
@@ -45,9 +52,23 @@ def after_load(check: Callable[[], None]) -> None:
     _after_load.append(check)
 
 
+def when_stopping(callback: Callable[[], None]) -> None:
+    """Runs ``callback`` as soon as Orthanc announces its stop, before the queued events are delivered."""
+    _when_stopping.append(callback)
+
+
 def on_stop(callback: Callable[[], None]) -> None:
-    """Runs ``callback`` when Orthanc stops, after the change handlers and before the script's threads are joined."""
+    """Runs ``callback`` when Orthanc finalizes the plugin, after the events and the script's threads."""
     _on_stop.append(callback)
+
+
+def on_new_run(forget: Callable[[], None]) -> None:
+    """Registers how a module drops what the previous run of the script registered.
+
+    Orthanc restarts inside its process (``POST /tools/reset``, a changed
+    configuration): the interpreter stays, and the script runs again.
+    """
+    _new_run.append(forget)
 
 
 class SetupError(RuntimeError):
@@ -80,6 +101,10 @@ class Settings:
     verbose: bool = False
     offload_workers: Optional[int] = None
     """``Python.OffloadWorkers``: size of the pool of offloaded routes (default: the number of cores)."""
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    """``Python.ShutdownGrace``: seconds the script's threads and offloaded work get when Orthanc stops."""
+    shutdown_events_timeout: Optional[float] = None
+    """``Python.ShutdownEventsTimeout``: the longest wait for queued change events at stop (``None``: all)."""
 
     @classmethod
     def from_configuration(cls, config: dict[str, Any], config_path: Optional[str]) -> "Settings":
@@ -117,8 +142,15 @@ class Settings:
         workers = section.get("OffloadWorkers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ConfigurationError(f'"Python.OffloadWorkers" must be a whole number of at least 1, not {json.dumps(workers)}')
+        timing = {name: _seconds(section, name) for name in ("ShutdownGrace", "ShutdownEventsTimeout")}
+        grace = timing["ShutdownGrace"]
+        common: dict[str, Any] = dict(
+            verbose=verbose, offload_workers=workers,
+            shutdown_grace=DEFAULT_SHUTDOWN_GRACE if grace is None else grace,
+            shutdown_events_timeout=timing["ShutdownEventsTimeout"],
+        )
         if script is None:
-            return cls(script=None, verbose=verbose, offload_workers=workers)
+            return cls(script=None, **common)
         if config_path and os.path.isdir(config_path):
             base = config_path
         elif config_path:
@@ -126,8 +158,16 @@ class Settings:
         else:
             base = os.getcwd()
         resolved = os.path.normpath(os.path.join(base, os.path.expanduser(script)))
-        return cls(script=resolved, script_option=f'"{option}": "{script}"', base_folder=base, verbose=verbose,
-                   offload_workers=workers)
+        return cls(script=resolved, script_option=f'"{option}": "{script}"', base_folder=base, **common)
+
+
+def _seconds(section: dict[str, Any], name: str) -> Optional[float]:
+    value = section.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ConfigurationError(f'"Python.{name}" must be a number of seconds (0 or more), not {json.dumps(value)}')
+    return float(value)
 
 
 settings = Settings(script=None)
@@ -143,17 +183,26 @@ class _ImportTracer(importlib.abc.MetaPathFinder):
 
 
 def start(context_address: int, loader_path: str) -> bool:
-    """Entry point called by the loader during ``OrthancPluginInitialize``.
+    """Entry point called by the loader during ``OrthancPluginInitialize``, once per run.
 
     :returns: ``True`` when Orthanc may go on starting.
     """
-    global phase, settings
+    global phase, settings, _stop_announced
+    from . import _events
+
     _capi.attach(context_address)
+    _capi.use_loader(loader_path)
     _logging.install()
+    for forget in _new_run:
+        forget()
+    for registered in (_after_load, _when_stopping, _on_stop):
+        registered.clear()
+    _events.new_run()
+    _stop_announced = False
+    phase = Phase.IDLE
     try:
-        settings = Settings.from_configuration(
-            json.loads(_capi.get_configuration()), _capi.get_configuration_path()
-        )
+        configuration = json.loads(_capi.get_configuration())
+        settings = Settings.from_configuration(configuration, _capi.get_configuration_path())
     except (ConfigurationError, ValueError) as error:
         _capi.log_error(f"orthanc_py: bad configuration: {error}")
         return False
@@ -163,6 +212,14 @@ def start(context_address: int, loader_path: str) -> bool:
     _capi.log_warning(
         f"orthanc_py {_version()} on Python {sys.version.split()[0]} ({sys.prefix}), loader {loader_path}"
     )
+    others = _other_python_plugins(configuration, loader_path)
+    if others:
+        _capi.log_error(
+            f"orthanc_py: another Python plugin is listed in \"Plugins\" ({', '.join(others)}); one process "
+            "holds one Python interpreter, and Python aborts when a second plugin starts it again: keep only "
+            "one of them"
+        )
+        return False
     if settings.script is None:
         _capi.log_warning('orthanc_py: no "PythonScript" in the configuration: the plugin stays idle')
         return True
@@ -173,14 +230,45 @@ def start(context_address: int, loader_path: str) -> bool:
         )
         return False
     if settings.verbose:
-        sys.meta_path.insert(0, _ImportTracer())
+        if not any(isinstance(finder, _ImportTracer) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _ImportTracer())
         log.info("sys.executable=%s sys.path=%s", sys.executable, sys.path)
     phase = Phase.LOADING
     try:
+        # ORTHANC_STOPPED is when the script's threads lose the SDK, while
+        # Orthanc still serves: listen for it whatever the script registers.
+        _events.changes.register()
         ok = _run_script(settings.script)
     finally:
         phase = Phase.RUNNING
     return ok
+
+
+def _other_python_plugins(configuration: dict[str, Any], loader_path: str) -> list[str]:
+    """Other plugins in ``Plugins`` that embed Python (the official plugin, another orthanc_py)."""
+    entries = configuration.get("Plugins", [])
+    if not isinstance(entries, list):
+        return []
+    mine = os.path.realpath(loader_path)
+    found = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            continue
+        paths = [entry]
+        if os.path.isdir(entry):  # Orthanc loads the shared libraries of a folder, not its sub-folders
+            paths = sorted(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".so"))
+        for path in paths:
+            if os.path.realpath(path) == mine or not os.path.isfile(path):
+                continue
+            try:
+                with open(path, "rb") as library:
+                    content = library.read()
+                embeds_python = b"Py_InitializeEx" in content or b"Py_InitializeFromConfig" in content
+            except OSError:
+                continue
+            if embeds_python:
+                found.append(path)
+    return found
 
 
 def _run_script(path: str) -> bool:
@@ -209,7 +297,12 @@ def _run_script(path: str) -> bool:
         for check in _after_load:
             check()
     except BaseException as error:  # SystemExit too: the script must not end Orthanc by itself
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+        # Show the traceback from the script's own frames: orthanc_py's frame
+        # that ran it says nothing to the user.
+        trace = error.__traceback__
+        if trace is not None and trace.tb_frame.f_code.co_filename == __file__ and trace.tb_next is not None:
+            trace = trace.tb_next
+        text = "".join(traceback.format_exception(type(error), error, trace)).rstrip()
         _capi.log_error(f"orthanc_py: the script {path} failed while loading:\n{text}")
         return False
     finally:
@@ -218,61 +311,147 @@ def _run_script(path: str) -> bool:
     return True
 
 
+_stop_announced = False
+
+
+def orthanc_stopped(events_timeout: Optional[float] = None) -> None:
+    """Orthanc announced its stop (``ORTHANC_STOPPED``), while its REST API still works.
+
+    Called on Orthanc's thread from the on-change callback, which Orthanc
+    waits for before it tears down HTTP, DICOM and the database. Delivers
+    every queued change event, ``ORTHANC_STOPPED`` and ``@on_shutdown`` (all
+    of them unless ``Python.ShutdownEventsTimeout`` caps the wait), gives the
+    script's threads ``Python.ShutdownGrace`` seconds, then closes the SDK to
+    every thread but Orthanc's own.
+    """
+    global phase, _stop_announced
+    from . import _events
+
+    if _stop_announced:
+        return
+    _stop_announced = True
+    phase = Phase.STOPPING
+    for callback in _when_stopping:
+        _run_guarded(callback, "orthanc_py's stop")
+    timeout = settings.shutdown_events_timeout
+    if events_timeout is not None:
+        timeout = events_timeout if timeout is None else min(timeout, events_timeout)
+    left = _events.changes.deliver_stop(timeout)
+    if left:
+        _capi.log_warning(f"orthanc_py: {left} queued change events were dropped: they were not delivered within "
+                          f"{timeout or 0:g} s (Python.ShutdownEventsTimeout)")
+    _stop_threads(time.monotonic() + settings.shutdown_grace)
+
+
+def _stop_threads(deadline: float) -> None:
+    for thread in _join_threads(deadline):
+        _capi.log_warning(
+            f"orthanc_py: the script's thread {thread.name!r} still runs {settings.shutdown_grace:g} s after "
+            "Orthanc began to stop; from now on its calls to Orthanc raise NotInOrthancError (end it when "
+            "Orthanc stops: @on_shutdown, or the ORTHANC_STOPPED change)"
+        )
+    if not _capi.close(max(0.0, deadline - time.monotonic()) + 1.0):
+        _capi.log_warning("orthanc_py: calls of the script's threads into Orthanc were still running as Orthanc stops")
+
+
 def stop() -> bool:
-    """Entry point called by the loader during ``OrthancPluginFinalize``.
+    """Entry point called by the loader during ``OrthancPluginFinalize``, once per run.
 
-    Delivers ``ORTHANC_STOPPED`` and what else is queued, gives the script's
-    threads a bounded time to end, then detaches from Orthanc.
+    When Orthanc finalizes without having announced its stop (a failed
+    start-up), does the stop's work first, within the grace. Then ends what
+    the run started (the offload pool...) and detaches from Orthanc. The
+    interpreter stays for the next run of the same process.
 
-    :returns: ``True`` when no thread of the script still runs, so that the
-        loader may finalize the interpreter without waiting forever.
+    :returns: ``True`` when no thread of the script still runs.
     """
     global phase
     from . import _events
 
+    if not _stop_announced and phase is not Phase.IDLE:
+        # Orthanc's REST API may be gone already: the events get the grace only.
+        orthanc_stopped(events_timeout=settings.shutdown_grace)
+    dropped = _events.changes.stop(timeout=0)
+    if dropped:
+        _capi.log_warning(f"orthanc_py: {dropped} change events arrived after Orthanc's stop and were not delivered")
     phase = Phase.STOPPED
-    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-    if not _events.changes.stop(timeout=SHUTDOWN_GRACE_SECONDS):
-        _capi.log_warning(
-            f"orthanc_py: an on-change handler still runs after {SHUTDOWN_GRACE_SECONDS:g} s; "
-            "Orthanc stops without waiting for it"
-        )
     for callback in _on_stop:
-        try:
-            callback()
-        except Exception:
-            _capi.report_exception("orthanc_py's shut-down")
+        _run_guarded(callback, "orthanc_py's shut-down")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    left = _join_threads(deadline)
-    for thread in left:
-        _capi.log_warning(
-            f"orthanc_py: the script's thread {thread.name!r} still runs; Orthanc stops without "
-            "waiting for it (make it a daemon thread, or end it on ORTHANC_STOPPED)"
-        )
+    left = [thread for thread in _script_threads() if thread.is_alive()]
     _capi.detach()
     _logging.uninstall()
-    if left:
-        # Py_FinalizeEx would wait for those threads forever, so the loader
-        # skips it; run the exit functions (multiprocessing's pool clean-up,
-        # the script's own atexit hooks) that it would have run.
-        import atexit
-
-        atexit._run_exitfuncs()
     return not left
 
 
-def _join_threads(deadline: float) -> list[threading.Thread]:
-    """Joins the script's non-daemon threads until ``deadline``; returns those left."""
+def _run_guarded(callback: Callable[[], None], where: str) -> None:
+    try:
+        callback()
+    except BaseException:
+        _capi.report_exception(where)
+
+
+def _script_threads() -> list[threading.Thread]:
+    """The threads the script started, daemons included; not orthanc_py's nor Python's own."""
+    import concurrent.futures.process
+    import multiprocessing.queues  # noqa: F401  (the feeder threads of the offload pool's queues)
+
     current = threading.current_thread()
-    left = []
+    threads = []
     for thread in threading.enumerate():
-        if thread is current or thread.daemon or thread is threading.main_thread():
+        if (thread is current or thread is threading.main_thread() or isinstance(thread, threading._DummyThread)
+                or thread.name.startswith(("orthanc_py-", "QueueFeederThread"))
+                or isinstance(thread, concurrent.futures.process._ExecutorManagerThread)):
             continue
+        threads.append(thread)
+    return threads
+
+
+def _join_threads(deadline: float) -> list[threading.Thread]:
+    """Joins the script's threads, daemons too, until ``deadline``; returns those left running.
+
+    A thread started from a callback inherits ``daemon=True`` from Orthanc's
+    thread; whether a thread is a daemon says little of what it does, so
+    every thread of the script gets the same grace.
+    """
+    left = []
+    for thread in _script_threads():
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             left.append(thread)
     return left
+
+
+def thread_ended() -> None:
+    """Called by the loader when an Orthanc thread that called Python ends.
+
+    Forgets the placeholder :mod:`threading` made for it, if any, so that
+    short-lived threads (archive loaders, job workers) leave nothing behind.
+    """
+    ident = threading.get_ident()
+    known = threading._active.get(ident)  # type: ignore[attr-defined]
+    if isinstance(known, threading._DummyThread):
+        with threading._active_limbo_lock:  # type: ignore[attr-defined]
+            threading._active.pop(ident, None)  # type: ignore[attr-defined]
+
+
+def process_exit() -> None:
+    """Called by the loader when Orthanc's process exits: Python's exit functions.
+
+    The script's ``atexit`` hooks and the standard library's (multiprocessing,
+    concurrent.futures) run as at the end of ``python script.py``, on a
+    thread of their own and within a bounded time: a hook waiting for a
+    thread that never ends must not keep the process alive.
+    """
+    import atexit
+
+    runner = threading.Thread(target=atexit._run_exitfuncs, name="orthanc_py-exit", daemon=True)
+    runner.start()
+    runner.join(settings.shutdown_grace)
+    if runner.is_alive() and _capi._original_stderr() is not None:
+        _capi._original_stderr().write(
+            f"orthanc_py: Python's exit functions still ran after {settings.shutdown_grace:g} s; exiting without them\n"
+        )
 
 
 def _version() -> str:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
-from . import _calls, _events, _sdk
+from . import _calls, _events, _runtime, _sdk
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
@@ -189,6 +189,7 @@ class ReceivedInstance:
 
 
 _received_handlers: list[Callable[[ReceivedInstance], Any]] = []
+_runtime.on_new_run(_received_handlers.clear)
 
 
 def on_received_instance(function: F) -> F:

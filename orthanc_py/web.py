@@ -13,6 +13,7 @@ path, Python only picks the handler for the method and converts the result.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import json
 import multiprocessing
 import os
@@ -27,8 +28,8 @@ from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .rest import RestError
 
 __all__ = [
-    "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "abort", "add_route", "http_filter", "route",
-    "run_in_worker",
+    "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "WorkerCrashed", "abort", "add_route",
+    "http_filter", "route", "run_in_worker",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -245,35 +246,103 @@ _pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
 _pool_lock = threading.Lock()
 
 
-def _default_pool() -> concurrent.futures.Executor:
-    """The process pool of offloaded routes, started on first use.
+class WorkerCrashed(RuntimeError):
+    """A worker process of the offload pool died (``os._exit``, a signal, a crash in a C extension).
+
+    Only the calls that were running in the pool at that moment fail; the
+    pool is replaced and the next call runs in a fresh worker.
+    """
+
+
+def _default_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """The process pool of offloaded routes, started on first use, replaced when a worker died.
 
     ``forkserver`` (``spawn`` where missing) rather than ``fork``: forking the
     multi-threaded Orthanc process could copy locks held by other threads.
     """
-    global _pool
+    global _pool, _stop_hooks_set
     with _pool_lock:
+        if _pool is not None and getattr(_pool, "_broken", False):
+            # A dead worker breaks a ProcessPoolExecutor for good: start anew.
+            _end_pool(_pool, grace=0)
+            _pool = None
         if _pool is None:
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             workers = _runtime.settings.offload_workers or os.cpu_count() or 1
             _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
-            _runtime.on_stop(_stop_pool)
+            if not _stop_hooks_set:  # once per run: each run starts with no stop hooks
+                _stop_hooks_set = True
+                _runtime.when_stopping(_arm_stop_deadline)
+                _runtime.on_stop(_stop_pool)
         return _pool
 
 
+_stop_hooks_set = False
+
+
+def _submit(executor: concurrent.futures.Executor, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Runs ``function`` on ``executor`` and waits; a worker's death becomes :class:`WorkerCrashed`."""
+    try:
+        return executor.submit(function, *args, **kwargs).result()
+    except concurrent.futures.process.BrokenProcessPool as error:
+        raise WorkerCrashed(f"a worker process of the offload pool died while running {_name(function)} "
+                            "(killed, out of memory, or crashed in a C extension); the pool is replaced") from error
+
+
+def _arm_stop_deadline() -> None:
+    """Orthanc is stopping: work still running in the pool after the grace is ended by force."""
+
+    def end_running_work() -> None:
+        with _pool_lock:
+            pool = _pool
+        if pool is not None and _busy(pool):
+            _capi.log_warning(f"orthanc_py: offloaded work still runs {_runtime.settings.shutdown_grace:g} s after "
+                              "Orthanc began to stop: ending its worker processes")
+            _terminate_workers(pool)
+
+    timer = threading.Timer(_runtime.settings.shutdown_grace, end_running_work)
+    timer.name = "orthanc_py-offload-deadline"
+    timer.daemon = True
+    timer.start()
+
+
+def _busy(pool: concurrent.futures.ProcessPoolExecutor) -> bool:
+    return bool(getattr(pool, "_pending_work_items", None))
+
+
+def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+
+def _end_pool(pool: concurrent.futures.ProcessPoolExecutor, grace: float) -> None:
+    """Shuts ``pool`` down: running work gets ``grace`` seconds, then its workers are ended."""
+    # Wait (a bounded time) for the pool's manager thread: left running, it
+    # may close its wake-up pipe while Python's exit hook writes to it (a race
+    # of CPython 3.11's concurrent.futures), which prints a traceback.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(grace)
+    _terminate_workers(pool)
+    if manager is not None:
+        manager.join(_POOL_STOP_SECONDS)
+
+
 def _stop_pool() -> None:
-    global _pool
+    global _pool, _stop_hooks_set
     with _pool_lock:
-        if _pool is not None:
-            # Wait (a bounded time) for the pool's manager thread: left running,
-            # it may close its wake-up pipe while Python's exit hook writes to
-            # it (a race of CPython 3.11's concurrent.futures), which prints a
-            # traceback into Orthanc's log.
-            manager = getattr(_pool, "_executor_manager_thread", None)
-            _pool.shutdown(wait=False, cancel_futures=True)
-            if manager is not None:
-                manager.join(_POOL_STOP_SECONDS)
-            _pool = None
+        pool, _pool = _pool, None
+        _stop_hooks_set = False
+    if pool is not None:
+        _end_pool(pool, grace=0 if _runtime.phase is _runtime.Phase.STOPPED else _runtime.settings.shutdown_grace)
 
 
 _POOL_STOP_SECONDS = 5.0
@@ -286,8 +355,10 @@ def run_in_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     with :mod:`orthanc_py.rest` here, compute in the worker (which has no
     access to Orthanc), answer here. ``function`` must be defined at the top
     level of the script; arguments and result must pickle.
+
+    :raises WorkerCrashed: when the worker process died while running it.
     """
-    return _default_pool().submit(function, *args, **kwargs).result()
+    return _submit(_default_pool(), function, *args, **kwargs)
 
 
 def _run_offloaded(handler: Callable[..., Any], request: Request, params: dict[str, Any]) -> Any:
@@ -324,7 +395,7 @@ class _Endpoint:
             try:
                 if offload:
                     executor = _default_pool() if offload is True else offload
-                    result = executor.submit(_run_offloaded, handler, request.detached(), params).result()
+                    result = _submit(executor, _run_offloaded, handler, request.detached(), params)
                 else:
                     result = handler(request, **params)
                 if type(result) is str:  # the common case, answered without a Response object
@@ -341,6 +412,10 @@ class _Endpoint:
                 # details, which name internal URIs, stay in the log.
                 _capi.log_info(f"orthanc_py: {self.where} ({_name(handler)}): {error}")
                 response = HTTPError(error.status, HTTPStatus(error.status).phrase).response()
+            except WorkerCrashed as error:
+                # Only this request fails: the pool is replaced for the next one.
+                _capi.log_error(f"orthanc_py: {self.where} ({_name(handler)}) for {method} {uri}: {error}")
+                response = HTTPError(503, "Service Unavailable: a worker process died; try again").response()
             _send(output, response)
         except _capi.OrthancError as error:
             if error.code != _capi.ErrorCode.NetworkProtocol:
@@ -356,6 +431,7 @@ class _Endpoint:
 
 _TEXT = b"text/plain; charset=utf-8"
 _endpoints: dict[str, _Endpoint] = {}
+_runtime.on_new_run(_endpoints.clear)
 
 
 def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = ("GET",),
@@ -454,6 +530,7 @@ class FilterRequest:
 
 
 _filters: list[Callable[[FilterRequest], bool]] = []
+_runtime.on_new_run(_filters.clear)
 _METHOD_NAMES = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
 
 
