@@ -44,6 +44,7 @@ class ChangeDispatcher:
         self._pending = 0  # queued and not yet delivered to every handler
         self._stop_queued = False
         self._closed = False
+        self._abandoned = False  # the wait at stop is over: deliver nothing more
         self.delivered = 0
 
     def add(self, handler: ChangeHandler, what: str) -> None:
@@ -87,7 +88,7 @@ class ChangeDispatcher:
     def _deliver(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._abandoned:
                 return
             change_type, resource_type, resource_id = item
             for handler in list(self._handlers):
@@ -132,6 +133,8 @@ class ChangeDispatcher:
             if worker.is_alive() and self._pending:
                 _capi.log_warning(f"orthanc_py: Orthanc stops once the script's change handlers are done: "
                                   f"{self.delivered} events delivered, {self._pending} to go")
+        if worker.is_alive():
+            self._abandoned = True  # the event being delivered finishes; no other starts
         return self._pending
 
     def stop(self, timeout: float) -> int:
