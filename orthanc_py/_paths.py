@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Where the installed loader (the Orthanc plugin file) is."""
+"""Where the installed loader (the Orthanc plugin file) is, and which other plugins embed Python."""
 
 from __future__ import annotations
 
@@ -32,3 +32,35 @@ def plugin_path() -> str:
         f"the orthanc_py loader ({LOADER_NAME}) is not installed next to the package; "
         "reinstall with `pip install orthanc-py` (or `pip install -e .` in a checkout)"
     )
+
+
+def other_python_plugins(entries: object, loader: str) -> list[str]:
+    """The plugins among Orthanc's ``Plugins`` entries, other than ``loader``, that embed Python.
+
+    One process holds one interpreter: the official Python plugin (or a
+    second copy of orthanc_py) beside this one makes Python abort when the
+    second of them starts it. Entries are files or folders, as in Orthanc's
+    configuration; a folder's shared libraries are looked at, not its
+    sub-folders, as Orthanc loads them.
+    """
+    if not isinstance(entries, list):
+        return []
+    mine = os.path.realpath(loader)
+    found = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            continue
+        paths = [entry]
+        if os.path.isdir(entry):
+            paths = sorted(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".so"))
+        for path in paths:
+            if os.path.realpath(path) == mine or not os.path.isfile(path):
+                continue
+            try:
+                with open(path, "rb") as library:
+                    content = library.read()
+            except OSError:
+                continue
+            if b"Py_InitializeEx" in content or b"Py_InitializeFromConfig" in content:
+                found.append(path)
+    return found

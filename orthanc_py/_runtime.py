@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import _capi, _logging
+from . import _capi, _logging, _paths
 
 log = logging.getLogger("orthanc_py")
 
@@ -212,7 +212,7 @@ def start(context_address: int, loader_path: str) -> bool:
     _capi.log_warning(
         f"orthanc_py {_version()} on Python {sys.version.split()[0]} ({sys.prefix}), loader {loader_path}"
     )
-    others = _other_python_plugins(configuration, loader_path)
+    others = _paths.other_python_plugins(configuration.get("Plugins"), loader_path)
     if others:
         _capi.log_error(
             f"orthanc_py: another Python plugin is listed in \"Plugins\" ({', '.join(others)}); one process "
@@ -242,33 +242,6 @@ def start(context_address: int, loader_path: str) -> bool:
     finally:
         phase = Phase.RUNNING
     return ok
-
-
-def _other_python_plugins(configuration: dict[str, Any], loader_path: str) -> list[str]:
-    """Other plugins in ``Plugins`` that embed Python (the official plugin, another orthanc_py)."""
-    entries = configuration.get("Plugins", [])
-    if not isinstance(entries, list):
-        return []
-    mine = os.path.realpath(loader_path)
-    found = []
-    for entry in entries:
-        if not isinstance(entry, str):
-            continue
-        paths = [entry]
-        if os.path.isdir(entry):  # Orthanc loads the shared libraries of a folder, not its sub-folders
-            paths = sorted(os.path.join(entry, name) for name in os.listdir(entry) if name.endswith(".so"))
-        for path in paths:
-            if os.path.realpath(path) == mine or not os.path.isfile(path):
-                continue
-            try:
-                with open(path, "rb") as library:
-                    content = library.read()
-                embeds_python = b"Py_InitializeEx" in content or b"Py_InitializeFromConfig" in content
-            except OSError:
-                continue
-            if embeds_python:
-                found.append(path)
-    return found
 
 
 def _run_script(path: str) -> bool:

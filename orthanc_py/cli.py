@@ -9,9 +9,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from . import server
+from . import _paths, server
 from ._paths import plugin_path
 from .devserver import DevServer
 
@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "functions the `orthanc` module reaches, and each one it does not, with the reason.",
     )
 
-    commands.add_parser(
+    doctor_parser = commands.add_parser(
         "doctor",
         help="check Orthanc, the loader and the venv, and say what to fix",
+    )
+    doctor_parser.add_argument(
+        "--config", metavar="PATH",
+        help="an Orthanc configuration file (or folder of files) to check too: its Plugins must load one Python plugin",
     )
     return parser
 
@@ -94,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "config":
             return print_config(args.script)
         if args.command == "doctor":
-            return doctor()
+            return doctor(args.config)
         if args.command == "sdk-coverage":
             return sdk_coverage()
     except (FileNotFoundError, ValueError) as error:
@@ -168,8 +172,8 @@ def sdk_coverage() -> int:
     return 1 if missing else 0
 
 
-def doctor() -> int:
-    """Checks the installation; prints one line per check and what to fix."""
+def doctor(configuration: Optional[str] = None) -> int:
+    """Checks the installation (and an Orthanc configuration); prints one line per check and what to fix."""
     problems = 0
 
     def report(ok: bool, text: str, fix: str = "") -> None:
@@ -220,13 +224,42 @@ def doctor() -> int:
             f"install Orthanc {minimum} or newer",
         )
 
-    if os.path.exists(OFFICIAL_PLUGIN):
+    if configuration is not None:
+        _check_configuration(configuration, report)
+    elif os.path.exists(OFFICIAL_PLUGIN):
         print(
             f"note    the official Python plugin is installed ({OFFICIAL_PLUGIN}); a configuration "
             "must load only one of the two Python plugins"
         )
     print("all good" if problems == 0 else f"{problems} problem(s) found")
     return 0 if problems == 0 else 1
+
+
+def _check_configuration(path: str, report: Callable[[bool, str, str], None]) -> None:
+    """Checks the ``Plugins`` of an Orthanc configuration (a file or a folder of files)."""
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(".json"))
+    entries: list[Any] = []
+    for file in files:
+        try:
+            plugins = server.read_orthanc_json(file).get("Plugins", [])
+        except (OSError, ValueError) as error:
+            report(False, f"configuration {file} cannot be read", str(error))
+            continue
+        entries += plugins if isinstance(plugins, list) else []
+    try:
+        loader = plugin_path()
+    except FileNotFoundError:
+        return  # already reported
+    others = _paths.other_python_plugins(entries, loader)
+    report(
+        not others,
+        f"configuration {path}: " + (f"other Python plugins in Plugins: {', '.join(others)}" if others
+                                     else "no other plugin embeds Python"),
+        "keep only one Python plugin in Plugins: a process holds one interpreter, and Orthanc stops (or "
+        "Python aborts) when a second plugin starts it, whichever of the two loads first",
+    )
 
 
 def _loader_string(library: ctypes.CDLL, name: str) -> str:

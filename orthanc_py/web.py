@@ -18,7 +18,9 @@ import json
 import multiprocessing
 import os
 import pickle
+import select
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
@@ -269,7 +271,8 @@ def _default_pool() -> concurrent.futures.ProcessPoolExecutor:
         if _pool is None:
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             workers = _runtime.settings.offload_workers or os.cpu_count() or 1
-            _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+            _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                                           initializer=_end_with_orthanc, initargs=(os.getpid(),))
             if not _stop_hooks_set:  # once per run: each run starts with no stop hooks
                 _stop_hooks_set = True
                 _runtime.when_stopping(_arm_stop_deadline)
@@ -278,6 +281,33 @@ def _default_pool() -> concurrent.futures.ProcessPoolExecutor:
 
 
 _stop_hooks_set = False
+
+
+def _end_with_orthanc(orthanc_pid: int) -> None:
+    """Runs in each worker process: end the worker as soon as Orthanc's process ends.
+
+    Once Orthanc is gone (killed, or crashed) nobody waits for the worker's
+    result; a worker busy with a long task would run on, at full CPU, and
+    keep the forkserver alive with it.
+    """
+    try:
+        handle = os.pidfd_open(orthanc_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (an old kernel): ask every second
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(orthanc_pid, 0)
+                except ProcessLookupError:
+                    os._exit(1)
+    else:
+        def watch() -> None:
+            select.select([handle], [], [])  # readable once the process has ended
+            os._exit(1)
+
+    threading.Thread(target=watch, name="orthanc_py-watch-orthanc", daemon=True).start()
 
 
 def _submit(executor: concurrent.futures.Executor, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_py import plugin_path
 from orthanc_py.server import free_port
 
 from .conftest import EXAMPLES
@@ -64,6 +65,20 @@ def test_doctor_names_a_missing_orthanc_and_the_fix(tmp_path):
     assert result.returncode == 1
     assert "PROBLEM Orthanc not found" in result.stdout
     assert "apt-get install orthanc" in result.stdout
+
+
+@pytest.mark.parametrize("official_first", [True, False])
+def test_doctor_names_a_second_python_plugin_in_a_configuration(tmp_path, official_first):
+    official = "/usr/share/orthanc/plugins/libOrthancPython.so"
+    plugins = [official, plugin_path()] if official_first else [plugin_path(), official]
+    config = tmp_path / "orthanc.json"
+    config.write_text(json.dumps({"Plugins": plugins}))
+    result = cli("doctor", "--config", str(config))
+    assert result.returncode == 1
+    assert f"PROBLEM configuration {config}: other Python plugins in Plugins: {official}" in result.stdout
+    assert "keep only one Python plugin" in result.stdout
+    config.write_text(json.dumps({"Plugins": [plugin_path()]}))
+    assert cli("doctor", "--config", str(config)).returncode == 0
 
 
 def test_no_command_prints_usage():

@@ -68,6 +68,18 @@ def wait_answers(server: OrthancServer, path: str, timeout: float) -> str:
         time.sleep(0.1)
 
 
+def get_in_background(server: OrthancServer, path: str) -> None:
+    """Sends ``GET path`` from a thread, not waiting for (nor minding) the answer."""
+
+    def get() -> None:
+        try:
+            server.request("GET", path, timeout=130)
+        except Exception:  # the server stops or is killed while the request waits: expected
+            pass
+
+    threading.Thread(target=get, daemon=True).start()
+
+
 def reset(server: OrthancServer) -> None:
     """Asks for Orthanc's in-process restart and waits until the HTTP server of this run went away."""
     started = server.log.count("Orthanc has started")
@@ -130,7 +142,7 @@ def test_twenty_in_process_restarts_keep_serving_with_flat_memory(make_orthanc):
     helpers_after_first = descendants(pid)
     for cycle in range(2, 22):
         reset(server)
-        server.wait_until(lambda: server.log.count("CYCLE-STARTED") == cycle, timeout=10, what=f"restart {cycle}")
+        server.wait_until(lambda n=cycle: server.log.count("CYCLE-STARTED") == n, timeout=10, what=f"restart {cycle}")
         # The same process serves again, with numpy and the offload pool.
         assert wait_answers(server, f"/square/{cycle}", 10).startswith(f"{cycle * cycle} pydicom")
         assert server.process.poll() is None
@@ -371,8 +383,7 @@ def test_offloaded_work_in_flight_at_stop_is_ended_after_the_grace(make_orthanc)
     grace = 2
     server = make_orthanc(OFFLOAD_SCRIPT, config={"Python": {"OffloadWorkers": 2, "ShutdownGrace": grace}})
     wait_answers(server, "/pid", 30)
-    slow = threading.Thread(target=lambda: server.request("GET", "/sleep", timeout=130), daemon=True)
-    slow.start()
+    get_in_background(server, "/sleep")
     upload_distinct(server, 1)
     server.wait_for_log("ROUTE-SLEEPS")
     server.wait_for_log("HANDLER-SLEEPS")
@@ -388,6 +399,22 @@ def test_offloaded_work_in_flight_at_stop_is_ended_after_the_grace(make_orthanc)
         time.sleep(0.1)
     assert not [pid for pid in helpers if alive(pid)], "processes of the offload pool outlived Orthanc"
     assert "offloaded work still runs" in server.log
+
+
+def test_offloaded_work_ends_when_orthanc_is_killed(make_orthanc):
+    server = make_orthanc(OFFLOAD_SCRIPT, config={"Python": {"OffloadWorkers": 1}})
+    wait_answers(server, "/pid", 30)
+    get_in_background(server, "/sleep")
+    server.wait_for_log("ROUTE-SLEEPS")
+    time.sleep(1)
+    helpers = descendants(server.process.pid)
+    assert len(helpers) >= 2, "the forkserver and a busy worker run below Orthanc"
+    server.process.kill()
+    server.wait_exit(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if alive(pid)], "processes of the offload pool outlived a killed Orthanc"
 
 
 STORAGE_AREA = """
