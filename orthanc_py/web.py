@@ -300,7 +300,9 @@ def _send(output: int, response: Response) -> None:
     try:
         if status == 200:
             _capi.answer_buffer(output, response.body, content_type.encode("utf-8"))
-        elif not response.body:
+        elif not response.body or status in (204, 304):
+            # 204 and 304 have no body in HTTP: one sent anyway would be read
+            # by the client as the start of the next answer on the connection.
             _sdk_call("SendHttpStatusCode", output, status)
         else:
             _sdk_call("SetHttpHeader", output, "Content-Type", content_type)

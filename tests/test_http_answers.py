@@ -43,6 +43,10 @@ def unauthorized(request):
 def status(request, status):
     return Response("", status)
 
+@route("/no-content/<int:status>")
+def no_content(request, status):
+    return Response("ignored", status, {"ETag": '"v1"'})
+
 @route("/echo")
 def echo(request):
     # A script that puts client input into a header: the injection case.
@@ -127,6 +131,19 @@ def test_a_401_keeps_the_routes_challenge_and_body(server):
     assert code == 401
     assert header_values(headers, "WWW-Authenticate") == ['Bearer error="invalid_token"']
     assert body == b'{"error": "token expired"}'
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_status_without_body_sends_none_and_the_connection_stays_usable(server, status):
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        connection.request("GET", f"/no-content/{status}")
+        answer = connection.getresponse()
+        assert (answer.status, answer.read(), answer.getheader("ETag")) == (status, b"", '"v1"')
+        connection.request("GET", "/redirect-tuple")  # the same connection, kept alive
+        assert connection.getresponse().read() == b"see there"
+    finally:
+        connection.close()
 
 
 def test_client_input_cannot_inject_headers(server):
