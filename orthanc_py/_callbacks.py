@@ -959,14 +959,14 @@ def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], f
       Orthanc to save it in its database and recreate it when it restarts
       through :func:`orthanc.RegisterJobsUnserializer`; ``None`` (the
       default) means the job is not saved;
-
-    ``content()`` and ``serialized()`` must give JSON objects of finite
-    numbers: ``SubmitJob`` raises :class:`ValueError` for another value, and
-    later on such a value is logged and the last valid one kept.
     - ``stop(reason)`` is told that the job leaves the running state, with an
       :class:`orthanc.JobStopReason` (``SUCCESS``, ``PAUSED``, ``FAILURE``,
       ``CANCELED``): the place to stop threads the job started;
     - ``reset()`` is called when a failed or canceled job is resubmitted.
+
+    ``content()`` and ``serialized()`` must give JSON objects of finite
+    numbers: ``SubmitJob`` raises :class:`ValueError` for another value, and
+    later on such a value is logged and the last valid one kept.
 
     An exception in ``step`` fails the job; in any callback, it goes to
     Orthanc's log with its traceback and never reaches Orthanc.
