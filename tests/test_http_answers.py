@@ -11,7 +11,10 @@ import http.client
 import re
 import urllib.parse
 from collections.abc import Iterator
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orthanc_py import Response
 from orthanc_py.server import OrthancServer
@@ -175,6 +178,17 @@ def test_client_input_cannot_inject_headers(server):
 def test_response_refuses_header_injection_naming_the_header(headers, named):
     with pytest.raises(ValueError, match="header (name )?" + re.escape(named)):
         Response("x", headers=headers)
+
+
+@given(st.text())
+def test_a_header_value_is_kept_exactly_unless_it_could_end_the_header_line(value):
+    try:
+        response = Response("x", headers={"X-Value": value})
+    except ValueError as error:
+        assert any(c in value for c in "\r\n\0")
+        assert "'X-Value'" in str(error)
+    else:
+        assert response.headers == {"X-Value": value}
 
 
 def test_response_refuses_a_content_type_with_line_breaks():
