@@ -29,7 +29,9 @@ import ctypes
 import datetime
 import itertools
 import json
+import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -721,15 +723,121 @@ class _JobState:
         # so that a text is never freed while another thread may still read
         # it, even when several REST requests ask for the job at once.
         self.kept: collections.deque[Any] = collections.deque(maxlen=16)
+        # Orthanc throws on a text that is not a JSON object, from threads
+        # where nothing catches it (the process aborts): a bad value is
+        # replaced by the last good one. Before any, the content is "{}" and
+        # the job is not saved (NULL).
+        self.good: dict[str, Any] = {"content": _EMPTY_OBJECT, "serialized": None}
+        self.progress = 0.0
+        # What was last logged about each callback, so that a bad value that
+        # every GET /jobs asks for again is reported once, not per request.
+        self.complaints: dict[str, str] = {}
 
     def where(self, name: str) -> str:
         return f"the {name} callback {_name(self.callbacks[name])} of the job of type {self.job_type!r}"
 
-    def c_text(self, value: Any) -> int:
-        text = value if isinstance(value, str) else json.dumps(value)
-        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+    def complain(self, name: str, kind: str, message: str) -> None:
+        if self.complaints.get(name) != kind:
+            self.complaints[name] = kind
+            _capi.log_error(f"orthanc_py: {self.where(name)} {message}")
+
+    def remember(self, name: str, text: bytes | None) -> int | None:
+        """Keeps ``text`` as the last good value of ``name``; returns the address to give Orthanc."""
+        self.complaints.pop(name, None)
+        if text is None:
+            self.good[name] = None
+            return None
+        buffer = ctypes.create_string_buffer(text)
         self.kept.append(buffer)
+        self.good[name] = buffer
         return ctypes.addressof(buffer)
+
+    def last_good(self, name: str) -> int | None:
+        buffer = self.good[name]
+        return None if buffer is None else ctypes.addressof(buffer)
+
+    def c_json(self, name: str) -> int | None:
+        """The address of the JSON text of ``callbacks[name]()``, or of the last good one."""
+        try:
+            value = self.callbacks[name]()
+        except BaseException:  # noqa: BLE001 - logged; the last good value stays
+            _capi.report_exception(self.where(name))
+            return self.last_good(name)
+        if value is None and name == "serialized":
+            return self.remember(name, None)  # NULL: the job is not saved
+        try:
+            text = _job_json(value)
+        except _BadJobValue as error:
+            keeps = "Orthanc shows the last valid content" if name == "content" else "Orthanc keeps the last valid state"
+            self.complain(name, error.kind, f"{error}; {keeps} (return a dict of JSON values)")
+            return self.last_good(name)
+        return self.remember(name, text)
+
+    def c_progress(self) -> float:
+        try:
+            value = float(self.callbacks["progress"]())
+        except BaseException:  # noqa: BLE001 - logged; the last good progress stays
+            _capi.report_exception(self.where("progress"))
+            return self.progress
+        if math.isnan(value):
+            # Orthanc would write NaN into its JSON answers, which then fail
+            # to parse: GET /jobs answers 400 to every client.
+            self.complain("progress", "not a number",
+                          f"returned {value}, not a fraction from 0.0 to 1.0; the last valid progress stays")
+            return self.progress
+        if not 0.0 <= value <= 1.0:
+            self.complain("progress", "out of range",
+                          f"returned {value}, outside 0.0 to 1.0 (a fraction, not a percentage); it is clamped")
+            value = min(max(value, 0.0), 1.0)
+        else:
+            self.complaints.pop("progress", None)
+        self.progress = value
+        return value
+
+
+class _BadJobValue(ValueError):
+    """A job's content or state that Orthanc would refuse; ``kind`` names the problem, for the log."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadJobValue("not finite", f"returned JSON text holding {name}, which JSON cannot carry")
+
+
+def _job_json(value: Any) -> bytes:
+    """The UTF-8 JSON text of ``value`` as Orthanc takes a job's content or state: an object of finite numbers.
+
+    :raises _BadJobValue: saying what is wrong with ``value``.
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        try:
+            value = json.loads(value, parse_constant=_refuse_constant)
+        except _BadJobValue:
+            raise
+        except ValueError as error:
+            raise _BadJobValue("not JSON", f"returned text that is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise _BadJobValue("not an object", f"returned {_describe(value)}, not a dict (or the JSON text of an object)")
+    try:
+        # Re-encoded even when given as text: what Orthanc reads is then
+        # JSON without NaN/Infinity (1e999 parses as inf) nor lone surrogates.
+        return json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except ValueError:
+        raise _BadJobValue("not finite", "returned a number that is NaN or Infinity, which JSON cannot carry") from None
+    except TypeError as error:
+        raise _BadJobValue("not JSON", f"returned a value JSON cannot carry ({error})") from None
+    except UnicodeEncodeError:
+        raise _BadJobValue("not UTF-8", "returned text holding a lone surrogate, which UTF-8 cannot carry") from None
+    except RecursionError:
+        raise _BadJobValue("too deep", "returned a value nested too deeply for JSON") from None
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 # Jobs alive in Orthanc, by the "job" pointer Orthanc hands back to the
@@ -758,33 +866,19 @@ def _job_callbacks() -> dict[str, Any]:
         state = state_of(job)
         if state is None or state.callbacks.get("progress") is None:
             return 0.0
-        try:
-            progress = float(state.callbacks["progress"]())
-        except BaseException:  # noqa: BLE001 - logged; the job goes on
-            _capi.report_exception(state.where("progress"))
-            return 0.0
-        return min(max(progress, 0.0), 1.0)
+        return state.c_progress()
 
     def c_content(job: int | None) -> int | None:
         state = state_of(job)
         if state is None or state.callbacks.get("content") is None:
             return ctypes.addressof(_EMPTY_OBJECT)
-        try:
-            return state.c_text(state.callbacks["content"]())
-        except BaseException:  # noqa: BLE001 - logged; Orthanc shows an empty content
-            _capi.report_exception(state.where("content"))
-            return ctypes.addressof(_EMPTY_OBJECT)
+        return state.c_json("content")
 
     def c_serialized(job: int | None) -> int | None:
         state = state_of(job)
         if state is None or state.callbacks.get("serialized") is None:
             return None  # NULL: the job is not saved in Orthanc's database
-        try:
-            value = state.callbacks["serialized"]()
-            return None if value is None else state.c_text(value)
-        except BaseException:  # noqa: BLE001 - logged; the job is not saved
-            _capi.report_exception(state.where("serialized"))
-            return None
+        return state.c_json("serialized")
 
     def c_step(job: int | None) -> int:
         state = state_of(job)
@@ -856,7 +950,8 @@ def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], f
     - ``step()`` does a bit of the work and returns an
       :class:`orthanc.JobStepStatus`: ``CONTINUE`` (call me again),
       ``SUCCESS`` or ``FAILURE`` (the job is over);
-    - ``progress()`` returns how far the job is, from 0.0 to 1.0 (default: 0.0);
+    - ``progress()`` returns how far the job is, from 0.0 to 1.0 (default:
+      0.0); a value outside is clamped, and NaN keeps the last valid one;
     - ``content()`` returns what ``GET /jobs/{id}`` shows as the job's
       ``"Content"``: a ``dict`` (made JSON here) or the JSON text of an
       object (default: ``{}``);
@@ -868,6 +963,10 @@ def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], f
       :class:`orthanc.JobStopReason` (``SUCCESS``, ``PAUSED``, ``FAILURE``,
       ``CANCELED``): the place to stop threads the job started;
     - ``reset()`` is called when a failed or canceled job is resubmitted.
+
+    ``content()`` and ``serialized()`` must give JSON objects of finite
+    numbers: ``SubmitJob`` raises :class:`ValueError` for another value, and
+    later on such a value is logged and the last valid one kept.
 
     An exception in ``step`` fails the job; in any callback, it goes to
     Orthanc's log with its traceback and never reaches Orthanc.
@@ -913,23 +1012,73 @@ def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], f
         with _jobs_lock:
             _jobs.pop(driver, None)
         raise _capi.OrthancError(PLUGIN_ERROR, "Orthanc created no job")
-    return _calls.handle_class("OrthancPluginJob")(address, owned=True)
+    job = _calls.handle_class("OrthancPluginJob")(address, owned=True)
+    _unsubmitted[job] = state
+    return job
+
+
+# The state of each job the script created and has not submitted yet, for
+# SubmitJob's checks (weak: a job the script drops is freed as before).
+_unsubmitted: weakref.WeakKeyDictionary[Handle, _JobState] = weakref.WeakKeyDictionary()
 
 
 def _SubmitJob(self: Handle, priority: int) -> str:
     """Submits the job to Orthanc's jobs engine; returns its ID (as in ``GET /jobs/{id}``).
 
-    Orthanc owns the job from then on: this object is closed.
+    The job's ``content()`` and ``serialized()`` are asked first: each must
+    give a ``dict`` of JSON values (or its JSON text) without NaN or Infinity,
+    as Orthanc refuses anything else. When they do, Orthanc owns the job from
+    the call on, and this object is closed, even if Orthanc refuses the job.
 
     :param priority: the job's priority (higher runs first).
-    :raises OrthancError: when Orthanc refuses the job (the job then stays the script's).
+    :raises ValueError: when ``content()`` or ``serialized()`` gives a value
+        Orthanc would refuse; the job is not submitted and stays the script's.
+    :raises OrthancError: when Orthanc refuses the job; Orthanc has deleted it.
     """
-    job_id = _calls.sdk_function("OrthancPluginSubmitJob")(self, priority)
-    self._owned = False  # Orthanc frees it (through the job's finalize callback)
-    self._address = 0
+    what = "orthanc.Job.SubmitJob()"
+    if not _is_int(priority):
+        raise TypeError(f"{what} argument 'priority' must be int, not {type(priority).__name__}")
+    if not -2**31 <= priority < 2**31:
+        raise ValueError(f"{what} argument 'priority' must fit in 32 bits, not {priority}")
+    if not self._address or not self._owned:
+        raise ValueError(f"{what}: this job was already submitted or closed; create a new one with orthanc.CreateJob()")
+    state = _unsubmitted.get(self)
+    if state is not None:
+        _check_before_submit(state, what)
+    # Orthanc takes the job at the call, and deletes it itself when it refuses
+    # it: whatever happens now, Python must never free it again.
+    self._owned = False
+    _unsubmitted.pop(self, None)
+    try:
+        job_id = _calls.sdk_function("OrthancPluginSubmitJob")(self, priority)
+    except _capi.OrthancError as error:
+        raise _capi.OrthancError(
+            error.code, f"{error.description}: Orthanc refused the job of type "
+            f"{state.job_type if state else '?'!r} and deleted it"
+        ) from None
+    finally:
+        self._address = 0
     if job_id is None:
         raise _capi.OrthancError(PLUGIN_ERROR, "Orthanc gave the submitted job no ID")
     return str(job_id)
+
+
+def _check_before_submit(state: _JobState, what: str) -> None:
+    """Raises ``ValueError`` when the job's content or state is one Orthanc would refuse at submission."""
+    for name in ("content", "serialized"):
+        callback = state.callbacks.get(name)
+        if callback is None:
+            continue
+        value = callback()
+        if value is None and name == "serialized":
+            continue
+        try:
+            _job_json(value)
+        except _BadJobValue as error:
+            raise ValueError(
+                f"{what}: {state.where(name)} {error}; Orthanc takes only a JSON object (a dict of JSON values, "
+                "finite numbers): the job is not submitted"
+            ) from None
 
 
 JobsUnserializer = Callable[[str, str], Any]

@@ -114,6 +114,24 @@ def detach() -> None:
         _context = None
 
 
+def _detach_in_fork_child() -> None:
+    """Detaches a process forked from Orthanc (``multiprocessing``'s ``fork`` start method, ``os.fork``).
+
+    The child has a copy of Orthanc's memory but none of its threads: an SDK
+    call there would work on a frozen copy, or wait forever on a lock whose
+    owner did not come along. It must raise :class:`NotInOrthancError`, as in
+    any process outside Orthanc.
+    """
+    global _context_lock
+    # A thread of the parent may have held the lock at the fork; it does not
+    # exist in the child and would never release it.
+    _context_lock = threading.Lock()
+    detach()
+
+
+os.register_at_fork(after_in_child=_detach_in_fork_child)
+
+
 def is_attached() -> bool:
     """Whether this interpreter runs inside Orthanc right now."""
     return _context is not None

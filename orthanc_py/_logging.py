@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import threading
 from typing import Callable, Optional, TextIO
@@ -111,6 +112,30 @@ def install(verbose: bool = False) -> None:
     if root.level == logging.WARNING:  # untouched default: let INFO through
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
     _installed = (original_out, original_err, handler)
+
+
+def _to_stderr_in_fork_child() -> None:
+    """In a process forked from Orthanc, ``print()`` and ``logging`` go where a plain script's would.
+
+    The child is not attached to Orthanc (see :mod:`._capi`): its lines go to
+    the process's standard streams, and ``logging`` records to standard error
+    in Python's basic format. A line half-written by the forking thread
+    belongs to the parent, which writes it: the child drops it.
+    """
+    global _installed
+    if _installed is None:
+        return
+    original_out, original_err, handler = _installed
+    _installed = None
+    sys.stdout, sys.stderr = original_out, original_err
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    plain = logging.StreamHandler()  # sys.stderr, looked up at each record
+    plain.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    root.addHandler(plain)
+
+
+os.register_at_fork(after_in_child=_to_stderr_in_fork_child)
 
 
 def uninstall() -> None:

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start Orthanc with orthanc_py and a script",
         description="Writes an Orthanc configuration that loads orthanc_py with SCRIPT and starts "
         "the Orthanc binary in the foreground. Orthanc accepts HTTP from this machine only "
-        "(RemoteAccessAllowed false) unless --config turns remote access on. Ctrl-C stops it.",
+        "(RemoteAccessAllowed false) unless --config turns remote access on, and then Orthanc's "
+        "authentication applies (RegisteredUsers). Ctrl-C stops it.",
     )
     run.add_argument("script", metavar="SCRIPT", help="the Python script to load")
     run.add_argument("--http-port", type=int, default=8042, metavar="N", help="HTTP port (default: 8042)")

@@ -86,11 +86,15 @@ def build_configuration(
 
     ``base`` (a user's configuration) is kept; the ports, the storage and the
     plugin are set, and remote access stays off unless ``base`` turns it on.
+    Authentication is left to ``base`` and Orthanc: without an
+    ``AuthenticationEnabled`` option, Orthanc turns it on exactly when remote
+    access is allowed.
     """
+    # Never "AuthenticationEnabled": false here: under a user's
+    # "RemoteAccessAllowed": true it would open the server to the network.
     config: dict[str, JsonValue] = {
         "Name": "orthanc-py",
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
     }
     config.update(base or {})
     loader = plugin or plugin_path()

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import select
 import threading
 import time
@@ -142,13 +143,21 @@ class Response:
 
     :param body: ``str`` (sent as UTF-8), ``bytes``, or a ``dict``/``list`` sent as JSON.
     :param status: the HTTP status (default 200).
-    :param headers: extra headers; a ``Content-Type`` among them becomes the content type.
+    :param headers: extra headers (``str`` values; ``int`` values are turned into text); a
+        ``Content-Type`` among them, in any case, becomes the content type. A redirect
+        (``302``, ``303``, ``307``) or a ``201`` sends its ``Location`` with the other headers;
+        a ``301`` and a ``405`` go through Orthanc's own answers, which send only ``Location``
+        (respectively ``Allow``) and drop the other headers (logged).
     :param content_type: the content type; by default ``text/plain; charset=utf-8`` for
         ``str``, ``application/json`` for ``dict``/``list``, ``application/octet-stream`` for ``bytes``.
+    :raises ValueError: when a header name is not an HTTP token, or a header value (or
+        ``content_type``) holds CR, LF or NUL: text taken from a client must not be able
+        to add headers of its own (header injection).
     """
 
     def __init__(self, body: Union[str, bytes, dict[str, Any], list[Any], None] = b"", status: int = 200,
-                 headers: Optional[Mapping[str, str]] = None, content_type: Optional[str] = None) -> None:
+                 headers: Union[Mapping[str, str], Iterable[tuple[str, str]], None] = None,
+                 content_type: Optional[str] = None) -> None:
         if isinstance(body, (dict, list)):
             data, default_type = json.dumps(body).encode("utf-8"), "application/json"
         elif isinstance(body, str):
@@ -159,12 +168,13 @@ class Response:
             data, default_type = b"", "application/octet-stream"
         else:
             raise TypeError(f"Response body must be str, bytes, dict, list or None, not {type(body).__name__}")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise ValueError(f"Response status must be an HTTP status between 100 and 599, not {status!r}")
+        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+            raise ValueError(f"Response status must be an HTTP status between 200 and 599, not {status!r}")
         self.body = data
         self.status = status
-        self.headers = dict(headers or {})
-        self.content_type = content_type or self.headers.pop("Content-Type", None) or default_type
+        self.headers = _checked_headers(headers or {})
+        given_type = _pop_content_type(self.headers)
+        self.content_type = _checked_header_value("Content-Type", content_type or given_type or default_type)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.content_type} {len(self.body)} bytes>"
@@ -212,26 +222,102 @@ def make_response(result: Any) -> Response:
     return Response(result)
 
 
+# A header name is an HTTP token (RFC 9110): no separators, spaces or controls.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _checked_header_value(name: str, value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"the value of the response header {name!r} must be str, not {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(
+            f"the value of the response header {name!r} holds CR, LF or NUL ({value!r}): it could add headers "
+            "of its own (header injection); remove line breaks from text taken from the request"
+        )
+    return value
+
+
+def _checked_headers(headers: Union[Mapping[str, Any], Iterable[tuple[str, Any]]]) -> dict[str, str]:
+    """A copy of ``headers`` whose names and values are safe to send; raises otherwise."""
+    try:
+        pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
+        if not all(isinstance(pair, tuple) and len(pair) == 2 for pair in pairs):
+            raise TypeError
+    except TypeError:
+        raise TypeError(f"Response headers must be a dict of names to values (or a list of pairs), "
+                        f"not {type(headers).__name__}") from None
+    checked = {}
+    for name, value in pairs:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"the response header name {name!r} is not an HTTP header name (letters, digits and "
+                "!#$%&'*+-.^_`|~, with no spaces, colons or line breaks)"
+            )
+        checked[name] = _checked_header_value(name, value)
+    return checked
+
+
+def _pop_content_type(headers: dict[str, str]) -> Optional[str]:
+    """Removes every ``Content-Type`` of ``headers``, whatever its case; returns the last one."""
+    found = None
+    for name in [n for n in headers if n.lower() == "content-type"]:
+        found = headers.pop(name)
+    return found
+
+
+# What Orthanc sends for these statuses, whatever headers were set before.
+_ONLY_HEADER = {301: "location", 405: "allow"}
+_dropped_warned: set[tuple[int, tuple[str, ...]]] = set()
+
+
 def _send(output: int, response: Response) -> None:
-    """Answers the request through Orthanc, choosing the SDK call the status needs."""
+    """Answers the request through Orthanc, choosing the SDK call the status needs.
+
+    Orthanc has two answers of its own, which clear the headers: ``Redirect``
+    (always 301) and ``SendMethodNotAllowed`` (405); every other status is
+    sent with the response's headers (SetHttpHeader, then the answer call).
+    """
     status = response.status
-    for name, value in response.headers.items():
-        if name.lower() not in ("location", "allow", "www-authenticate"):
-            _sdk_call("SetHttpHeader", output, name, value)
-    if status == 200:
-        _capi.answer_buffer(output, response.body, response.content_type.encode("utf-8"))
-    elif status in (301, 302, 303, 307, 308) and "Location" in Headers(response.headers.items()):
-        _sdk_call("Redirect", output, Headers(response.headers.items())["Location"])
-    elif status == 401:
-        realm = Headers(response.headers.items()).get("WWW-Authenticate", "orthanc")
-        _sdk_call("SendUnauthorized", output, realm)
-    elif status == 405:
-        _sdk_call("SendMethodNotAllowed", output, Headers(response.headers.items()).get("Allow", ""))
-    elif not response.body:
-        _sdk_call("SendHttpStatusCode", output, status)
-    else:
-        _sdk_call("SetHttpHeader", output, "Content-Type", response.content_type)
-        _sdk_call("SendHttpStatus", output, status, response.body)
+    headers = _checked_headers(response.headers)  # again: the dict may have changed since
+    content_type = _checked_header_value("Content-Type", _pop_content_type(headers) or response.content_type)
+    only = _ONLY_HEADER.get(status)
+    if only is not None:
+        value = next((v for n, v in headers.items() if n.lower() == only), None)
+        dropped = tuple(sorted(n for n in headers if n.lower() != only))
+        if dropped and (status, dropped) not in _dropped_warned:
+            _dropped_warned.add((status, dropped))
+            _capi.log_warning(f"orthanc_py: Orthanc sends a {status} with its {only.title()} header only; "
+                              f"dropped: {', '.join(dropped)} (use 302, 303 or 307 to keep headers on a redirect)")
+        if status == 301:
+            if value is None:
+                raise ValueError("a 301 response needs a Location header (the address to redirect to)")
+            _sdk_call("Redirect", output, value)
+        else:
+            _sdk_call("SendMethodNotAllowed", output, value or "")
+        return
+    for name, value in headers.items():
+        _sdk_call("SetHttpHeader", output, name, value)
+    try:
+        if status == 200:
+            _capi.answer_buffer(output, response.body, content_type.encode("utf-8"))
+        elif not response.body or status in (204, 304):
+            # 204 and 304 have no body in HTTP: one sent anyway would be read
+            # by the client as the start of the next answer on the connection.
+            _sdk_call("SendHttpStatusCode", output, status)
+        else:
+            _sdk_call("SetHttpHeader", output, "Content-Type", content_type)
+            _sdk_call("SendHttpStatus", output, status, response.body)
+    except _capi.OrthancError as error:
+        if error.code == _capi.ErrorCode.ParameterOutOfRange:
+            # Orthanc's HTTP server knows a fixed list of statuses (1.10: no
+            # 308, 418, 429...): say which one, rather than Orthanc's words.
+            raise ValueError(
+                f"Orthanc {_capi.orthanc_version()} cannot send the HTTP status {status}; choose another "
+                f"(for a redirect: 301, 302, 303 or 307)"
+            ) from None
+        raise
 
 
 def _sdk_call(name: str, output: int, *args: Any) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -143,6 +145,43 @@ def test_run_keeps_a_users_configuration(tmp_path):
         system = wait_for_system(http, process)
         assert system["Name"] == "MyOrthanc"
         assert system["DicomAet"] == "MYAET"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_run_with_remote_access_keeps_orthancs_authentication(tmp_path):
+    # The user's file allows remote access and says nothing of authentication:
+    # Orthanc's own default (authentication on) must hold.
+    http, dicom = free_port(), free_port()
+    config = tmp_path / "remote.json"
+    config.write_text(json.dumps({"RemoteAccessAllowed": True, "RegisteredUsers": {"alice": "s3cret"}}))
+    process = subprocess.Popen(
+        [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
+         "--dicom-port", str(dicom), "--storage", str(tmp_path / "s"), "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{http}/system"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "orthanc-py run exited early"
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                status = 200
+                break
+            except urllib.error.HTTPError as error:
+                status = error.code
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "Orthanc did not answer"
+                time.sleep(0.2)
+        assert status == 401, "a request without credentials must be refused"
+        authorized = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()})
+        with urllib.request.urlopen(authorized, timeout=10) as answer:
+            assert json.load(answer)["HttpPort"] == http
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:

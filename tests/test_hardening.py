@@ -224,4 +224,5 @@ def test_the_dev_server_configuration_listens_for_this_machine_only(tmp_path: Pa
 
     config = build_configuration("script.py", str(tmp_path), 8042, 4242, plugin="/x/libOrthancPy.so")
     assert config["RemoteAccessAllowed"] is False
-    assert config["AuthenticationEnabled"] is False  # safe only because remote access is off
+    # Orthanc's own default then holds: no authentication on loopback only.
+    assert "AuthenticationEnabled" not in config

@@ -1,0 +1,199 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Jobs whose callbacks give values Orthanc cannot take: a clear error or log line, never a crash.
+
+Orthanc parses a job's content and saved state as JSON objects and writes its
+progress into JSON answers. Each case here once took Orthanc down (SIGSEGV
+when a refused job was collected, an abort when the content turned into plain
+text) or broke ``GET /jobs`` for every client (NaN progress). The official
+plugin 4.0 has no ``CreateJob``, so these run in orthanc_py only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orthanc_py.server import OrthancServer
+
+# Jobs whose callbacks read STATE, which POST /change sets; /submit/<kind>
+# answers the job's ID or the exception SubmitJob raised, after the job
+# object has been dropped and collected.
+JOBS = """
+import gc, json, math, time
+import orthanc
+
+STATE = {"content": {"step": 1}, "serialized": {"step": 1}, "progress": 0.25}
+KINDS = {
+    "nan-content": {"content": lambda: {"ratio": math.nan}},
+    "inf-in-text": {"content": lambda: '{"ratio": 1e999}'},
+    "list-serialized": {"serialized": lambda: [1, 2]},
+    "text-serialized": {"serialized": lambda: "step 1 of 3"},
+    "changing": {"content": lambda: STATE["content"], "serialized": lambda: STATE["serialized"],
+                 "progress": lambda: STATE["progress"]},
+}
+
+def Step():
+    time.sleep(0.05)  # a job that runs until the test ends, without spinning
+    return orthanc.JobStepStatus.CONTINUE
+
+def Submit(output, uri, **request):
+    job = orthanc.CreateJob("Changing", Step, **KINDS[uri.rsplit("/", 1)[1]])
+    try:
+        answer = {"ID": job.SubmitJob(0)}
+    except Exception as error:
+        answer = {"error": type(error).__name__, "message": str(error)}
+    del job
+    gc.collect()
+    output.AnswerBuffer(json.dumps(answer), "application/json")
+
+def Change(output, uri, **request):
+    STATE.update({key: (math.nan if value == "nan" else value) for key, value in json.loads(request["body"]).items()})
+    output.AnswerBuffer("{}", "application/json")
+
+orthanc.RegisterRestCallback("/submit/(.*)", Submit)
+orthanc.RegisterRestCallback("/change", Change)
+"""
+
+
+@pytest.fixture
+def jobs(make_orthanc: Callable[..., OrthancServer]) -> OrthancServer:
+    return make_orthanc(JOBS, config={"SaveJobs": True})
+
+
+def submit(server: OrthancServer, kind: str) -> dict[str, Any]:
+    answer = server.post(f"/submit/{kind}")
+    assert answer.status == 200, (answer.status, answer.text, server.log[-3000:])
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def job_shows(server: OrthancServer, job_id: str, content: Any, progress: int) -> dict[str, Any]:
+    """Waits until ``GET /jobs/{id}`` shows that content and progress (Orthanc refreshes them after each step)."""
+    def shown() -> Any:
+        job = server.get_json(f"/jobs/{job_id}")
+        return job if (job["Content"], job["Progress"]) == (content, progress) else None
+
+    result: dict[str, Any] = server.wait_until(shown, 10, f"job showing {content} at {progress}%")
+    return result
+
+
+def assert_alive(server: OrthancServer) -> None:
+    assert server.process is not None and server.process.poll() is None, server.log[-3000:]
+    assert server.get("/system").status == 200
+
+
+REFUSALS = [
+    ("nan-content", "content", "NaN or Infinity"),
+    ("inf-in-text", "content", "NaN or Infinity"),
+    ("list-serialized", "serialized", "returned list [1, 2], not a dict"),
+    ("text-serialized", "serialized", "returned text that is not JSON"),
+]
+
+
+def test_a_job_orthanc_would_refuse_is_not_submitted_and_orthanc_keeps_serving(jobs):
+    for kind, callback, problem in REFUSALS:
+        refused = submit(jobs, kind)
+        assert refused["error"] == "ValueError", (kind, refused)
+        assert f"the {callback} callback" in refused["message"]
+        assert "of the job of type 'Changing'" in refused["message"]
+        assert problem in refused["message"], (kind, refused)
+        assert "the job is not submitted" in refused["message"]
+        # The job object was collected after the refusal: Orthanc is still there.
+        time.sleep(0.2)
+        assert_alive(jobs)
+    assert jobs.get_json("/jobs") == []
+
+
+def test_a_job_whose_values_go_bad_later_keeps_its_last_good_ones(jobs):
+    job_id = submit(jobs, "changing")["ID"]
+    jobs.post("/change", json.dumps({"content": {"step": 2}, "serialized": {"step": 2}, "progress": 0.5}))
+    job_shows(jobs, job_id, {"step": 2}, 50)
+
+    # Plain text as content: Orthanc used to abort ("terminate called after throwing").
+    jobs.post("/change", json.dumps({"content": "halfway", "serialized": [2], "progress": "nan"}))
+    jobs.wait_for_log("the progress callback")
+    for _ in range(3):  # asked again by each client: logged once
+        time.sleep(0.1)
+        job = jobs.get_json(f"/jobs/{job_id}")
+        assert (job["Content"], job["Progress"]) == ({"step": 2}, 50)
+        expanded = jobs.get("/jobs?expand")
+        assert expanded.status == 200, expanded.text
+    # A state change makes Orthanc save its jobs, asking for the serialized state.
+    assert jobs.post(f"/jobs/{job_id}/pause").status == 200
+    jobs.wait_for_log(r"the serialized callback .* returned list \[2\], not a dict .*Orthanc keeps the last valid state")
+    jobs.wait_until(lambda: jobs.get_json(f"/jobs/{job_id}")["State"] == "Paused", 10, "the job paused")
+    assert jobs.post(f"/jobs/{job_id}/resume").status == 200
+
+    log = jobs.log
+    assert log.count("the content callback <lambda> of the job of type 'Changing' returned text that is not JSON") == 1
+    assert "Orthanc shows the last valid content (return a dict of JSON values)" in log
+    assert log.count("the progress callback <lambda> of the job of type 'Changing' returned nan, not a fraction") == 1
+    assert "terminate called" not in log
+    assert_alive(jobs)
+
+    # Good values again: shown again.
+    jobs.post("/change", json.dumps({"content": {"step": 3}, "progress": 0.75}))
+    job_shows(jobs, job_id, {"step": 3}, 75)
+
+
+def test_a_progress_out_of_range_is_clamped_and_nan_keeps_the_last_one(jobs):
+    job_id = submit(jobs, "changing")["ID"]
+    for progress, shown in ((7, 100), (-2, 0), (0.5, 50), ("nan", 50), (float("inf"), 100)):
+        jobs.post("/change", json.dumps({"progress": progress}))
+        if progress == "nan":
+            jobs.wait_for_log("returned nan, not a fraction from 0.0 to 1.0; the last valid progress stays")
+        job_shows(jobs, job_id, {"step": 1}, shown)
+        answer = jobs.get("/jobs?expand")  # NaN in Orthanc's JSON made this 400 for every client
+        assert answer.status == 200, answer.text
+    message = "the progress callback <lambda> of the job of type 'Changing' returned {}, outside 0.0 to 1.0 " \
+              "(a fraction, not a percentage); it is clamped"
+    assert message.format(7.0) in jobs.log
+    assert message.format(-2.0) not in jobs.log  # out of range again before a good value: logged once
+    assert message.format("inf") in jobs.log
+
+
+# Orthanc refuses a job it cannot read, and deletes it. orthanc_py's checks
+# keep such a job from reaching Orthanc, so this script turns them off to
+# make Orthanc refuse one: the job then belongs to Orthanc, which has deleted
+# it, and collecting the Python object must not free it again.
+REFUSED_BY_ORTHANC = """
+import gc, json, math
+import orthanc
+from orthanc_py import _callbacks
+
+_callbacks._check_before_submit = lambda state, what: None
+_callbacks._job_json = lambda value: json.dumps(value).encode("utf-8")
+
+def Submit(output, uri, **request):
+    job = orthanc.CreateJob("Refused", lambda: orthanc.JobStepStatus.SUCCESS, content=lambda: {"ratio": math.nan})
+    try:
+        answer = {"ID": job.SubmitJob(0)}
+    except Exception as error:
+        answer = {"error": type(error).__name__, "message": str(error)}
+    try:
+        job.SubmitJob(0)
+    except Exception as error:
+        answer["again"] = str(error)
+    del job
+    gc.collect()
+    answer["jobs alive"] = len(_callbacks._jobs)
+    output.AnswerBuffer(json.dumps(answer), "application/json")
+
+orthanc.RegisterRestCallback("/submit", Submit)
+"""
+
+
+def test_a_job_orthanc_refuses_belongs_to_orthanc_and_is_never_freed_again(make_orthanc):
+    server = make_orthanc(REFUSED_BY_ORTHANC)
+    for _ in range(2):
+        refused = server.post_json("/submit")
+        assert refused["error"] == "OrthancError"
+        assert "Orthanc refused the job of type 'Refused' and deleted it" in refused["message"]
+        assert "already submitted or closed" in refused["again"]
+        assert refused["jobs alive"] == 0  # Orthanc finalized it
+    time.sleep(0.2)
+    assert_alive(server)
