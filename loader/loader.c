@@ -26,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <orthanc/OrthancCPlugin.h>
+#include "orthanc_sdk_subset.h"
 
 #ifndef ORTHANC_PY_VERSION
 #define ORTHANC_PY_VERSION "0.0.0"

@@ -29,16 +29,43 @@ class OrthancStartError(RuntimeError):
     """Orthanc exited, or did not answer, while starting; the message ends with its log."""
 
 
+# Debian installs Orthanc in /usr/sbin, which is not on a non-root user's PATH;
+# /usr/local/sbin is where a build from source goes by default.
+ORTHANC_FOLDERS = ("/usr/sbin", "/usr/local/sbin")
+ORTHANC_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"
+
+
+class OrthancNotFoundError(FileNotFoundError):
+    """The ``Orthanc`` binary is not installed, or not where ``ORTHANC_BINARY`` says.
+
+    The testing kit turns it into a skipped test whose reason says how to install Orthanc.
+    """
+
+
 def find_orthanc(binary: Optional[str] = None) -> str:
     """The path of the ``Orthanc`` binary.
 
-    :raises FileNotFoundError: saying how to install it.
+    Looked for, in order: ``binary`` when given, else the ``ORTHANC_BINARY``
+    environment variable when set (a name or a path: set on purpose, so it
+    wins, and it is an error when it names nothing), else ``Orthanc`` on
+    ``PATH``, in ``/usr/sbin`` and in ``/usr/local/sbin``.
+
+    :raises OrthancNotFoundError: saying where it looked and how to install it.
     """
-    found = shutil.which(binary or os.environ.get("ORTHANC_BINARY", "Orthanc"))
+    chosen = binary or os.environ.get("ORTHANC_BINARY")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            origin = "ORTHANC_BINARY" if binary is None else "the Orthanc binary"
+            raise OrthancNotFoundError(
+                f"{origin} names {chosen}, which is not an executable file; {ORTHANC_INSTALL_HINT}"
+            )
+        return found
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *ORTHANC_FOLDERS])
+    found = shutil.which("Orthanc", path=path)
     if found is None:
-        raise FileNotFoundError(
-            "the Orthanc binary was not found on PATH; install it (Debian/Ubuntu: "
-            "apt-get install orthanc) or set ORTHANC_BINARY to its path"
+        raise OrthancNotFoundError(
+            f"Orthanc not found (looked on PATH, in {' and '.join(ORTHANC_FOLDERS)}); {ORTHANC_INSTALL_HINT}"
         )
     return found
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import pytest
 
-from .server import OrthancServer, find_orthanc, read_orthanc_json
+from .server import OrthancNotFoundError, OrthancServer, find_orthanc, read_orthanc_json
 
 __all__ = ["OrthancFactory", "orthanc", "orthanc_factory"]
 
@@ -41,6 +41,30 @@ OrthancFactory = Callable[..., OrthancServer]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("orthanc_script", "the Orthanc script the 'orthanc' fixture loads", default="")
     parser.addini("orthanc_config", "a JSON file of extra Orthanc options for the 'orthanc' fixture", default="")
+
+
+# A missing Orthanc is a fact of the machine, not a failure of the test: a test
+# (or a fixture it uses) that starts Orthanc is skipped, with the reason saying
+# how to install it, wherever the server is started.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    try:
+        yield
+    except OrthancNotFoundError as error:
+        _skip(error)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    try:
+        yield
+    except OrthancNotFoundError as error:
+        _skip(error)
+
+
+def _skip(error: OrthancNotFoundError) -> None:
+    # One place, so that ``-rs`` sums every such skip on one line.
+    pytest.skip(str(error))
 
 
 def _from_ini(config: pytest.Config, name: str) -> Optional[Path]:
@@ -62,10 +86,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
     :class:`~orthanc_py.server.OrthancServer`. Every server is stopped at the
     end of the test.
     """
-    try:
-        find_orthanc()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
+    find_orthanc()  # a missing Orthanc skips the test (see pytest_runtest_setup)
     servers: list[OrthancServer] = []
 
     def start(script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,

@@ -17,7 +17,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.ci_skips"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -31,8 +31,13 @@ def make_orthanc(orthanc_factory: Callable[..., OrthancServer]) -> Callable[...,
 
 def pytest_report_header(config: pytest.Config) -> str:
     from orthanc_py import plugin_path
+    from orthanc_py.server import OrthancNotFoundError, find_orthanc
 
-    return f"orthanc_py loader: {plugin_path()}; Orthanc: {os.environ.get('ORTHANC_BINARY', 'Orthanc')}"
+    try:
+        orthanc = find_orthanc()
+    except OrthancNotFoundError as error:
+        orthanc = str(error)
+    return f"orthanc_py loader: {plugin_path()}; Orthanc: {orthanc}"
 
 
 from .fixtures_dicom import storescp  # noqa: E402,F401  (the DCMTK C-STORE receiver fixture)

@@ -578,3 +578,98 @@ def test_free_functions(sdk: types.ModuleType) -> None:
         if name.startswith("OrthancPluginFree") and len(function.arguments) == 1:
             pointee = function.arguments[0][1].removeprefix("const ").rstrip(" *")
             assert (pointee in opaque) == (free.get(pointee) == name), name
+
+
+# -- the loader's own SDK declarations (loader/orthanc_sdk_subset.h) -------------------
+
+SUBSET_HEADER = ROOT / "loader" / "orthanc_sdk_subset.h"
+
+# One program, compiled once against the real header and once against the
+# loader's declarations: both must print the same lines. It reads the layout
+# and the numbers, then calls the inline functions through a recording
+# InvokeService and a few version strings, as Orthanc would.
+SUBSET_PROBE = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#ifdef USE_SDK_HEADER
+#include <orthanc/OrthancCPlugin.h>
+#else
+#include "orthanc_sdk_subset.h"
+#endif
+
+static int last_service = -1;
+static const void *last_params = NULL;
+
+static OrthancPluginErrorCode record(OrthancPluginContext *context, _OrthancPluginService service,
+                                     const void *params)
+{
+  (void)context;
+  last_service = (int)service;
+  last_params = params;
+  return OrthancPluginErrorCode_Success;
+}
+
+ORTHANC_PLUGINS_API const char exported_marker[] = "x";
+
+int main(void)
+{
+  static const char *versions[] = {"1.10.1", "1.10.0", "1.9.7", "1.11.0", "1.10.2", "2.0.0", "0.99.99",
+                                   "mainline", "garbage", "1.10", "", "10.1.1"};
+  static const int expected[][3] = {{1, 10, 1}, {1, 9, 0}, {1, 10, 2}, {2, 0, 0}, {0, 0, 0}};
+  OrthancPluginContext context = {NULL, "1.10.1", NULL, record};
+  const char *message = "probe message";
+
+  printf("sizeof context %zu\n", sizeof(OrthancPluginContext));
+  printf("offset pluginsManager %zu\n", offsetof(OrthancPluginContext, pluginsManager));
+  printf("offset orthancVersion %zu\n", offsetof(OrthancPluginContext, orthancVersion));
+  printf("offset Free %zu\n", offsetof(OrthancPluginContext, Free));
+  printf("offset InvokeService %zu\n", offsetof(OrthancPluginContext, InvokeService));
+  printf("sizeof error code %zu\n", sizeof(OrthancPluginErrorCode));
+  printf("sizeof service %zu\n", sizeof(_OrthancPluginService));
+  printf("error Success %d Plugin %d\n", (int)OrthancPluginErrorCode_Success, (int)OrthancPluginErrorCode_Plugin);
+  printf("service LogInfo %d LogWarning %d LogError %d\n", (int)_OrthancPluginService_LogInfo,
+         (int)_OrthancPluginService_LogWarning, (int)_OrthancPluginService_LogError);
+  printf("minimal %d.%d.%d\n", ORTHANC_PLUGINS_MINIMAL_MAJOR_NUMBER, ORTHANC_PLUGINS_MINIMAL_MINOR_NUMBER,
+         ORTHANC_PLUGINS_MINIMAL_REVISION_NUMBER);
+
+  OrthancPluginLogInfo(&context, message);
+  printf("LogInfo -> service %d, message passed %d\n", last_service, last_params == message);
+  OrthancPluginLogWarning(&context, message);
+  printf("LogWarning -> service %d, message passed %d\n", last_service, last_params == message);
+  OrthancPluginLogError(&context, message);
+  printf("LogError -> service %d, message passed %d\n", last_service, last_params == message);
+
+  for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++)
+  {
+    context.orthancVersion = versions[v];
+    for (size_t e = 0; e < sizeof(expected) / sizeof(expected[0]); e++)
+      printf("Orthanc %s, needs %d.%d.%d -> %d\n", versions[v], expected[e][0], expected[e][1], expected[e][2],
+             OrthancPluginCheckVersionAdvanced(&context, expected[e][0], expected[e][1], expected[e][2]));
+  }
+  return exported_marker[0] == 'x' ? 0 : 1;
+}
+"""
+
+
+def run_subset_probe(tmp_path: Path, *flags: str) -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None, "no C compiler (cc) on PATH: install one (Debian: apt-get install gcc)"
+    source = tmp_path / "subset_probe.c"
+    source.write_text(SUBSET_PROBE, encoding="utf-8")
+    binary = tmp_path / ("probe" + "".join(f.replace("-", "_").replace("/", "_") for f in flags))
+    subprocess.run([compiler, "-std=c11", "-Wall", "-Wextra", "-Werror", *flags, "-o", str(binary), str(source)],
+                   check=True)
+    return subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
+
+
+@needs_header
+def test_the_loaders_sdk_declarations_agree_with_the_header(tmp_path: Path) -> None:
+    ours = run_subset_probe(tmp_path, f"-I{SUBSET_HEADER.parent}")
+    theirs = run_subset_probe(tmp_path, "-DUSE_SDK_HEADER", f"-I{HEADER.parent.parent}")
+    assert ours.splitlines() == theirs.splitlines()
+    # The probe did exercise something: the interesting lines are there.
+    assert "service LogInfo 1 LogWarning 2 LogError 3" in ours
+    assert "Orthanc mainline, needs 2.0.0 -> 1" in ours
+    assert "Orthanc 1.10.0, needs 1.10.1 -> 0" in ours
+    assert "Orthanc garbage, needs 0.0.0 -> 0" in ours

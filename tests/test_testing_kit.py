@@ -34,7 +34,37 @@ def test_without_orthanc_the_tests_skip_and_say_how_to_install_it(pytester, monk
     pytester.makepyfile("def test_needs_orthanc(orthanc):\n    pass\n")
     result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider", "test_without_orthanc_the_tests_skip_and_say_how_to_install_it.py")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*the Orthanc binary was not found on PATH; install it (Debian/Ubuntu: apt-get install orthanc)*"])
+    result.stdout.fnmatch_lines(["SKIPPED *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
+                                 "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"])
+
+
+def test_a_server_started_by_the_test_itself_skips_too(pytester, monkeypatch):
+    # A module fixture and a test body that start OrthancServer directly: each
+    # test is skipped with the one line saying how to install Orthanc, never an error.
+    monkeypatch.setenv("ORTHANC_BINARY", "/nowhere/Orthanc")
+    pytester.makepyfile(
+        """
+        import pytest
+        from orthanc_py.server import OrthancServer
+
+        @pytest.fixture(scope="module")
+        def server(tmp_path_factory):
+            return OrthancServer(str(tmp_path_factory.mktemp("o")))
+
+        def test_one(server):
+            pass
+
+        def test_two(server):
+            pass
+
+        def test_body(tmp_path):
+            OrthancServer(str(tmp_path))
+        """
+    )
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["SKIPPED [[]3[]] *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
+                                 "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"])
 
 
 def test_a_forgotten_orthanc_script_option_is_explained(pytester):
