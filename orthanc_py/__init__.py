@@ -13,6 +13,7 @@ from . import rest
 from ._paths import plugin_path
 from ._routing import RuleError
 from ._runtime import SetupError
+from ._version import __version__ as __version__
 from .events import (
     Change,
     ChangeType,

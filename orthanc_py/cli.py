@@ -13,10 +13,27 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import _paths, server
 from ._paths import plugin_path
+from ._version import __version__
 from .devserver import DevServer
 
 # Debian's official Python plugin, loaded by Debian's default configuration.
 OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+
+# `orthanc-py run` is for development: a study is stable a few seconds after
+# its last instance, not after Orthanc's minute, so that STABLE_* handlers
+# answer while the developer watches.
+DEV_STABLE_AGE = 5
+
+# The exit status of `orthanc-py run` when a port it needs is taken (make run
+# adds how to pick other ports).
+EXIT_PORT_IN_USE = 3
+
+
+def _seconds(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, at least 1, not {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write Orthanc plugins in Python: run a script in a real Orthanc, "
         "print the plugin path, check the set-up.",
     )
+    parser.add_argument("--version", action="version", version=f"orthanc-py {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -34,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes an Orthanc configuration that loads orthanc_py with SCRIPT and starts "
         "the Orthanc binary in the foreground. Orthanc accepts HTTP from this machine only "
         "(RemoteAccessAllowed false) unless --config turns remote access on, and then Orthanc's "
-        "authentication applies (RegisteredUsers). Ctrl-C stops it.",
+        "authentication applies (RegisteredUsers). Ctrl-C stops it. "
+        f"When a port is already in use, orthanc-py says so and exits with status {EXIT_PORT_IN_USE}; "
+        "when Orthanc stops by itself (the script failed to load, say), a closing line says why.",
     )
     run.add_argument("script", metavar="SCRIPT", help="the Python script to load")
     run.add_argument("--http-port", type=int, default=8042, metavar="N", help="HTTP port (default: 8042)")
@@ -47,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--config", metavar="FILE", help="an Orthanc configuration file to start from (comments allowed)"
+    )
+    run.add_argument(
+        "--stable-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="Orthanc's StableAge: the STABLE_PATIENT, STABLE_STUDY and STABLE_SERIES changes fire this many "
+        f"seconds after the last instance arrives (default here: {DEV_STABLE_AGE}, or the StableAge of --config; "
+        f"Orthanc's own default is {server.ORTHANC_STABLE_AGE})",
     )
     run.add_argument("--verbose", action="store_true", help="run Orthanc with --verbose")
     run.add_argument(
@@ -123,9 +151,28 @@ def run(args: argparse.Namespace) -> int:
     base = server.read_orthanc_json(args.config) if args.config else None
     storage = os.path.abspath(args.storage)
     os.makedirs(storage, exist_ok=True)
+    for port, flag in ((args.http_port, "--http-port"), (args.dicom_port, "--dicom-port")):
+        if server.port_in_use(port):
+            print(f"orthanc-py: error: {_port_taken(port, flag)}", file=sys.stderr)
+            return EXIT_PORT_IN_USE
     configuration = server.build_configuration(args.script, storage, args.http_port, args.dicom_port, base=base)
+    if args.stable_age is not None:
+        configuration["StableAge"] = args.stable_age
+    elif "StableAge" not in (base or {}):
+        configuration["StableAge"] = DEV_STABLE_AGE
     script = Path(args.script).resolve()
     return DevServer(binary, script, configuration, args.verbose, args.reload).serve()
+
+
+def _port_taken(port: int, flag: str) -> str:
+    """One line: which port is taken, by what when it can tell, and the flag that picks another."""
+    holder = ""
+    if flag == "--http-port":
+        version = server.orthanc_answering(port)
+        if version is not None:
+            holder = f" by an Orthanc{' ' + version if version else ''} (Debian's orthanc service listens on 8042 and 4242)"
+    kind = "HTTP" if flag == "--http-port" else "DICOM"
+    return f"the {kind} port {port} is already in use{holder}; choose another with {flag} N"
 
 
 # SDK functions that scripts have no use for, on purpose.
@@ -205,11 +252,20 @@ def doctor(configuration: Optional[str] = None) -> int:
         else:
             built_for = _loader_string(library, "orthanc_py_loader_python")
             minimum = _loader_string(library, "orthanc_py_loader_min_orthanc")
+            get_version = library.OrthancPluginGetVersion
+            get_version.restype = ctypes.c_char_p
+            loader_version = (get_version() or b"").decode()
             report(
                 built_for == python,
                 f"loader {loader} (built for Python {built_for})",
                 f"the loader was built for Python {built_for} but this venv runs {python}: "
                 "pip install --force-reinstall orthanc-py",
+            )
+            report(
+                loader_version == __version__,
+                f"loader version {loader_version}, package version {__version__}",
+                "the loader comes from another installation of orthanc-py: reinstall it in this venv "
+                "(pip install --force-reinstall, from the same archive or checkout)",
             )
 
     try:

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import IO, Any, Mapping, Optional
 
 from . import server
 
 POLL_SECONDS = 0.5
+
+# What orthanc-py reads in Orthanc's log to write its closing line: the
+# runtime's report of a script that failed while loading, and Orthanc's own
+# report of a port it could not open.
+LOAD_FAILURE = re.compile(r"orthanc_py: the script (?P<script>.+) failed while loading:\s*$")
+PORT_IN_USE = re.compile(r"The TCP port of the (?P<server>HTTP|DICOM) server is privileged or already in use")
+# The start of an Orthanc log line ("E1130 11:38:27.189479 file.cpp:153] ..."):
+# the end of a multi-line message such as a traceback.
+LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ")
+TRACEBACK_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 def say(message: str) -> None:
@@ -39,6 +51,70 @@ def watched_files(script: Path) -> dict[Path, float]:
                 except FileNotFoundError:
                     pass
     return found
+
+
+class LogWatcher:
+    """Passes Orthanc's output through unchanged and remembers what the closing line needs."""
+
+    def __init__(self) -> None:
+        self.traceback: Optional[list[str]] = None  # the lines of a load failure, once seen
+        self.port_in_use: Optional[str] = None  # "HTTP" or "DICOM"
+        self._in_traceback = False
+        self._threads: list[threading.Thread] = []
+
+    def follow(self, source: IO[bytes], target: IO[bytes]) -> None:
+        """Copies ``source`` to ``target`` line by line, on a thread of its own."""
+        thread = threading.Thread(target=self._copy, args=(source, target), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def join(self) -> None:
+        """Waits until everything Orthanc wrote has been copied (it has exited)."""
+        for thread in self._threads:
+            thread.join(5)
+        self._threads.clear()
+
+    def _copy(self, source: IO[bytes], target: IO[bytes]) -> None:
+        for raw in iter(source.readline, b""):
+            target.write(raw)
+            target.flush()
+            self._read(raw.decode("utf-8", "replace").rstrip("\n"))
+        source.close()
+
+    def _read(self, line: str) -> None:
+        if self._in_traceback:
+            if LOG_LINE.match(line):
+                self._in_traceback = False
+            else:
+                assert self.traceback is not None
+                self.traceback.append(line)
+                return
+        if LOAD_FAILURE.search(line):
+            self.traceback = []
+            self._in_traceback = True
+        port = PORT_IN_USE.search(line)
+        if port:
+            self.port_in_use = port.group("server")
+
+
+def describe_load_failure(script: Path, traceback: list[str]) -> str:
+    """``NameError: ... (app.py, line 3)``: the error and the deepest frame in the script's folder."""
+    lines = [line for line in traceback if line.strip()]
+    error = lines[-1].strip() if lines else "see the traceback above"
+    where = ""
+    for line in traceback:
+        frame = TRACEBACK_FRAME.match(line)
+        if frame and Path(frame.group("file")).resolve().is_relative_to(script.parent):
+            where = f" ({_shown(Path(frame.group('file')))}, line {frame.group('line')})"
+    return f"{error}{where}"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class DevServer:
@@ -71,24 +147,47 @@ class DevServer:
             self._banner()
             while True:
                 snapshot = watched_files(self.script)
+                watcher = LogWatcher()
                 self.child = subprocess.Popen([self.binary, str(config_path)] + (["--verbose"] if self.verbose else []),
-                                              stdin=subprocess.DEVNULL)
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                assert self.child.stdout is not None and self.child.stderr is not None
+                watcher.follow(self.child.stdout, sys.stdout.buffer)
+                watcher.follow(self.child.stderr, sys.stderr.buffer)
                 code = self._wait(snapshot)
+                watcher.join()
                 if code is None:  # the code changed: restart
                     continue
-                if self.stopping or not self.reload:
-                    return code if code >= 0 else 128 - code
-                say(f"Orthanc stopped with exit code {code}: the script failed to load (the error is above); "
-                    "waiting for a change to restart")
+                exit_status = code if code >= 0 else 128 - code
+                if self.stopping:
+                    return exit_status
+                summary = self._summary(code, watcher)
+                if not self.reload:
+                    say(summary)
+                    return exit_status
+                say(f"{summary}; waiting for a change to restart")
                 if not self._wait_for_change(snapshot):
-                    return code if code >= 0 else 128 - code
+                    return exit_status
+
+    def _summary(self, code: int, watcher: LogWatcher) -> str:
+        """The closing line when Orthanc stopped by itself."""
+        if watcher.traceback is not None:
+            return (f"the script {_shown(self.script)} failed to load: "
+                    f"{describe_load_failure(self.script, watcher.traceback)}; Orthanc stopped with exit code {code}")
+        if watcher.port_in_use is not None:
+            flag, key = ("--http-port", "HttpPort") if watcher.port_in_use == "HTTP" else ("--dicom-port", "DicomPort")
+            return (f"the {watcher.port_in_use} port {self.configuration[key]} is already in use; "
+                    f"choose another with {flag} N")
+        return f"Orthanc stopped with exit code {code} (its log is above)"
 
     def _banner(self) -> None:
         http, dicom = self.configuration["HttpPort"], self.configuration["DicomPort"]
+        stable_age = self.configuration.get("StableAge", server.ORTHANC_STABLE_AGE)
         say(f"Orthanc {server.orthanc_version(self.binary)} ({self.binary})")
         say(f"script  {self.script}" + ("   (restarts when it or a module beside it changes)" if self.reload else ""))
         say(f"HTTP    http://127.0.0.1:{http}/   DICOM port {dicom}")
         say(f"storage {self.configuration['StorageDirectory']}")
+        say(f"stable  StableAge {stable_age} s: STABLE_PATIENT/STUDY/SERIES fire {stable_age} s after the last "
+            "instance (--stable-age N changes it)")
         say("log     Orthanc's log follows on this terminal; Ctrl-C stops it")
 
     def _wait(self, snapshot: dict[Path, float]) -> Optional[int]:

@@ -77,6 +77,36 @@ def orthanc_version(binary: str) -> str:
     return match.group(1) if match else "unknown"
 
 
+# Orthanc's own default "StableAge": seconds without a new instance before a
+# patient, study or series is stable (the STABLE_* changes).
+ORTHANC_STABLE_AGE = 60
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on ``port`` (any address), so that Orthanc could not open it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As Orthanc does: a port left in TIME_WAIT by an earlier run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
+def orthanc_answering(port: int) -> Optional[str]:
+    """The version of the Orthanc whose REST API answers on loopback ``port``, if one does."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/system", timeout=2) as answer:
+            version = json.load(answer).get("Version")
+    except urllib.error.HTTPError as error:
+        # Authentication on (Debian's service, for one): Orthanc still names itself.
+        return "" if "orthanc" in error.headers.get("WWW-Authenticate", "").lower() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(version) if version else None
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from orthanc_py import plugin_path
 from orthanc_py.server import free_port
 
 from .conftest import EXAMPLES
+from .dicom import make_dicom
 
 CLI = shutil.which("orthanc-py", path=os.path.dirname(sys.executable)) or "orthanc-py"
 
@@ -66,6 +69,7 @@ def test_doctor_names_a_missing_orthanc_and_the_fix(tmp_path):
     result = cli("doctor", env=env)
     assert result.returncode == 1
     assert "PROBLEM Orthanc not found" in result.stdout
+    assert f"ORTHANC_BINARY names {tmp_path / 'no-orthanc-here'}, which is not an executable file" in result.stdout
     assert "apt-get install orthanc" in result.stdout
 
 
@@ -81,6 +85,38 @@ def test_doctor_names_a_second_python_plugin_in_a_configuration(tmp_path, offici
     assert "keep only one Python plugin" in result.stdout
     config.write_text(json.dumps({"Plugins": [plugin_path()]}))
     assert cli("doctor", "--config", str(config)).returncode == 0
+
+
+def test_version_is_the_packages_and_the_loaders():
+    version = importlib.metadata.version("orthanc-py")
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"orthanc-py {version}\n"
+    # The loader was built with the same version (pyproject.toml is the one source).
+    assert f"ok      loader version {version}, package version {version}" in cli("doctor").stdout
+
+
+def fake_orthanc(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    binary = folder / "Orthanc"
+    binary.write_text("#!/bin/sh\necho 'Orthanc 0.0.fake'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_orthanc_is_found_on_path_then_where_debian_puts_it_and_orthanc_binary_wins(tmp_path):
+    on_path = fake_orthanc(tmp_path / "bin")
+    chosen = fake_orthanc(tmp_path / "chosen")
+    quiet = {k: v for k, v in os.environ.items() if k != "ORTHANC_BINARY"}
+
+    def found(**env: str) -> str:
+        result = cli("doctor", env=dict(quiet, **env))
+        return next(line for line in result.stdout.splitlines() if "Orthanc " in line and " at " in line)
+
+    assert f"at {on_path} " in found(PATH=f"{tmp_path / 'bin'}:{quiet['PATH']}")
+    assert f"at {chosen} " in found(PATH=f"{tmp_path / 'bin'}:{quiet['PATH']}", ORTHANC_BINARY=str(chosen))
+    # Debian's /usr/sbin is not on a user's PATH; it is searched all the same.
+    assert "Orthanc 1.10.1 at /usr/sbin/Orthanc" in found(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
 
 
 def test_no_command_prints_usage():
@@ -135,11 +171,13 @@ def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, stop_sig
 def test_run_keeps_a_users_configuration(tmp_path):
     http, dicom = free_port(), free_port()
     config = tmp_path / "mine.json"
-    config.write_text('{\n  // comments are allowed, as Orthanc allows them\n  "Name": "MyOrthanc", /* here too */\n  "DicomAet": "MYAET"\n}\n')
+    config.write_text('{\n  // comments are allowed, as Orthanc allows them\n  "Name": "MyOrthanc", /* here too */\n'
+                      '  "DicomAet": "MYAET",\n  "StableAge": 7\n}\n')
+    log = open(tmp_path / "run.log", "w+")
     process = subprocess.Popen(
         [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
          "--dicom-port", str(dicom), "--storage", str(tmp_path / "s"), "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT,
     )
     try:
         system = wait_for_system(http, process)
@@ -150,6 +188,78 @@ def test_run_keeps_a_users_configuration(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+    log.seek(0)
+    assert "orthanc-py: stable  StableAge 7 s: " in log.read()
+
+
+STABLE = """
+from orthanc_py import on_change, ChangeType
+
+@on_change(ChangeType.STABLE_STUDY)
+def stable(change):
+    print("stable study", change.resource_id)
+"""
+
+
+def test_run_makes_studies_stable_after_a_few_seconds_and_says_so(tmp_path):
+    http, dicom = free_port(), free_port()
+    script = tmp_path / "stable.py"
+    script.write_text(STABLE)
+    log = open(tmp_path / "run.log", "w+")
+    process = subprocess.Popen(
+        [CLI, "run", str(script), "--http-port", str(http), "--dicom-port", str(dicom),
+         "--storage", str(tmp_path / "s"), "--stable-age", "1"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_system(http, process)
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/instances", data=make_dicom(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            study = json.load(answer)["ParentStudy"]
+        deadline = time.monotonic() + 20
+        while f"stable study {study}" not in open(tmp_path / "run.log").read():
+            assert time.monotonic() < deadline, "no STABLE_STUDY within 20 s with --stable-age 1"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = open(tmp_path / "run.log").read()
+    assert "orthanc-py: stable  StableAge 1 s: STABLE_PATIENT/STUDY/SERIES fire 1 s after the last instance" in output
+    # Without the flag, development's default; zero is refused by name.
+    default = cli("run", str(script), "--stable-age", "0")
+    assert default.returncode == 2
+    assert "--stable-age: must be a whole number of seconds, at least 1, not 0" in default.stderr
+
+
+def test_run_names_the_flag_when_a_port_is_in_use(tmp_path, make_orthanc):
+    taken = make_orthanc(script=None)  # an Orthanc of its own, as Debian's service would be
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy_dicom = listener.getsockname()[1]
+        on_http = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(taken.http_port),
+                      "--dicom-port", str(free_port()), "--storage", str(tmp_path / "s"))
+        on_dicom = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(free_port()),
+                       "--dicom-port", str(busy_dicom), "--storage", str(tmp_path / "s"))
+    assert on_http.returncode == 3
+    assert on_http.stderr == (f"orthanc-py: error: the HTTP port {taken.http_port} is already in use by an Orthanc 1.10.1 "
+                              "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n")
+    assert on_dicom.returncode == 3
+    assert on_dicom.stderr == f"orthanc-py: error: the DICOM port {busy_dicom} is already in use; choose another with --dicom-port N\n"
+
+
+def test_run_ends_a_failed_load_with_one_line_naming_the_error_and_the_users_line(tmp_path):
+    (tmp_path / "helper.py").write_text("def ratio():\n    return 1 / 0\n")
+    (tmp_path / "app.py").write_text("import helper\n\nRATIO = helper.ratio()\n")
+    result = cli("run", "app.py", "--http-port", str(free_port()), "--dicom-port", str(free_port()),
+                 "--storage", str(tmp_path / "s"), cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert "ZeroDivisionError: division by zero" in result.stderr  # the traceback, from Orthanc's log
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last == (f"orthanc-py: the script app.py failed to load: ZeroDivisionError: division by zero (helper.py, line 2); "
+                    f"Orthanc stopped with exit code {result.returncode}")
 
 
 def test_run_with_remote_access_keeps_orthancs_authentication(tmp_path):
@@ -221,7 +331,7 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
         helper.write_text("WORD = 'two'\n")  # a module beside the script changes
         wait_for(lambda: answer() == "two", "the module's new version")
         script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request:\n    return 'x'\n")
-        wait_for(lambda: "the script failed to load" in open(tmp_path / "run.log").read(), "the failure")
+        wait_for(lambda: "app.py failed to load" in open(tmp_path / "run.log").read(), "the failure")
         assert "SyntaxError" in open(tmp_path / "run.log").read()
         script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request):\n    return 'three'\n")
         wait_for(lambda: answer() == "three", "the fixed version")
@@ -232,4 +342,5 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
             process.kill()
     output = open(tmp_path / "run.log").read()
     assert "change detected: restarting Orthanc" in output
-    assert "waiting for a change to restart" in output
+    assert f"orthanc-py: the script {script} failed to load: SyntaxError: " in output
+    assert "; waiting for a change to restart" in output
