@@ -56,3 +56,27 @@ autodoc_typehints = "signature"
 highlight_language = "python3"
 # Curly quotes and ellipses, but no dashes: "--http-port" must stay as typed.
 smartquotes_action = "qe"
+
+# Objects that orthanc_py makes and hands to a script's handlers: a script
+# never calls their constructors, whose parameters are orthanc_py's own
+# (an Orthanc request view, the address of an Orthanc instance...). The
+# reference shows their attributes and methods, not how they are built.
+MADE_BY_ORTHANC_PY = {
+    "orthanc_py.Request",
+    "orthanc_py.FilterRequest",
+    "orthanc_py.Change",
+    "orthanc_py.StoredInstance",
+    "orthanc_py.ReceivedInstance",
+    "orthanc_py.rest.RestError",
+    "orthanc_py.server.HttpAnswer",
+}
+
+
+def _hide_internal_constructor(app, what, name, obj, options, signature, return_annotation):  # type: ignore[no-untyped-def]
+    if what in ("class", "exception") and name in MADE_BY_ORTHANC_PY:
+        return "", None
+    return None
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    app.connect("autodoc-process-signature", _hide_internal_constructor)

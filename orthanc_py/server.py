@@ -197,7 +197,7 @@ class OrthancServer:
     :param script: the Python script to load (``PythonScript``), or ``None``.
     :param config: extra configuration merged over the defaults.
     :param plugin: the loader to load; defaults to this installation's.
-    :param binary: the Orthanc binary; defaults to ``Orthanc`` on ``PATH``.
+    :param binary: the Orthanc binary; by default, the one :func:`find_orthanc` finds.
     :param http_port: the HTTP port; a free one by default.
     :param dicom_port: the DICOM port; a free one by default.
     :param verbose: run Orthanc with ``--verbose`` (info lines in the log).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,20 @@ def test_api_reference_lists_the_decorator_api(site: Path) -> None:
     ]
     missing = [name for name in expected if f"orthanc_py.{name}" not in ids]
     assert not missing, f"not in the API reference: {missing}"
+
+
+def test_api_reference_shows_no_constructor_a_script_never_calls(site: Path) -> None:
+    # Request, StoredInstance... are made by orthanc_py: their signatures in
+    # the reference are their names alone, not orthanc_py's internal parameters.
+    text = (site / "api" / "orthanc_py.html").read_text(encoding="utf-8")
+    for name, keyword in [("Request", "class"), ("FilterRequest", "class"), ("Change", "class"),
+                          ("StoredInstance", "class"), ("ReceivedInstance", "class"), ("rest.RestError", "exception")]:
+        start = text.index(f'id="orthanc_py.{name}"')
+        signature = re.sub(r"<[^>]+>", "", text[start:text.index("</dt>", start)]).split(">", 1)[1]
+        assert signature.strip() == f"{keyword} orthanc_py.{name}¶", signature
+    # What a script does build keeps its parameters.
+    start = text.index('id="orthanc_py.Response"')
+    assert "status: int = 200" in re.sub(r"<[^>]+>", "", text[start:text.index("</dt>", start)])
 
 
 def test_orthanc_module_reference_lists_its_members(site: Path) -> None:
