@@ -1,53 +1,117 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # The two commands of the README: `make run` and `make test`. Each installs what
-# is missing first: Debian's Orthanc and its plugin SDK, a venv, the package.
+# is missing first (Debian packages, a venv, the package), and nothing more.
 
 PYTHON ?= python3
 VENV ?= .venv
+# A venv of Debian's own Python, on which `make test` runs a smoke subset.
+DEBIAN_PYTHON ?= /usr/bin/python3
+DEBIAN_VENV ?= .venv-debian
+SMOKE_TESTS ?= tests/test_cli.py tests/test_testing_kit.py tests/test_ci.py
 HTTP_PORT ?= 8042
 DICOM_PORT ?= 4242
 SCRIPT ?= examples/decorators/rest.py
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# orthanc: the server; orthanc-dev: OrthancCPlugin.h, which the loader is
-# compiled against and the SDK bindings are generated from; dcmtk: a real DICOM
-# peer for the tests (storescp, findscu...); orthanc-python with python3-pydicom
-# and python3-pil: the official plugin, which the tests compare against;
-# chromium: the documentation test opens the built site in it.
-DEBIAN_PACKAGES := orthanc orthanc-dev dcmtk orthanc-python python3-pydicom python3-pil chromium
 
-.PHONY: run test bench docs setup system-deps clean
+# What `make run` needs: Orthanc, and a C compiler with the C library's headers
+# to build the loader (pip fetches CMake when the machine has none). The
+# Python headers and venv module come with python3-dev and python3-venv, added
+# only when $(PYTHON) lacks them (pyenv's Pythons have both).
+RUN_PACKAGES := gcc libc6-dev
+PYTHON_PACKAGES := python3-dev python3-venv
+# What `make test` adds: orthanc-dev, the SDK header the bindings are generated
+# from and checked against; cmake, to build the sdist offline; dcmtk, a real
+# DICOM peer (storescp, findscu...); orthanc-python with python3-pydicom and
+# python3-pil, the official plugin the tests compare against; chromium, which
+# opens the built documentation; wrk, the HTTP load of the soak tests; and
+# Debian's own Python with its headers and venv module, for the smoke subset.
+TEST_PACKAGES := $(RUN_PACKAGES) $(PYTHON_PACKAGES) orthanc orthanc-dev cmake dcmtk orthanc-python \
+	python3-pydicom python3-pil chromium wrk
 
-run: setup
-	$(VENV)/bin/orthanc-py run $(SCRIPT) --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT)
+# Installs the Debian packages of $(1) that dpkg does not list as installed.
+define apt_install
+	@missing=$$(for package in $(1); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$package 2>/dev/null | grep -qx installed || echo $$package; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+endef
 
-test: setup
+# Orthanc where Debian puts it (/usr/sbin is not on a user's PATH), where a
+# build from source goes, or where ORTHANC_BINARY says: found, it is not installed again.
+HAVE_ORTHANC = command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || [ -x /usr/local/sbin/Orthanc ] \
+	|| { [ -n "$$ORTHANC_BINARY" ] && command -v "$$ORTHANC_BINARY" >/dev/null; }
+PYTHON_READY = $(PYTHON) -c 'import ensurepip, os, sysconfig, sys; \
+	sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null
+
+.PHONY: run test smoke-debian bench docs dist setup run-deps test-deps clean
+
+run: run-deps $(VENV)/.installed
+	@$(VENV)/bin/orthanc-py run $(SCRIPT) --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT); status=$$?; \
+	if [ $$status = 3 ]; then \
+	  echo "make run: pick free ports, e.g. make run HTTP_PORT=8043 DICOM_PORT=4243" \
+	       "(Debian's orthanc service takes 8042 and 4242: sudo systemctl stop orthanc frees them)"; \
+	fi; exit $$status
+
+test: setup $(DEBIAN_VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory smoke-debian
+
+# The smoke subset on Debian's own Python (python3-venv, python3-dev).
+smoke-debian: $(DEBIAN_VENV)/.installed
+	$(DEBIAN_VENV)/bin/python -m pytest -p no:cacheprovider $(SMOKE_TESTS)
 
 # Requests/s of Python routes against Orthanc's own API and the official plugin (wrk).
 bench: setup
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(VENV)/bin/python bench/http_bench.py
 
 # The Sphinx site, warnings as errors; open docs/_build/html/index.html.
 docs: setup
 	$(VENV)/bin/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
-setup: system-deps $(VENV)/.installed
+# The release archives in dist/: the sdist (what a package index serves; pip
+# builds the loader from it on the user's machine) and a wheel for this
+# machine's Python, both checked by twine.
+dist: setup
+	rm -rf dist
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/python -m twine check --strict dist/*
 
-system-deps:
-	@if ! command -v Orthanc >/dev/null || [ ! -f /usr/include/orthanc/OrthancCPlugin.h ] \
-	    || ! command -v storescp >/dev/null || [ ! -f /usr/share/orthanc/plugins/libOrthancPython.so ] \
-	    || ! /usr/bin/python3 -c "import pydicom, PIL" 2>/dev/null || ! command -v chromium >/dev/null; then \
-	  echo "Installing Debian packages: $(DEBIAN_PACKAGES)"; \
-	  $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEBIAN_PACKAGES); \
-	fi
+setup: test-deps $(VENV)/.installed $(VENV)/wheelhouse/.downloaded
 
-$(VENV)/.installed: pyproject.toml CMakeLists.txt loader/loader.c
+run-deps:
+	$(call apt_install,$(RUN_PACKAGES) $(shell $(HAVE_ORTHANC) || echo orthanc) \
+	  $(shell $(PYTHON_READY) || echo $(PYTHON_PACKAGES)))
+
+test-deps:
+	$(call apt_install,$(TEST_PACKAGES))
+
+PACKAGE_SOURCES := pyproject.toml CMakeLists.txt $(wildcard loader/*.c loader/*.h)
+
+# `make run` installs the package alone; `make test` (setup) adds the test extras.
+$(VENV)/.installed: $(PACKAGE_SOURCES)
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-extras: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The build backend's wheels, for the test that installs the sdist offline.
+$(VENV)/wheelhouse/.downloaded: pyproject.toml $(VENV)/.test-extras
+	$(VENV)/bin/python -m pip download --quiet --dest $(VENV)/wheelhouse 'scikit-build-core>=0.10'
+	touch $@
+
+# Not editable: the smoke subset runs the package as a Debian user installs it.
+$(DEBIAN_VENV)/.installed: $(PACKAGE_SOURCES) $(wildcard orthanc_py/*.py orthanc/*)
+	[ -x $(DEBIAN_VENV)/bin/python ] || $(DEBIAN_PYTHON) -m venv $(DEBIAN_VENV)
+	$(DEBIAN_VENV)/bin/python -m pip install --quiet . pytest hypothesis pydicom
+	touch $@
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis docs/_build
+	rm -rf $(VENV) $(DEBIAN_VENV) build dist .pytest_cache .hypothesis docs/_build
