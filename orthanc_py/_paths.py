@@ -1,11 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Where the installed loader (the Orthanc plugin file) is, and which other plugins embed Python."""
+"""Where the installed loader (the Orthanc plugin file) is, how to install it again, and which other
+plugins embed Python."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.resources
+import json
 import os
+import shlex
+import sys
 import sysconfig
+import urllib.parse
+import urllib.request
 
 LOADER_NAME = "libOrthancPy.so"
 
@@ -30,7 +37,7 @@ def plugin_path() -> str:
             return os.path.abspath(candidate)
     raise FileNotFoundError(
         f"the orthanc_py loader ({LOADER_NAME}) is not installed next to the package; "
-        "reinstall with `pip install orthanc-py` (or `pip install -e .` in a checkout)"
+        f"reinstall orthanc-py: {reinstall_command()}"
     )
 
 
@@ -64,3 +71,31 @@ def other_python_plugins(entries: object, loader: str) -> list[str]:
             if b"Py_InitializeEx" in content or b"Py_InitializeFromConfig" in content:
                 found.append(path)
     return found
+
+
+def install_source() -> tuple[str, bool]:
+    """What pip installed orthanc-py from, and whether it was an editable install.
+
+    pip records a checkout folder or an archive it installed from in the
+    package's ``direct_url.json``; without it (an install from a package
+    index), the source is the name ``orthanc-py``.
+    """
+    try:
+        text = importlib.metadata.distribution("orthanc-py").read_text("direct_url.json")
+        record = json.loads(text) if text else {}
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        record = {}
+    url = urllib.parse.urlsplit(record.get("url", ""))
+    if url.scheme != "file":
+        return "orthanc-py", False
+    editable = bool(record.get("dir_info", {}).get("editable"))
+    return urllib.request.url2pathname(url.path), editable
+
+
+def reinstall_command(python: str = "") -> str:
+    """The pip command that installs this orthanc-py again, from where it came from."""
+    source, editable = install_source()
+    pip = f"{shlex.quote(python or sys.executable)} -m pip install"
+    if editable:
+        return f"{pip} -e {shlex.quote(source)}"
+    return f"{pip} --force-reinstall {shlex.quote(source)}"

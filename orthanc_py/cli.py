@@ -7,12 +7,13 @@ import argparse
 import ctypes
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import _paths, server
-from ._paths import plugin_path
+from ._paths import install_source, plugin_path, reinstall_command
 from ._version import __version__
 from .devserver import DevServer
 
@@ -236,7 +237,8 @@ def doctor(configuration: Optional[str] = None) -> int:
     report(
         in_venv,
         f"Python {sys.version.split()[0]} at {sys.executable}" + (f", venv {sys.prefix}" if in_venv else ", no venv"),
-        "install orthanc-py into a virtual environment: python3 -m venv ENV && ENV/bin/pip install orthanc-py",
+        "install orthanc-py into a virtual environment: python3 -m venv ENV && "
+        f"ENV/bin/pip install {shlex.quote(install_source()[0])}",
     )
 
     minimum = None
@@ -248,7 +250,7 @@ def doctor(configuration: Optional[str] = None) -> int:
         try:
             library = ctypes.CDLL(loader)
         except OSError as error:
-            report(False, f"loader {loader} cannot be loaded: {error}", "reinstall orthanc-py: pip install --force-reinstall orthanc-py")
+            report(False, f"loader {loader} cannot be loaded: {error}", f"reinstall orthanc-py: {reinstall_command()}")
         else:
             built_for = _loader_string(library, "orthanc_py_loader_python")
             minimum = _loader_string(library, "orthanc_py_loader_min_orthanc")
@@ -259,13 +261,12 @@ def doctor(configuration: Optional[str] = None) -> int:
                 built_for == python,
                 f"loader {loader} (built for Python {built_for})",
                 f"the loader was built for Python {built_for} but this venv runs {python}: "
-                "pip install --force-reinstall orthanc-py",
+                f"reinstall orthanc-py: {reinstall_command()}",
             )
             report(
                 loader_version == __version__,
                 f"loader version {loader_version}, package version {__version__}",
-                "the loader comes from another installation of orthanc-py: reinstall it in this venv "
-                "(pip install --force-reinstall, from the same archive or checkout)",
+                f"the loader comes from another installation of orthanc-py: {reinstall_command()}",
             )
 
     try:

@@ -13,6 +13,7 @@ doctor`` runs, and a real Orthanc loads its loader and answers a route.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
@@ -80,10 +81,10 @@ def test_the_sdist_installs_in_a_fresh_venv_without_the_sdk_headers_and_serves_a
     )
     assert shutil.which("unshare"), "unshare (Debian: util-linux) is needed to hide the SDK headers"
     venv = tmp_path / "fresh venv"  # a space in the path, as users have
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)  # pip from ensurepip
     install = subprocess.run(
         ["unshare", "--map-root-user", "--mount", "sh", "-c", HIDE_SDK_HEADERS, "sh",
-         sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-index",
+         str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index",
          "--find-links", str(WHEELHOUSE), str(dist / f"orthanc_py-{VERSION}.tar.gz")],
         capture_output=True, text=True, timeout=600,
     )
@@ -105,3 +106,17 @@ def test_the_sdist_installs_in_a_fresh_venv_without_the_sdk_headers_and_serves_a
     assert server.get("/from-the-sdist").text == "installed from the sdist"
     assert f"orthanc_py {VERSION} on Python" in server.log
     assert f"({venv})" in server.log
+    server.stop()
+
+    # A broken installation: doctor's fix is a command that works as printed
+    # (pip told to read the wheelhouse, as it would read the package index).
+    Path(loader).unlink()
+    broken = subprocess.run([cli, "doctor"], capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1
+    assert "PROBLEM loader not found" in broken.stdout
+    fix = next(line for line in broken.stdout.splitlines() if line.strip().startswith("fix: the orthanc_py loader"))
+    command = fix.split("reinstall orthanc-py: ", 1)[1]
+    assert command == f"'{venv}/bin/python' -m pip install --force-reinstall {dist / f'orthanc_py-{VERSION}.tar.gz'}"
+    subprocess.run(command, shell=True, check=True, capture_output=True, timeout=600,
+                   env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELHOUSE)})
+    assert "all good" in subprocess.run([cli, "doctor"], capture_output=True, text=True, timeout=120).stdout
