@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,14 @@ def test_dist_builds_an_sdist_and_a_wheel_that_twine_accepts(dist: Path) -> None
         names = set(archive.namelist())
     assert {"orthanc_py/libOrthancPy.so", "orthanc_py/py.typed", "orthanc/__init__.py", "orthanc/__init__.pyi",
             f"orthanc_py-{VERSION}.dist-info/licenses/LICENSE"} <= names
+
+
+def test_the_pages_name_the_archive_of_this_version() -> None:
+    # The install commands name the release archive: they must name this one.
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
+    named = {(page.name, name) for page in pages for name in re.findall(r"orthanc_py-[\w.]+?\.tar\.gz", page.read_text())}
+    assert {page for page, _ in named} >= {"README.md", "quickstart.rst", "deployment.rst", "migration.rst"}
+    assert {name for _, name in named} == {f"orthanc_py-{VERSION}.tar.gz"}, named
 
 
 HIDE_SDK_HEADERS = f"""
