@@ -119,6 +119,26 @@ def test_orthanc_is_found_on_path_then_where_debian_puts_it_and_orthanc_binary_w
     assert "Orthanc 1.10.1 at /usr/sbin/Orthanc" in found(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
 
 
+# Hides Orthanc where Debian and a build from source put it, for one command.
+HIDE_ORTHANC = """
+for binary in /usr/sbin/Orthanc /usr/local/sbin/Orthanc; do
+  if [ -e "$binary" ]; then mount --bind /dev/null "$binary" || exit 97; fi
+done
+exec "$@"
+"""
+
+
+def test_without_orthanc_anywhere_doctor_says_where_it_looked_and_how_to_install(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ORTHANC_BINARY"}
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", HIDE_ORTHANC, "sh", CLI, "doctor"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PROBLEM Orthanc not found\n" in result.stdout
+    assert ("fix: Orthanc not found (looked on PATH, in /usr/sbin and /usr/local/sbin); install it "
+            "(Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path") in result.stdout
+
+
 def test_no_command_prints_usage():
     result = cli()
     assert result.returncode == 2
