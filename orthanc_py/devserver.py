@@ -98,14 +98,21 @@ class LogWatcher:
 
 
 def describe_load_failure(script: Path, traceback: list[str]) -> str:
-    """``NameError: ... (app.py, line 3)``: the error and the deepest frame in the script's folder."""
+    """``NameError: ... (app.py, line 3)``: the error and the deepest frame of the user's own code.
+
+    The user's code is the script's folder and below, except installed
+    packages (a venv kept beside the script).
+    """
     lines = [line for line in traceback if line.strip()]
     error = lines[-1].strip() if lines else "see the traceback above"
     where = ""
     for line in traceback:
         frame = TRACEBACK_FRAME.match(line)
-        if frame and Path(frame.group("file")).resolve().is_relative_to(script.parent):
-            where = f" ({_shown(Path(frame.group('file')))}, line {frame.group('line')})"
+        if frame is None:
+            continue
+        path = Path(frame.group("file")).resolve()
+        if path.is_relative_to(script.parent) and not {"site-packages", "dist-packages"} & set(path.parts):
+            where = f" ({_shown(path)}, line {frame.group('line')})"
     return f"{error}{where}"
 
 
