@@ -268,6 +268,13 @@ def test_run_names_the_flag_when_a_port_is_in_use(tmp_path, make_orthanc):
                               "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n")
     assert on_dicom.returncode == 3
     assert on_dicom.stderr == f"orthanc-py: error: the DICOM port {busy_dicom} is already in use; choose another with --dicom-port N\n"
+    # An Orthanc that asks for a password (as a configured service may) is still recognised.
+    guarded = make_orthanc(script=None, config={"AuthenticationEnabled": True, "RegisteredUsers": {"alice": "secret"}})
+    on_guarded = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(guarded.http_port),
+                     "--dicom-port", str(free_port()), "--storage", str(tmp_path / "s"))
+    assert on_guarded.returncode == 3
+    assert on_guarded.stderr == (f"orthanc-py: error: the HTTP port {guarded.http_port} is already in use by an Orthanc "
+                                 "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n")
 
 
 def test_run_ends_a_failed_load_with_one_line_naming_the_error_and_the_users_line(tmp_path):
