@@ -24,12 +24,13 @@ copyright = "orthanc_py developers; GPL-3.0-or-later"
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    # pyproject.toml holds the one version: read there, installed or not.
+    import re
 
-    try:
-        return version("orthanc-py")
-    except PackageNotFoundError:
-        return "0.1.0"
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as source:
+        match = re.search(r'^version = "([^"]+)"', source.read(), re.MULTILINE)
+    assert match, "pyproject.toml names no version"
+    return match.group(1)
 
 
 release = version = _version()
