@@ -76,20 +76,24 @@ def other_python_plugins(entries: object, loader: str) -> list[str]:
 def install_source() -> tuple[str, bool]:
     """What pip installed orthanc-py from, and whether it was an editable install.
 
-    pip records a checkout folder or an archive it installed from in the
-    package's ``direct_url.json``; without it (an install from a package
-    index), the source is the name ``orthanc-py``.
+    pip records the checkout folder, archive or repository URL it installed
+    from in the package's ``direct_url.json``; without it (an install from a
+    package index), the source is the name ``orthanc-py``.
     """
     try:
         text = importlib.metadata.distribution("orthanc-py").read_text("direct_url.json")
         record = json.loads(text) if text else {}
     except (importlib.metadata.PackageNotFoundError, ValueError):
         record = {}
-    url = urllib.parse.urlsplit(record.get("url", ""))
-    if url.scheme != "file":
+    url = record.get("url", "")
+    if not url:
         return "orthanc-py", False
     editable = bool(record.get("dir_info", {}).get("editable"))
-    return urllib.request.url2pathname(url.path), editable
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        return urllib.request.url2pathname(parts.path), editable
+    vcs = record.get("vcs_info", {}).get("vcs")  # pip install git+https://...
+    return (f"{vcs}+{url}" if vcs else url), editable
 
 
 def reinstall_command(python: str = "") -> str:
