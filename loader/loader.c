@@ -341,7 +341,7 @@ ORTHANC_PLUGINS_API int32_t OrthancPluginInitialize(OrthancPluginContext *c)
   if (strcmp(version, orthanc_py_loader_python) != 0)
   {
     log_error("orthanc_py: the loader %s was built for Python %s but its venv %s is Python %s; "
-              "reinstall orthanc-py in that venv (pip install --force-reinstall orthanc-py)",
+              "reinstall orthanc-py in that venv (`orthanc-py doctor` run from it prints the command)",
               loader, orthanc_py_loader_python, venv, version);
     return -1;
   }

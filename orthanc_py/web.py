@@ -558,7 +558,7 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
     at load time.
 
     :param offload: ``True`` runs the handler in orthanc_py's pool of worker
-        processes, past the GIL; an :class:`concurrent.futures.Executor` runs it there.
+        processes, past the GIL; a :class:`concurrent.futures.Executor` runs it there.
         A worker process has no access to Orthanc (:mod:`orthanc_py.rest`
         raises there): to combine both, use :func:`run_in_worker` inside an
         ordinary route.
