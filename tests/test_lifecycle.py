@@ -495,7 +495,10 @@ def test_short_lived_orthanc_threads_leave_no_thread_state_behind(make_orthanc):
     assert states_after <= states_before + 2, (states_before, states_after)
     assert active_after <= active_before + 2, (active_before, active_after)
     assert (rss_after - rss_before) / 1024 < 8, f"RSS grew by {(rss_after - rss_before) / 1024:.1f} MiB"
-    assert server.stop() == 0
+    if hangs:  # the request Orthanc left unanswered also keeps its HTTP server from stopping
+        server.process.kill()
+    else:
+        assert server.stop() == 0
 
 
 def test_the_process_locale_stays_orthancs(make_orthanc):
