@@ -109,8 +109,8 @@ def _claim(function: str, what: str) -> bool:
 def _lend(c_type_name: str, pointer: Any) -> Handle:
     """Wraps an object that Orthanc lends for one call: never freed by Python.
 
-    The caller sets ``_address = 0`` after the call, so that a handle the
-    script kept fails cleanly instead of touching freed memory.
+    The caller expires it (:func:`_capi.expire`) after the call, so that a
+    handle the script kept fails cleanly instead of touching freed memory.
     """
     address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
     return _calls.handle_class(c_type_name)(address, owned=False)
@@ -304,7 +304,7 @@ def RegisterIncomingCStoreInstanceFilter(callback: CStoreInstanceFilter) -> None
         try:
             status = callback(instance)
         finally:
-            instance._address = 0
+            _capi.expire(instance)
         # bool is an int here, as in the official plugin: True refuses with status 1.
         if not isinstance(status, int) or not 0 <= status <= 0xFFFF:
             _capi.log_error(
@@ -335,7 +335,7 @@ def _find_trampoline(c_type: Any, callback: FindCallback, where: str, answers_ty
         try:
             callback(answers, query, _decode(issuer_aet), _decode(called_aet))
         finally:
-            answers._address = query._address = 0
+            _capi.expire(answers, query)
         return SUCCESS
 
     # An error code makes the C-FIND fail ("unable to process"): no partial answer looks complete.
@@ -576,14 +576,30 @@ def _hand_over(value: Any, c_type_name: str, where: str) -> int | None:
             "only lent to the script; return one the script created"
         )
         return None
-    address = value._address
+    if getattr(value, "_pixels", None) is not None:
+        # An accessor image points at memory this Python object owns, which
+        # Orthanc would keep reading after the object is gone: hand over a
+        # copy with pixels of Orthanc's own.
+        from . import _compat
+
+        copy = _compat._image_copy(value)  # type: ignore[arg-type]
+        value.close()
+        value = copy
+    address: int = value._address
     value._owned = False
     value._address = 0
     return address
 
 
 def _fill_buffer32(target: Any, data: bytes) -> None:
-    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in."""
+    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in.
+
+    :raises ValueError: when ``data`` does not fit a 32-bit size: the buffer
+        would be allocated short and the copy would run past its end.
+    """
+    if len(data) > 0xFFFFFFFF:
+        raise ValueError(f"{len(data)} bytes do not fit an Orthanc memory buffer of 32-bit size "
+                         f"(at most {0xFFFFFFFF} bytes)")
     params = _sdk._OrthancPluginCreateMemoryBuffer()
     params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer))
     params.size = len(data)
@@ -684,7 +700,7 @@ def RegisterIncomingDicomInstanceFilter(callback: DicomInstanceFilter) -> None:
         try:
             accepted = callback(instance)
         finally:
-            instance._address = 0
+            _capi.expire(instance)
         if accepted is True or accepted is False or (_is_int(accepted) and accepted in (0, 1)):
             return int(accepted)  # Orthanc: 1 stores, 0 discards
         _capi.log_error(
@@ -1057,6 +1073,11 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
         if not isinstance(result, (bytes, bytearray, memoryview)):
             _capi.log_error(f"orthanc_py: {where} returned {type(result).__name__}, not bytes or None")
             return PLUGIN_ERROR
+        size = memoryview(result).nbytes  # checked before a copy is made
+        if size > 0xFFFFFFFF:
+            _capi.log_error(f"orthanc_py: {where} returned {size} bytes; Orthanc takes at most {0xFFFFFFFF} "
+                            "(a 32-bit size) from a transcoder")
+            return PLUGIN_ERROR
         _fill_buffer32(transcoded, bytes(result))
         return SUCCESS
 
@@ -1342,7 +1363,8 @@ class _ChunkedTransfer:
         try:
             chunk = next(self.chunks, self._DONE)
             if chunk is not self._DONE:
-                data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body")
+                # Orthanc takes each chunk's size as 32 bits.
+                data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body", 0xFFFFFFFF)
                 chunk = (ctypes.create_string_buffer(data, len(data)), len(data))
         except BaseException as error:  # noqa: BLE001 - raised again to the caller
             self.error = error
@@ -1397,7 +1419,10 @@ def _guard(function: Callable[..., Any], where: str, on_error: Any) -> Callable[
         try:
             return function(*args)
         except BaseException:  # noqa: BLE001 - logged; never reaches C
-            _capi.report_exception(where)
+            try:
+                _capi.report_exception(where)
+            except BaseException:  # noqa: BLE001 - the error code must reach Orthanc regardless
+                pass
             return on_error
 
     return guarded
@@ -1448,7 +1473,7 @@ def ChunkedHttpClient(method: int, url: str, headers: Any = None, body: Any = No
     params.answer = params.request = None
     params.httpStatus = ctypes.pointer(status)
     params.method = _calls._to_int(method, f"{function}() argument 'method'")
-    params.url = _calls._to_c_string(url, f"{function}() argument 'url'")
+    params.url = _calls._to_required_c_string(url, f"{function}() argument 'url'")
     params.headersCount = len(pairs)
     params.headersKeys = (ctypes.c_char_p * len(pairs))(*(k for k, _ in pairs))
     params.headersValues = (ctypes.c_char_p * len(pairs))(*(v for _, v in pairs))
@@ -1554,7 +1579,7 @@ def _nested(where: str, uri: str, call: Callable[[], int]) -> int:
 
 
 def _answered(output: Any, where: str, method: str, uri: str) -> int:
-    output._address = 0  # lent by Orthanc for the call only
+    _capi.expire(output)  # lent by Orthanc for the call only
     if output.answered:
         return SUCCESS
     _capi.log_error(
@@ -1642,12 +1667,15 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
                 try:
                     handler(output, uri, **kwargs)
                 except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
-                    output._address = 0
+                    _capi.expire(output)
                     _capi.report_exception(where)
                     return PLUGIN_ERROR
                 return _answered(output, where, kwargs["method"], uri)
 
-            return _nested(where, uri, call)
+            try:
+                return _nested(where, uri, call)
+            finally:
+                _capi.expire(request)
 
         thunk = _capi.trampoline(_RawChunkedFactory, where)(c_handler)
         return ctypes.cast(thunk, _sdk.OrthancPluginRestCallback)
@@ -1659,7 +1687,11 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_factory(target: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            request = _rest_request(_capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0)))
+            view = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
+            try:
+                request = _rest_request(view)
+            finally:
+                _capi.expire(view)
             reader = factory(uri, **request)
             for method in ("AddChunk", "Execute"):
                 if not callable(getattr(reader, method, None)):
@@ -1714,7 +1746,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             try:
                 upload.reader.Execute(output)
             except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
-                output._address = 0
+                _capi.expire(output)
                 _capi.report_exception(upload.where)
                 return PLUGIN_ERROR
             return _answered(output, upload.where, upload.method, upload.uri)

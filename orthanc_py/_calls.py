@@ -69,16 +69,22 @@ def _base_type(c_type: str) -> tuple[str, int, bool]:
     return stripped.replace("*", "").replace("const", "").strip(), stars, const
 
 
-class Handle:
+class Handle(_capi.Borrowed):
     """An object of Orthanc's (an image, a DICOM instance...) held through a C pointer.
 
     Objects that Orthanc created for the script (``owned``) are freed with the
     matching ``OrthancPluginFree...`` when closed, collected, or at the end of
-    a ``with`` block; objects Orthanc lends to a callback are not.
+    a ``with`` block; objects Orthanc lends to a callback are not, and are
+    expired when the callback returns (:func:`orthanc_py._capi.expire`).
     """
 
     c_type_name: ClassVar[str] = ""
     """The opaque C type, e.g. ``"OrthancPluginImage"``; set by subclasses."""
+
+    after_callback: ClassVar[str] = "copy what you need from it while the callback runs"
+    """What to do instead of keeping a lent object past its callback (said in the error)."""
+
+    _expired: Optional[str] = None  # the error message, once Orthanc has taken the object back
 
     def __init__(self, address: int, owned: bool = False) -> None:
         self._address = address
@@ -86,10 +92,24 @@ class Handle:
 
     @property
     def address(self) -> int:
-        """The C pointer, as an integer (0 once closed)."""
+        """The C pointer, as an integer.
+
+        :raises ExpiredError: when Orthanc lent the object to a callback that has returned.
+        :raises ValueError: when the object was closed.
+        """
         if not self._address:
+            if self._expired is not None:
+                raise _capi.ExpiredError(self._expired)
             raise ValueError(f"this {type(self).__name__} was closed")
         return self._address
+
+    def _expire(self, message: Optional[str] = None) -> None:
+        name = f"{type(self).__module__}.{type(self).__name__}".replace("orthanc_py._calls.", "")
+        self._expired = message or (
+            f"this {name} was lent by Orthanc to a callback that has returned, and Orthanc has freed it: "
+            f"{self.after_callback}"
+        )
+        self._address = 0
 
     def close(self) -> None:
         """Frees the Orthanc object now, if the script owns it."""
@@ -125,34 +145,87 @@ def handle_class(c_type_name: str) -> type[Handle]:
     return cls
 
 
-def _to_bytes(value: Any, what: str) -> bytes:
+def _to_bytes(value: Any, what: str, limit: Optional[int] = None) -> bytes:
+    """``bytes``, ``str`` (sent as UTF-8) or any buffer (``bytearray``, ``memoryview``, ``mmap``...) as bytes.
+
+    :param limit: the largest size the C side can be told (its size field's
+        range); checked before anything is copied.
+    """
     if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+        data = value
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+    else:
+        try:
+            view = memoryview(value)
+        except TypeError:
+            raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}") from None
+        if limit is not None and view.nbytes > limit:
+            raise _too_large(what, view.nbytes, limit)
+        return view.tobytes()
+    if limit is not None and len(data) > limit:
+        raise _too_large(what, len(data), limit)
+    return data
+
+
+def _too_large(what: str, size: int, limit: int) -> ValueError:
+    return ValueError(f"{what} holds {size} bytes, more than Orthanc can take here ({limit} bytes: "
+                      f"its size is a {limit.bit_length()}-bit field); send it in pieces")
 
 
 def _to_c_string(value: Any, what: str) -> Optional[bytes]:
+    """A ``str`` (or ``bytes``) for a ``const char*``; ``None`` is NULL.
+
+    :raises ValueError: when it holds a NUL character, which would cut it short in C.
+    """
     if value is None:
         return None
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"{what} must be str, not {type(value).__name__}")
+        data = value.encode("utf-8")
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise TypeError(f"{what} must be str, not {type(value).__name__}")
+    if b"\0" in data:
+        # C would read up to the NUL: "/studies/ID\0x" would act on "/studies/ID".
+        raise ValueError(f"{what} holds a NUL character (\\0), which C strings cannot hold: {value!r}")
+    return data
 
 
-def _to_string_pairs(value: Any, what: str) -> list[tuple[bytes, bytes]]:
+def _to_required_c_string(value: Any, what: str) -> bytes:
+    """Like :func:`_to_c_string`, where Orthanc does not accept NULL."""
+    if value is None:
+        raise TypeError(f"{what} must be str, not None")
+    return _to_c_string(value, what)  # type: ignore[return-value]
+
+
+def _to_header_text(value: Any, what: str) -> Optional[bytes]:
+    """A C string that becomes part of an HTTP header: no CR or LF (header injection)."""
+    data = _to_c_string(value, what)
+    if data is not None and (b"\r" in data or b"\n" in data):
+        raise ValueError(f"{what} holds a line break (CR or LF), which would end the HTTP header "
+                         f"and start another: {value!r}")
+    return data
+
+
+def _to_string_pairs(value: Any, what: str, header: bool = True) -> list[tuple[bytes, bytes]]:
+    """A ``dict`` (or pairs) of ``str`` for C arrays of keys and values: HTTP headers, so no CR or LF."""
     if value is None:
         return []
-    items = value.items() if hasattr(value, "items") else value
     try:
-        return [(_to_c_string(k, what) or b"", _to_c_string(v, what) or b"") for k, v in items]
-    except (TypeError, ValueError):
+        items = list(value.items() if hasattr(value, "items") else value)
+    except TypeError:
         raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}") from None
+    convert = _to_header_text if header else _to_c_string
+    pairs = []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+        key, text = item
+        if not isinstance(key, (str, bytes)) or not isinstance(text, (str, bytes)):
+            raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+        pairs.append((convert(key, what) or b"", convert(text, what) or b""))
+    return pairs
 
 
 def _to_int(value: Any, what: str) -> int:
@@ -162,6 +235,90 @@ def _to_int(value: Any, what: str) -> int:
         except AttributeError:
             raise TypeError(f"{what} must be int, not {type(value).__name__}") from None
     return int(value)
+
+
+def _int_range(c_type: Any) -> tuple[int, int]:
+    """The values a ctypes integer type holds: ``c_uint32`` -> ``(0, 2**32 - 1)``."""
+    bits = ctypes.sizeof(c_type) * 8
+    if c_type(-1).value == -1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _int_converter(base: str) -> Callable[[Any, str], int]:
+    """Converts to ``int`` and checks the C type's range: ctypes would silently wrap ``-1`` to ``2**32 - 1``."""
+    # C enums are ints; some are bit flags (DicomToJsonFlags), so any int32 may be meant.
+    low, high = _int_range(INTEGER_TYPES.get(base, ctypes.c_int32))
+    c_name = base if base in INTEGER_TYPES else f"{base} (a 32-bit C enum)"
+
+    def convert(value: Any, what: str) -> int:
+        number = _to_int(value, what)
+        if not low <= number <= high:
+            raise ValueError(f"{what} is {number}, out of the range of its C type {c_name}: {low} to {high}")
+        return number
+
+    return convert
+
+
+def _bytes_per_pixel() -> dict[int, int]:
+    """Bytes per pixel of each pixel format, from the bits in its name (``RGB24`` -> 3); not ``Unknown``."""
+    sizes = {}
+    for member in _sdk.OrthancPluginPixelFormat:
+        digits = "".join(c for c in member.name if c.isdigit())
+        if digits:
+            sizes[int(member)] = int(digits) // 8
+    return sizes
+
+
+BYTES_PER_PIXEL = _bytes_per_pixel()
+
+# The image services that read (or, for an accessor, keep) ``pitch * height``
+# bytes from a caller's buffer, whatever its length.
+_IMAGE_ARGUMENTS = ("format", "width", "height", "pitch", "buffer")
+
+
+def check_image_buffer(what: str, format: int, width: int, height: int, pitch: int, size: int) -> None:
+    """Checks that a buffer of ``size`` bytes holds the image Orthanc will read from it.
+
+    Orthanc reads ``width * bytesPerPixel`` bytes from each of ``height``
+    rows, ``pitch`` bytes apart, and trusts the caller: a short buffer is a
+    read past its end.
+
+    :raises ValueError: naming the argument at fault and the size needed.
+    """
+    per_pixel = BYTES_PER_PIXEL.get(format)
+    if per_pixel is None:
+        known = ", ".join(f"{m.name}={int(m)}" for m in _sdk.OrthancPluginPixelFormat if int(m) in BYTES_PER_PIXEL)
+        raise ValueError(f"{what}: format {format} is not a pixel format whose size is known ({known})")
+    for name, value in (("width", width), ("height", height), ("pitch", pitch)):
+        if value < 0:
+            raise ValueError(f"{what}: {name} is {value}; it cannot be negative")
+    row = width * per_pixel
+    if pitch < row:
+        raise ValueError(f"{what}: pitch is {pitch} bytes, less than a row of {width} pixels of "
+                         f"{per_pixel} byte(s) ({row} bytes)")
+    needed = pitch * (height - 1) + row if height else 0
+    if size < needed:
+        raise ValueError(f"{what}: buffer holds {size} bytes, but {height} rows of pitch {pitch} need "
+                         f"{needed} bytes (pitch * (height - 1) + width * {per_pixel})")
+
+
+# Pointer arguments where the header documents NULL as meaningful (its @param
+# says "can be NULL"); anywhere else Orthanc would dereference NULL.
+NULLABLE = {
+    ("OrthancPluginHttpGet", "username"), ("OrthancPluginHttpGet", "password"),
+    ("OrthancPluginHttpPost", "username"), ("OrthancPluginHttpPost", "password"),
+    ("OrthancPluginHttpPut", "username"), ("OrthancPluginHttpPut", "password"),
+    ("OrthancPluginHttpDelete", "username"), ("OrthancPluginHttpDelete", "password"),
+    ("OrthancPluginHttpClient", "username"), ("OrthancPluginHttpClient", "password"),
+    ("OrthancPluginHttpClient", "certificateFile"), ("OrthancPluginHttpClient", "certificateKeyFile"),
+    ("OrthancPluginHttpClient", "certificateKeyPassword"),
+    ("OrthancPluginGetTagName", "privateCreator"),
+    ("OrthancPluginCreateDicom", "pixelData"), ("OrthancPluginCreateDicom2", "pixelData"),
+}
+
+# Text arguments of the RestOutput functions that do not go into an HTTP header.
+_NOT_HEADER_TEXT = {("OrthancPluginSetHttpErrorDetails", "details")}
 
 
 class _Compiled:
@@ -180,6 +337,9 @@ class _Compiled:
         # name of a dict input -> (count argument, keys argument, values argument)
         self.string_maps: dict[str, tuple[str, str, str]] = {}
         self._classify_arguments()
+        # Image services: Orthanc reads pitch * height bytes of the buffer.
+        names = [name for name, _ in self.inputs]
+        self.image_check = all(name in names for name in _IMAGE_ARGUMENTS)
         self.locals = {name: c_type for name, c_type in fn.locals}
         self._check_shape()
 
@@ -191,6 +351,11 @@ class _Compiled:
     def _classify_arguments(self) -> None:
         arguments = self.fn.arguments
         skip: set[str] = set()
+        # The text arguments of functions that answer an HTTP request end up in its headers.
+        answers_http = bool(arguments) and _base_type(arguments[0][1])[0] == "OrthancPluginRestOutput"
+
+        def nullable(name: str) -> bool:
+            return (self.fn.name, name) in NULLABLE
         for index, (name, c_type) in enumerate(arguments):
             base, stars, const = _base_type(c_type)
             following = arguments[index + 1] if index + 1 < len(arguments) else None
@@ -207,13 +372,19 @@ class _Compiled:
             elif base == "void" and stars == 1:
                 if following and following[1] in INTEGER_TYPES and following[0].lower().endswith("size"):
                     self.size_of[following[0]] = name
-                self._add_input(name, _to_bytes, base)
+                    self._add_input(name, _sized_bytes(following[1]), base)
+                else:
+                    self._add_input(name, _to_bytes, base)
             elif base == "char" and stars == 1 and following and following[0] == name + "Size":
                 # A text that may hold anything, NULs included: its size is given.
                 self.size_of[following[0]] = name
-                self._add_input(name, _to_bytes, base)
+                self._add_input(name, _sized_bytes(following[1]), base)
             elif base == "char" and stars == 1:
-                self._add_input(name, _to_c_string, base)
+                if answers_http and (self.fn.name, name) not in _NOT_HEADER_TEXT:
+                    convert = _to_header_text if nullable(name) else _required(_to_header_text)
+                else:
+                    convert = _to_c_string if nullable(name) else _to_required_c_string
+                self._add_input(name, convert, base)
             elif base in BUFFER_TYPES and stars == 1 and not const:
                 self.out_buffers.append((name, BUFFER_TYPES[base]))
             elif base in INTEGER_TYPES and stars == 1 and not const:
@@ -221,9 +392,9 @@ class _Compiled:
             elif base in STRUCT_TYPES and stars == 1 and not const:
                 self.out_structs.append((name, STRUCT_TYPES[base]))
             elif base in OPAQUE_NAMES and stars == 1:
-                self._add_input(name, _handle_converter(base), base)
+                self._add_input(name, _handle_converter(base, nullable(name)), base)
             elif stars == 0 and (base in INTEGER_TYPES or base in ENUM_NAMES):
-                self._add_input(name, _to_int, base)
+                self._add_input(name, _int_converter(base), base)
             elif stars == 0 and base == "float":
                 self._add_input(name, lambda v, w: float(v), base)
             elif base in _sdk.CALLBACKS:
@@ -263,6 +434,9 @@ class _Compiled:
             values[name] = convert(value, f"{self.python_name}() argument '{name}'")
         for size_name, buffer_name in self.size_of.items():
             values[size_name] = len(values[buffer_name])
+        if self.image_check:
+            check_image_buffer(f"{self.python_name}()", values["format"], values["width"], values["height"],
+                               values["pitch"], len(values["buffer"]))
         for group, (count_name, keys_name, values_name) in self.string_maps.items():
             pairs = values.pop(group)
             values[count_name] = len(pairs)
@@ -329,16 +503,36 @@ class _Compiled:
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def _handle_converter(c_type_name: str) -> Callable[[Any, str], int]:
+def _handle_converter(c_type_name: str, nullable: bool = False) -> Callable[[Any, str], int]:
     def convert(value: Any, what: str) -> int:
         if isinstance(value, Handle) and value.c_type_name == c_type_name:
             return value.address
-        if value is None:
+        if value is None and nullable:
             return 0  # NULL: the SDK takes it where the object is optional (CreateDicom's pixelData)
         expected = handle_class(c_type_name).__name__
         raise TypeError(f"{what} must be {expected}, not {type(value).__name__}")
 
     return convert
+
+
+def _sized_bytes(size_type: str) -> Callable[[Any, str], bytes]:
+    """The converter of a buffer whose size goes into a field of C type ``size_type``."""
+    limit = _int_range(INTEGER_TYPES[size_type])[1]
+
+    def convert(value: Any, what: str) -> bytes:
+        return _to_bytes(value, what, limit)
+
+    return convert
+
+
+def _required(convert: Callable[[Any, str], Optional[bytes]]) -> Callable[[Any, str], bytes]:
+    """``convert``, refusing ``None`` (NULL) where Orthanc needs a text."""
+    def required(value: Any, what: str) -> bytes:
+        if value is None:
+            raise TypeError(f"{what} must be str, not None")
+        return convert(value, what)  # type: ignore[return-value]
+
+    return required
 
 
 def _field_types(params: type[ctypes.Structure]) -> dict[str, Any]:
