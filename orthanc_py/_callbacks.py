@@ -224,7 +224,7 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
         return int(Action.KeepAsIs)
 
     def c_received(modified: Any, data: Any, size: int, origin: int) -> int:
-        received = ctypes.string_at(data, size) if data and size else b""
+        received = _capi.copy_memory(data, size)
         try:
             result = callback(received, origin)
         except BaseException:  # noqa: BLE001 - logged; the instance is kept (see below)
@@ -525,7 +525,7 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
         return
 
     def c_create(uuid: bytes | None, content: int | None, size: int, content_type: int) -> int:
-        create(_decode(uuid), content_type, ctypes.string_at(content, size) if content and size > 0 else b"")
+        create(_decode(uuid), content_type, _capi.copy_memory(content, size))
         return SUCCESS
 
     read_where = f"the storage area's read callback {_name(read)}"
@@ -1019,7 +1019,7 @@ def RegisterDecodeImageCallback(callback: DecodeImageCallback) -> None:
     image_pointer = ctypes.POINTER(_sdk.OrthancPluginImage)
 
     def c_decode(target: Any, dicom: int | None, size: int, frame_index: int) -> int:
-        image = callback(ctypes.string_at(dicom, size) if dicom and size else b"", frame_index)
+        image = callback(_capi.copy_memory(dicom, size), frame_index)
         if image is None:
             return _DECLINED
         address = _hand_over(image, "OrthancPluginImage", where)
@@ -1066,7 +1066,7 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
 
     def c_transcode(transcoded: Any, dicom: int | None, size: int, syntaxes: Any, count: int,
                     allow_new_sop_instance_uid: int) -> int:
-        result = callback(ctypes.string_at(dicom, size) if dicom and size else b"", c_strings(syntaxes, count),
+        result = callback(_capi.copy_memory(dicom, size), c_strings(syntaxes, count),
                           bool(allow_new_sop_instance_uid))
         if result is None:
             return _DECLINED
@@ -1244,7 +1244,7 @@ class _DicomWebEncoding:
 
 def _encode_dicomweb(function: str, service: Service, version2: bool, dicom: Any,
                      callback: DicomWebBinaryCallback | None) -> str:
-    data = _calls._to_bytes(dicom, f"{function}() argument 'dicom'")
+    data = _calls._to_bytes(dicom, f"{function}() argument 'dicom'", 0xFFFFFFFF)  # dicomSize is 32-bit
     encoding = _DicomWebEncoding(function, callback)
     result = ctypes.c_void_p()
     if version2:
@@ -1379,7 +1379,7 @@ class _ChunkedTransfer:
             return SUCCESS
 
         def add_chunk(_answer: Any, data: int | None, size: int) -> int:
-            chunk = ctypes.string_at(data, size) if data and size else b""
+            chunk = _capi.copy_memory(data, size)
             if self.answer_chunk is None:
                 self.answer.append(chunk)
                 return SUCCESS
@@ -1723,7 +1723,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
         if upload is None or upload.failed:
             return PLUGIN_ERROR
         try:
-            upload.reader.AddChunk(ctypes.string_at(data, size) if data and size else b"")
+            upload.reader.AddChunk(_capi.copy_memory(data, size))
         except BaseException:  # noqa: BLE001 - logged; the upload fails (HTTP 500)
             # Orthanc 1.10.1 goes on to execute() whatever addChunk() returns:
             # remembered, so that Execute() never sees a partial body.
@@ -1974,7 +1974,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
             path = c_strings(items, size)
             if with_content:
                 data, data_size = rest[0], rest[1]
-                done = callback(path, ctypes.string_at(data, data_size) if data and data_size else b"")
+                done = callback(path, _capi.copy_memory(data, data_size))
             else:
                 done = callback(path)
             done_flag[0] = int(yes_or_no(done, what))

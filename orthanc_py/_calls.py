@@ -168,6 +168,18 @@ def _to_bytes(value: Any, what: str, limit: Optional[int] = None) -> bytes:
     return data
 
 
+def buffer_size(value: Any, what: str) -> int:
+    """How many bytes :func:`_to_bytes` would make of ``value``, without copying it."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    try:
+        return memoryview(value).nbytes
+    except TypeError:
+        raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}") from None
+
+
 def _too_large(what: str, size: int, limit: int) -> ValueError:
     return ValueError(f"{what} holds {size} bytes, more than Orthanc can take here ({limit} bytes: "
                       f"its size is a {limit.bit_length()}-bit field); send it in pieces")
@@ -212,10 +224,12 @@ def _to_string_pairs(value: Any, what: str, header: bool = True) -> list[tuple[b
     """A ``dict`` (or pairs) of ``str`` for C arrays of keys and values: HTTP headers, so no CR or LF."""
     if value is None:
         return []
-    try:
-        items = list(value.items() if hasattr(value, "items") else value)
-    except TypeError:
-        raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}") from None
+    if hasattr(value, "items"):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:  # any other iterable (a buffer of 4 GiB...) is no mapping: refused before it is walked
+        raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
     convert = _to_header_text if header else _to_c_string
     pairs = []
     for item in items:
@@ -340,6 +354,7 @@ class _Compiled:
         # Image services: Orthanc reads pitch * height bytes of the buffer.
         names = [name for name, _ in self.inputs]
         self.image_check = all(name in names for name in _IMAGE_ARGUMENTS)
+        self.precondition = _PRECONDITIONS.get(fn.name)
         self.locals = {name: c_type for name, c_type in fn.locals}
         self._check_shape()
 
@@ -420,6 +435,14 @@ class _Compiled:
         if fn.direct_params is not None and not fn.direct_params.startswith("arg:"):
             raise self._fail(f"it passes {fn.direct_params} to InvokeService")
 
+    def _check_image(self, args: tuple[Any, ...]) -> None:
+        """Checks the buffer of an image service against ``pitch * height``, before anything is copied."""
+        given = dict(zip((name for name, _ in self.inputs), args))
+        numbers = {name: convert(given[name], f"{self.python_name}() argument '{name}'")
+                   for name, convert in self.inputs if name in _IMAGE_ARGUMENTS[:4]}
+        check_image_buffer(f"{self.python_name}()", numbers["format"], numbers["width"], numbers["height"],
+                           numbers["pitch"], buffer_size(given["buffer"], f"{self.python_name}() argument 'buffer'"))
+
     # --- calls ---------------------------------------------------------------
 
     def __call__(self, *args: Any) -> Any:
@@ -429,14 +452,15 @@ class _Compiled:
             raise TypeError(f"{self.python_name}({names}) takes {len(self.inputs)} argument(s), got {len(args)}")
         if fn.since is not None:
             _check_version(fn)
+        if self.image_check:
+            self._check_image(args)
         values: dict[str, Any] = {}
         for (name, convert), value in zip(self.inputs, args):
             values[name] = convert(value, f"{self.python_name}() argument '{name}'")
         for size_name, buffer_name in self.size_of.items():
             values[size_name] = len(values[buffer_name])
-        if self.image_check:
-            check_image_buffer(f"{self.python_name}()", values["format"], values["width"], values["height"],
-                               values["pitch"], len(values["buffer"]))
+        if self.precondition is not None:
+            self.precondition(self.python_name, values)
         for group, (count_name, keys_name, values_name) in self.string_maps.items():
             pairs = values.pop(group)
             values[count_name] = len(pairs)
@@ -564,7 +588,7 @@ def _take_buffer(buffer: Any) -> bytes:
     if not buffer.data:
         return b""
     try:
-        return ctypes.string_at(buffer.data, buffer.size)
+        return _capi.copy_memory(buffer.data, buffer.size)
     finally:
         _capi.free(buffer.data)
 
@@ -600,6 +624,22 @@ def _check_version(fn: SdkFunction) -> None:
             f"{fn.name[len('OrthancPlugin'):]}() needs Orthanc {need} or newer; this Orthanc is {running}",
         )
 
+
+# Services whose failure in Orthanc 1.10 is not an Orthanc error but a C++
+# exception that Orthanc lets escape through the plugin, across ctypes and
+# Python's frames (undefined behaviour: a hang or a crash later). What they
+# would trip on is checked here instead.
+
+def _command_line_index(python_name: str, values: dict[str, Any]) -> None:
+    count = int(sdk_function("OrthancPluginGetCommandLineArgumentsCount")())
+    if values["argument"] >= count:
+        raise IndexError(f"{python_name}() argument 'argument' is {values['argument']}, but Orthanc has {count} "
+                         f"command-line argument(s): ask for 0 to {count - 1} (GetCommandLineArgumentsCount())")
+
+
+_PRECONDITIONS: dict[str, Callable[[str, dict[str, Any]], None]] = {
+    "OrthancPluginGetCommandLineArgument": _command_line_index,
+}
 
 _COMPILED: dict[tuple[str, bool], _Compiled] = {}
 

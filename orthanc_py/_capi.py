@@ -157,9 +157,17 @@ def free(address: int) -> None:
         context.free(address)
 
 
-def copy_memory(address: int, size: int) -> bytes:
-    """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``."""
-    return ctypes.string_at(address, size) if address and size else b""
+_STRING_AT_LIMIT = 1 << 31
+
+
+def copy_memory(address: Optional[int], size: int) -> bytes:
+    """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``; ``b""`` for NULL."""
+    if not address or size <= 0:
+        return b""
+    if size < _STRING_AT_LIMIT:
+        return ctypes.string_at(address, size)
+    # ctypes.string_at takes its size as a C int: from 2 GiB on, it would be negative.
+    return (ctypes.c_char * size).from_address(address).raw
 
 
 def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, rows: int, row_size: int) -> None:
@@ -459,7 +467,7 @@ class HttpRequestView(Borrowed):
     @property
     def body(self) -> bytes:
         r = self._request
-        return ctypes.string_at(r.body, r.bodySize) if r.body and r.bodySize else b""
+        return copy_memory(r.body, r.bodySize)
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]

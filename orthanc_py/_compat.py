@@ -299,8 +299,9 @@ def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buff
     """
     what = "CreateImageFromBuffer()"
     format, width, height, pitch = _image_arguments(what, format, width, height, pitch)
+    _calls.check_image_buffer(what, format, width, height, pitch,
+                              _calls.buffer_size(buffer, f"{what} argument 'buffer'"))
     data = _calls._to_bytes(buffer, f"{what} argument 'buffer'")
-    _calls.check_image_buffer(what, format, width, height, pitch, len(data))
     image: Image = _call("OrthancPluginCreateImage", format, width, height)
     target, _, _, _, target_pitch = _pixels_of(image)
     _capi.copy_rows(target, target_pitch, data, pitch, height, width * _calls.BYTES_PER_PIXEL[format])
