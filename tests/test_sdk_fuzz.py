@@ -13,8 +13,9 @@ empty, short and huge buffers, a 4 GiB + 1 buffer, negative and 2**32+
 integers, strings holding NUL or CR/LF, objects kept from an earlier
 callback, closed ones, objects of the wrong class) while the others stay
 plausible. The calls run in a REST callback of the script, on Orthanc's HTTP
-thread; before each call the script writes the case to a file, so that a
-crash names it.
+thread, and again in a C-FIND and a worklist callback for the functions that
+take what only those lend (``FindQuery``, ``WorklistAnswers``...); before each
+call the script writes the case to a file, so that a crash names it.
 
 No call is excluded: no SDK function stops or resets Orthanc by itself, and
 the only REST URIs the fuzzing sends are ``"x"`` and the hostile strings, never
@@ -117,7 +118,8 @@ SURFACE = [(name, *entry_point(name)) for name in sorted(_sdk.FUNCTIONS) if name
 
 # --- values ------------------------------------------------------------------------------------
 
-state = {"output": None, "old_output": None, "old_instance": None}
+# "live": objects a DICOM callback lends while it runs; "old": the same, once their callback returned.
+state = {"output": None, "old_output": None, "old_instance": None, "live": {}, "old": {}}
 
 
 def expired(c_type):
@@ -145,6 +147,8 @@ HOSTILE = [
     ("RestOutput of an earlier callback", lambda: state["old_output"]),
     ("DicomInstance of an earlier callback", lambda: state["old_instance"]),
     ("closed Image", closed_image),
+    ("FindQuery of an earlier C-FIND", lambda: state["old"].get("OrthancPluginFindQuery")),
+    ("WorklistAnswers of an earlier C-FIND", lambda: state["old"].get("OrthancPluginWorklistAnswers")),
 ] + [(f"expired {c_type[len(PREFIX):]}", lambda c_type=c_type: expired(c_type)) for c_type in sorted(CLASSES)]
 # From here on, HOSTILE holds Orthanc objects: all of them for handle parameters, one for the others.
 HANDLE_ONLY_FROM = next(i for i, (label, _) in enumerate(HOSTILE) if label.startswith("RestOutput"))
@@ -164,6 +168,8 @@ PLAUSIBLE = {"str": lambda: "x", "bytes": lambda: SAMPLE, "int": lambda: 1, "flo
 def plausible(kind):
     if kind.startswith("handle:"):
         c_type = kind[7:]
+        if c_type in state["live"]:
+            return state["live"][c_type]
         try:
             return LIVE[c_type]() if c_type in LIVE else expired(c_type)
         except Exception:
@@ -257,6 +263,25 @@ def fuzz(output, uri, **request):
 orthanc.RegisterRestCallback("/fuzz/run", fuzz)
 
 
+def lent_by_c_find(answers, query):
+    """Runs, with the live objects of a C-FIND, the cases of every function that takes one of them."""
+    lent = {answers.c_type_name: answers, query.c_type_name: query}
+    state["live"] = lent
+    try:
+        for index, position, value in CASES:
+            kinds = SURFACE[index][3]
+            if any(kind[7:] in lent for kind in kinds if kind.startswith("handle:")):
+                run(index, [value if p == position else -1 for p in range(len(kinds))])
+    finally:
+        state["live"] = {}
+        state["old"].update(lent)  # expired when this callback returns
+        summary["batches"] += 1
+
+
+orthanc.RegisterFindCallback(lambda answers, query, issuer, called: lent_by_c_find(answers, query))
+orthanc.RegisterWorklistCallback(lambda answers, query, issuer, called: lent_by_c_find(answers, query))
+
+
 def keep(output, uri, **request):
     state["old_output"] = output
     output.AnswerBuffer("kept", "text/plain")
@@ -294,7 +319,8 @@ def fuzz_server(tmp_path_factory):
     (workdir / "sample.dcm").write_bytes(make_dicom(patient_id="FUZZ"))
     # A peer that refuses connections at once: CallPeerApi gets a real, failing peer.
     server = OrthancServer(str(workdir), script=str(workdir / "fuzz.py"),
-                           config={"OrthancPeers": {"refusing": ["http://127.0.0.1:1/"]}}, cwd=str(workdir))
+                           config={"OrthancPeers": {"refusing": ["http://127.0.0.1:1/"]},
+                                   "DicomModalities": {"fuzz": ["FUZZ", "127.0.0.1", 104]}}, cwd=str(workdir))
     server.start()
     assert server.get("/fuzz/keep").text == "kept"
     server.upload(workdir / "sample.dcm")
@@ -345,6 +371,14 @@ def test_every_reachable_sdk_function_survives_hostile_arguments(fuzz_server):
     total = server.get_json("/fuzz/info")["cases"]
     for start in range(0, total, BATCH):
         info = run_batch(server, workdir, f"?start={start}&count={BATCH}")
+    # The C-FIND and worklist objects, live: only a C-FIND lends them.
+    for model in ("-P", "-W"):
+        before = info["batches"]
+        subprocess.run(["findscu", "-aet", "FUZZ", "-aec", "ORTHANC", model, "-k", "PatientID=*",
+                        "127.0.0.1", str(server.dicom_port)], capture_output=True, timeout=120)
+        assert alive(server), crashed(server, workdir)
+        info = server.get_json("/fuzz/info")
+        assert info["batches"] == before + 1, f"the {model} C-FIND did not run its cases: {info['batches'] - before}"
     functions = len(info["functions"])
     print(f"\n{functions} functions x {info['tried']} cases tried ({info['raised']} raised, "
           f"{info['succeeded']} succeeded), {len(info['findings'])} crashes found, "
@@ -354,7 +388,7 @@ def test_every_reachable_sdk_function_survives_hostile_arguments(fuzz_server):
     assert info["findings"] == []
     missed = sorted({name for name, _, _ in info["surface"]} - set(info["functions"]))
     assert not missed, f"not tried: {missed}"
-    assert info["tried"] == total, "every case ran to its end"
+    assert info["tried"] >= total, "every case ran to its end (and the C-FIND ones once more)"
     assert functions == reachable_count(), "the fuzzing covers every function sdk-coverage counts as reachable"
     # A C++ exception that Orthanc lets through a service unwinds across Python's frames: never acceptable.
     for sign in ("Segmentation", "Exception ignored on calling ctypes callback",
