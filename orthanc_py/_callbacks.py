@@ -1765,7 +1765,8 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
     where = f"the chunked REST callbacks for {pathRegularExpression}"
     params = _sdk._OrthancPluginChunkedRestCallback()
-    params.pathRegularExpression = pathRegularExpression.encode("utf-8")
+    params.pathRegularExpression = _calls._to_required_c_string(
+        pathRegularExpression, f"{function}() argument 'pathRegularExpression'")
     params.getHandler = rest_handler(getHandler)
     params.postHandler = reader_factory(postFactory)
     params.deleteHandler = rest_handler(deleteHandler)
@@ -1983,7 +1984,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
         return what, c_write
 
     params = _sdk._OrthancPluginRegisterWebDavCollection()
-    params.uri = uri.encode("utf-8")
+    params.uri = _calls._to_required_c_string(uri, f"{function}() argument 'uri'")
     params.isExistingFolder = _capi.trampoline(_sdk.OrthancPluginWebDavIsExistingFolderCallback, existing_where)(
         c_is_existing
     )

@@ -488,7 +488,12 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
     Uses the no-lock registration: Orthanc then runs callbacks of several
     requests at once, and Python's GIL is released whenever the handler
     waits (on the REST API, on I/O, on a worker process).
+
+    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
+    regex = path_regex.encode("utf-8")
+    if b"\0" in regex:
+        raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
 
     def callback(output: int, url: Optional[bytes], request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
@@ -512,7 +517,7 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
     # addresses: ctypes then builds no pointer objects on each request.
     c_callback = trampoline(_RawRestCallback, where)(callback)
     params = keep_alive(_sdk._OrthancPluginRestCallback())
-    params.pathRegularExpression = path_regex.encode("utf-8")
+    params.pathRegularExpression = regex
     params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
     invoke(Service.RegisterRestCallbackNoLock, params)
 

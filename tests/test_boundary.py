@@ -8,6 +8,7 @@ reason in the log, and an Orthanc that keeps serving.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -134,6 +135,15 @@ def huge_answer(output, uri, **request):
 
 
 orthanc.RegisterRestCallback("/buffer/huge-answer", huge_answer)
+
+
+def transcode(dicom, allowed_syntaxes, allow_new_sop_instance_uid):
+    if b"HUGE-TC" not in dicom:
+        return None
+    return memoryview(mmap.mmap(-1, 2**32 + 1))  # a 4 GiB + 1 result: its size does not fit 32 bits
+
+
+orthanc.RegisterTranscoderCallback(transcode)
 
 
 @route("/buffer/checks")
@@ -313,6 +323,14 @@ def test_a_body_past_32_bits_is_refused_before_any_copy(server):
     assert server.get("/buffer/huge-answer").status == 500
     server.wait_for_log(r"argument 'answer' holds 4294967297 bytes, more than Orthanc can take here "
                         r"\(4294967295 bytes")
+    assert server.get("/system").status == 200
+
+
+def test_a_transcoder_result_past_32_bits_is_refused_and_orthanc_transcodes_itself(server):
+    instance = server.upload(make_dicom(patient_id="HUGE-TC"))["ID"]
+    answer = server.post(f"/instances/{instance}/modify", json.dumps({"Transcode": "1.2.840.10008.1.2"}))
+    assert answer.status == 200, answer.text  # Orthanc's own transcoder took over
+    server.wait_for_log(r"returned 4294967297 bytes; Orthanc takes at most 4294967295 \(a 32-bit size\)")
     assert server.get("/system").status == 200
 
 
