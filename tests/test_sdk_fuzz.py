@@ -345,8 +345,12 @@ def run_batch(server: OrthancServer, workdir: Path, query: str, body: bytes | No
         pass
     deadline = time.monotonic() + 120
     while True:
-        assert alive(server), crashed(server, workdir)
-        info = server.get_json("/fuzz/info")
+        try:
+            info = server.get_json("/fuzz/info")
+        except OSError:
+            time.sleep(0.5)  # Orthanc died, or is about to: alive() tells
+            assert alive(server), crashed(server, workdir)
+            continue
         if info["batches"] > before:
             return info
         assert time.monotonic() < deadline, f"a batch did not end: last case {info['last']}"
