@@ -99,17 +99,19 @@ class Handle(_capi.Borrowed):
         """
         if not self._address:
             if self._expired is not None:
-                raise _capi.ExpiredError(self._expired)
+                raise _capi.ExpiredError(self._expired or self._expired_message())
             raise ValueError(f"this {type(self).__name__} was closed")
         return self._address
 
     def _expire(self, message: Optional[str] = None) -> None:
-        name = f"{type(self).__module__}.{type(self).__name__}".replace("orthanc_py._calls.", "")
-        self._expired = message or (
-            f"this {name} was lent by Orthanc to a callback that has returned, and Orthanc has freed it: "
-            f"{self.after_callback}"
-        )
+        # On every request's path: the message is only written if it is ever needed.
+        self._expired = message or ""
         self._address = 0
+
+    def _expired_message(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__name__}".replace("orthanc_py._calls.", "")
+        return (f"this {name} was lent by Orthanc to a callback that has returned, and Orthanc has freed it: "
+                f"{self.after_callback}")
 
     def close(self) -> None:
         """Frees the Orthanc object now, if the script owns it."""

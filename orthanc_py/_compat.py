@@ -94,7 +94,9 @@ class RestOutput(Handle):
             answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
         if not isinstance(mimeType, str):
             raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
-        mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
+        mime = mimeType.encode("utf-8")
+        if b"\r" in mime or b"\n" in mime or b"\0" in mime:
+            _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'")  # raises, saying why
         _capi.answer_buffer(self.address, answer, mime)
         self.answered = True
 
@@ -430,7 +432,7 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
             _capi.report_exception(where)
             return int(_capi.ErrorCode.Plugin)
         finally:
-            _capi.expire(output)  # Orthanc's answer object is gone once we return
+            output._expire()  # Orthanc's answer object is gone once we return
         if not output.answered:
             _capi.log_error(
                 f"orthanc_py: {where} returned without answering {method} {uri}; the client gets HTTP 500 "
