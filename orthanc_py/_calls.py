@@ -206,11 +206,18 @@ def _to_c_string(value: Any, what: str) -> Optional[bytes]:
     return data
 
 
-def _to_required_c_string(value: Any, what: str) -> bytes:
-    """Like :func:`_to_c_string`, where Orthanc does not accept NULL."""
-    if value is None:
-        raise TypeError(f"{what} must be str, not None")
-    return _to_c_string(value, what)  # type: ignore[return-value]
+def _required(convert: Callable[[Any, str], Optional[bytes]]) -> Callable[[Any, str], bytes]:
+    """``convert``, refusing ``None`` (NULL) where Orthanc needs a text."""
+    def required(value: Any, what: str) -> bytes:
+        if value is None:
+            raise TypeError(f"{what} must be str, not None")
+        return convert(value, what)  # type: ignore[return-value]
+
+    return required
+
+
+_to_required_c_string = _required(_to_c_string)
+"""Like :func:`_to_c_string`, where Orthanc does not accept NULL."""
 
 
 def _to_header_text(value: Any, what: str) -> Optional[bytes]:
@@ -222,7 +229,7 @@ def _to_header_text(value: Any, what: str) -> Optional[bytes]:
     return data
 
 
-def _to_string_pairs(value: Any, what: str, header: bool = True) -> list[tuple[bytes, bytes]]:
+def _to_string_pairs(value: Any, what: str) -> list[tuple[bytes, bytes]]:
     """A ``dict`` (or pairs) of ``str`` for C arrays of keys and values: HTTP headers, so no CR or LF."""
     if value is None:
         return []
@@ -232,7 +239,6 @@ def _to_string_pairs(value: Any, what: str, header: bool = True) -> list[tuple[b
         items = list(value)
     else:  # any other iterable (a buffer of 4 GiB...) is no mapping: refused before it is walked
         raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
-    convert = _to_header_text if header else _to_c_string
     pairs = []
     for item in items:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -240,7 +246,7 @@ def _to_string_pairs(value: Any, what: str, header: bool = True) -> list[tuple[b
         key, text = item
         if not isinstance(key, (str, bytes)) or not isinstance(text, (str, bytes)):
             raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
-        pairs.append((convert(key, what) or b"", convert(text, what) or b""))
+        pairs.append((_to_header_text(key, what) or b"", _to_header_text(text, what) or b""))
     return pairs
 
 
@@ -549,16 +555,6 @@ def _sized_bytes(size_type: str) -> Callable[[Any, str], bytes]:
         return _to_bytes(value, what, limit)
 
     return convert
-
-
-def _required(convert: Callable[[Any, str], Optional[bytes]]) -> Callable[[Any, str], bytes]:
-    """``convert``, refusing ``None`` (NULL) where Orthanc needs a text."""
-    def required(value: Any, what: str) -> bytes:
-        if value is None:
-            raise TypeError(f"{what} must be str, not None")
-        return convert(value, what)  # type: ignore[return-value]
-
-    return required
 
 
 def _field_types(params: type[ctypes.Structure]) -> dict[str, Any]:

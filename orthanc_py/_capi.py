@@ -511,7 +511,7 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
             return handler(output, uri, view)
         finally:
             _nesting.depth = depth
-            view._request = _EXPIRED_REQUEST  # Orthanc frees the request when we return
+            view._request = _EXPIRED_REQUEST  # view._expire(), inlined: Orthanc frees the request now
 
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.
