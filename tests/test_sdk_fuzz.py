@@ -9,18 +9,22 @@ the function named in ``cli.COVERED_BY``). The kinds of its arguments come
 from the marshalling engine (``_calls.sdk_function(...).inputs``).
 
 Every argument in turn gets every hostile value (wrong types, ``None``,
-empty, short and huge buffers, a 4 GiB + 1 buffer, negative and 2**32+
-integers, strings holding NUL or CR/LF, objects kept from an earlier
-callback, closed ones, objects of the wrong class) while the others stay
-plausible. The calls run in a REST callback of the script, on Orthanc's HTTP
+empty, short and huge buffers, a 4 GiB + 1 buffer, negative and 2**31+
+integers, strings holding NUL or CR/LF) while the others stay plausible; an
+argument that takes an Orthanc object also gets objects kept from an earlier
+callback, closed ones, expired ones of every class (the others get one kept
+object). A second test lets hypothesis mix hostile values in several
+arguments at once. The calls run in a REST callback of the script, on Orthanc's HTTP
 thread, and again in a C-FIND and a worklist callback for the functions that
 take what only those lend (``FindQuery``, ``WorklistAnswers``...); before each
 call the script writes the case to a file, so that a crash names it.
 
-No call is excluded: no SDK function stops or resets Orthanc by itself, and
-the only REST URIs the fuzzing sends are ``"x"`` and the hostile strings, never
-``/tools/reset`` or ``/tools/shutdown``. Registration functions are called
-too: after start-up they raise ``SetupError``.
+No function is excluded: no SDK function stops or resets Orthanc by itself,
+and the only REST URIs the fuzzing sends are ``"x"`` and the hostile strings,
+never ``/tools/reset`` or ``/tools/shutdown``. Registration functions are
+called too: after start-up they raise ``SetupError``. The one restriction:
+``CreateMemoryBuffer`` and ``CreateMemoryBuffer64`` do not get 2**31 and
+2**32 as their size (they would legitimately allocate and copy 4 to 8 GiB).
 """
 
 from __future__ import annotations
