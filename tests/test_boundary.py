@@ -8,9 +8,11 @@ reason in the log, and an Orthanc that keeps serving.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
+import PIL.Image
 import pytest
 
 from orthanc_py.server import OrthancServer
@@ -144,6 +146,18 @@ def transcode(dicom, allowed_syntaxes, allow_new_sop_instance_uid):
 
 
 orthanc.RegisterTranscoderCallback(transcode)
+
+
+def decode(dicom, frame_index):
+    if b"ACCESSOR-DEC" not in dicom:
+        return None
+    # An accessor over a temporary: Orthanc keeps the image, so it must get pixels of its own. At
+    # 8 MiB the temporary is a memory map of its own, unmapped when freed: reading it would crash.
+    row = bytes(range(256)) * 8 + b"\x4d"  # 2048 pixels and a padding byte
+    return orthanc.CreateImageAccessor(orthanc.PixelFormat.GRAYSCALE8, 2048, 4096, 2049, row * 4096)
+
+
+orthanc.RegisterDecodeImageCallback(decode)
 
 
 @route("/buffer/checks")
@@ -364,6 +378,16 @@ def test_an_image_accessor_owns_its_pixels_and_never_writes_into_bytes(server):
     assert seen["bytearray_drawn"] is True
     assert seen["resize_locked"]["error"] == "BufferError"
     assert seen["resize_after_close"] == 64 * 32 + 1
+
+
+def test_an_accessor_image_handed_to_orthanc_brings_its_pixels(server):
+    instance = server.upload(make_dicom(patient_id="ACCESSOR-DEC", rows=8, cols=8))["ID"]
+    for _ in range(3):  # decoded anew each time: freed pixels would show as garbage
+        png = server.get(f"/instances/{instance}/frames/0/image-uint8", headers={"Accept": "image/png"})
+        assert png.status == 200, png.text
+        image = PIL.Image.open(io.BytesIO(png.body))
+        assert image.size == (2048, 4096)
+        assert image.tobytes() == bytes(range(256)) * 8 * 4096
 
 
 def test_line_breaks_in_header_text_raise_and_the_answer_goes_out_clean(server):
