@@ -25,6 +25,7 @@ registration raises :class:`RuntimeError`. Every C trampoline is built with
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import datetime
 import itertools
@@ -113,7 +114,7 @@ def _lend(c_type_name: str, pointer: Any) -> Handle:
     handle the script kept fails cleanly instead of touching freed memory.
     """
     address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
-    return _calls.handle_class(c_type_name)(address, owned=False)
+    return _calls.handle_class(c_type_name).lent(address)
 
 
 def _register(service: Service, params: ctypes.Structure, function: str) -> None:
@@ -1295,6 +1296,12 @@ def EncodeDicomWebXml2(dicom: bytes, callback: DicomWebBinaryCallback | None = N
 
 def _instance_dicomweb(function: str, service: Service, instance: Handle,
                        callback: DicomWebBinaryCallback | None) -> str:
+    with instance._held() if isinstance(instance, Handle) else contextlib.nullcontext():
+        return _instance_dicomweb_held(function, service, instance, callback)
+
+
+def _instance_dicomweb_held(function: str, service: Service, instance: Handle,
+                            callback: DicomWebBinaryCallback | None) -> str:
     address = _calls._handle_converter("OrthancPluginDicomInstance")(instance, f"{function}() argument 'self'")
     encoding = _DicomWebEncoding(function, callback)
     result = ctypes.c_void_p()
@@ -1662,7 +1669,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             request = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
 
             def call() -> int:
-                output = RestOutput(output_address or 0)
+                output = RestOutput.lent(output_address or 0)
                 kwargs = _rest_request(request)
                 try:
                     handler(output, uri, **kwargs)
@@ -1742,7 +1749,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             return PLUGIN_ERROR
 
         def call() -> int:
-            output = RestOutput(output_address or 0)
+            output = RestOutput.lent(output_address or 0)
             try:
                 upload.reader.Execute(output)
             except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500

@@ -22,8 +22,10 @@ with header arrays...) are written by hand in the Pythonic layers; for them
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from typing import Any, Callable, ClassVar, Optional
+import threading
+from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from . import _capi, _sdk
 from ._sdk_types import SdkFunction
@@ -69,6 +71,9 @@ def _base_type(c_type: str) -> tuple[str, int, bool]:
     return stripped.replace("*", "").replace("const", "").strip(), stars, const
 
 
+_H = TypeVar("_H", bound="Handle")
+
+
 class Handle(_capi.Borrowed):
     """An object of Orthanc's (an image, a DICOM instance...) held through a C pointer.
 
@@ -85,10 +90,27 @@ class Handle(_capi.Borrowed):
     """What to do instead of keeping a lent object past its callback (said in the error)."""
 
     _expired: Optional[str] = None  # the error message, once Orthanc has taken the object back
+    _lease: Optional[threading.RLock] = None  # held by SDK calls on a lent object; expiry waits for them
 
     def __init__(self, address: int, owned: bool = False) -> None:
         self._address = address
         self._owned = owned
+
+    @classmethod
+    def lent(cls: type[_H], address: int) -> _H:
+        """Wraps an object Orthanc lends to a callback: never freed by Python, expired when the callback returns.
+
+        Another thread may be inside an SDK call on the object when the
+        callback returns: expiring waits for that call to end (the lease),
+        so Orthanc never frees the object under it.
+        """
+        handle = cls(address)
+        handle._lease = threading.RLock()
+        return handle
+
+    def _held(self) -> Any:
+        """The lease to hold while Orthanc uses the object (a no-op for the script's own objects)."""
+        return self._lease or contextlib.nullcontext()
 
     @property
     def address(self) -> int:
@@ -97,16 +119,22 @@ class Handle(_capi.Borrowed):
         :raises ExpiredError: when Orthanc lent the object to a callback that has returned.
         :raises ValueError: when the object was closed.
         """
-        if not self._address:
+        address = self._address
+        if not address or self._expired is not None:
             if self._expired is not None:
                 raise _capi.ExpiredError(self._expired or self._expired_message())
             raise ValueError(f"this {type(self).__name__} was closed")
-        return self._address
+        return address
 
     def _expire(self, message: Optional[str] = None) -> None:
         # On every request's path: the message is only written if it is ever needed.
-        self._expired = message or ""
-        self._address = 0
+        self._expired = message or ""  # from now on, new calls refuse
+        lease = self._lease
+        if lease is None:
+            self._address = 0
+            return
+        with lease:  # waits for a call another thread is making with the object
+            self._address = 0
 
     def _expired_message(self) -> str:
         name = f"{type(self).__module__}.{type(self).__name__}".replace("orthanc_py._calls.", "")
@@ -363,6 +391,7 @@ class _Compiled:
         names = [name for name, _ in self.inputs]
         self.image_check = all(name in names for name in _IMAGE_ARGUMENTS)
         self.precondition = _PRECONDITIONS.get(fn.name)
+        self.handle_positions = [i for i, base in enumerate(self.input_types) if base in OPAQUE_NAMES]
         self.locals = {name: c_type for name, c_type in fn.locals}
         self._check_shape()
 
@@ -454,6 +483,25 @@ class _Compiled:
     # --- calls ---------------------------------------------------------------
 
     def __call__(self, *args: Any) -> Any:
+        leases = None
+        for position in self.handle_positions:
+            if position < len(args):
+                lease = getattr(args[position], "_lease", None)
+                if lease is not None:
+                    leases = (leases or []) + [lease]
+        if leases is None:
+            return self._call(args)
+        # Objects Orthanc lent to a callback: held until Orthanc is done with them,
+        # so that the callback (on another thread) cannot end meanwhile.
+        for lease in leases:
+            lease.acquire()
+        try:
+            return self._call(args)
+        finally:
+            for lease in leases:
+                lease.release()
+
+    def _call(self, args: tuple[Any, ...]) -> Any:
         fn = self.fn
         if len(args) != len(self.inputs):
             names = ", ".join(name for name, _ in self.inputs)

@@ -97,7 +97,8 @@ class RestOutput(Handle):
         mime = mimeType.encode("utf-8")
         if b"\r" in mime or b"\n" in mime or b"\0" in mime:
             _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'")  # raises, saying why
-        _capi.answer_buffer(self.address, answer, mime)
+        with self._held():
+            _capi.answer_buffer(self.address, answer, mime)
         self.answered = True
 
 
@@ -118,8 +119,9 @@ class DicomInstance(Handle):
 
     def GetInstanceData(self) -> bytes:
         """Returns the DICOM file of the instance, as bytes."""
-        address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
-        return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+        with self._held():  # the data stays Orthanc's: the instance must outlive the copy
+            address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
+            return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
 
 
 class Image(Handle):
@@ -418,7 +420,7 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
 
     def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
-        output = RestOutput(output_address)
+        output = RestOutput.lent(output_address)
         method = request.method
         # The keys the official plugin passes: "get" for GET only, "body" for POST and PUT only.
         kwargs: dict[str, Any] = {"method": method, "groups": request.groups, "headers": dict(request.headers)}
@@ -457,7 +459,7 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
         )
 
     def deliver(address: int, instance_id: str) -> None:
-        instance = DicomInstance(address)
+        instance = DicomInstance.lent(address)
         try:
             callback(instance, instance_id)
         finally:

@@ -115,7 +115,7 @@ class StoredInstance(_capi.Borrowed):
         ))
 
     def __init__(self, address: int, instance_id: str) -> None:
-        self._instance = _calls.handle_class("OrthancPluginDicomInstance")(address)
+        self._instance = _calls.handle_class("OrthancPluginDicomInstance").lent(address)
         self.id = instance_id
         """The Orthanc ID of the instance."""
 
@@ -132,7 +132,8 @@ class StoredInstance(_capi.Borrowed):
         """The DICOM file."""
         from ._capi import copy_memory
 
-        return copy_memory(self._call("GetInstanceData", raw=True), self.size)
+        with self._instance._held():  # the data stays Orthanc's: the instance must outlive the copy
+            return copy_memory(self._call("GetInstanceData", raw=True), self.size)
 
     @functools.cached_property
     def origin(self) -> InstanceOrigin:

@@ -86,6 +86,37 @@ def keep_output(output, uri, **request):
 orthanc.RegisterRestCallback("/lend/output", keep_output)
 
 
+def answer_from_a_thread(output, uri, **request):
+    # A common mistake: hand the output to a thread and return. The thread's calls
+    # race with the end of the callback; each must succeed or raise, never touch freed memory.
+    def keep_calling():
+        outcomes = kept.setdefault("racing", {"ok": 0, "expired": 0, "other": [], "done": 0})
+        for _ in range(2000):
+            try:
+                output.SetHttpErrorDetails("racing", 0)
+                outcomes["ok"] += 1
+            except RuntimeError:
+                outcomes["expired"] += 1
+                return
+            except Exception as error:  # Orthanc refusing (answer already sent) is fine too
+                outcomes["other"].append(type(error).__name__)
+                return
+        outcomes["done"] += 1
+
+    started = threading.Event()
+    threading.Thread(target=lambda: (started.set(), keep_calling())).start()
+    started.wait()
+    output.AnswerBuffer("answered", "text/plain")
+
+
+orthanc.RegisterRestCallback("/lend/output/race", answer_from_a_thread)
+
+
+@route("/lend/output/race/outcomes")
+def race_outcomes(request):
+    return kept.get("racing", {})
+
+
 @route("/lend/output/later")
 def output_later(request):
     output = kept["output"]
@@ -309,6 +340,17 @@ def test_a_rest_output_used_after_its_callback_raises(server):
     for name in ("AnswerBuffer", "SetHttpHeader", "SendHttpStatusCode"):
         message = expired(seen[name])
         assert "RestOutput" in message and "answer the request before the callback returns" in message
+    assert server.get("/system").status == 200
+
+
+def test_a_thread_racing_the_end_of_the_callback_never_touches_a_freed_output(server):
+    for _ in range(40):
+        assert server.get("/lend/output/race").text == "answered"
+    outcomes = server.wait_until(
+        lambda: (lambda o: o if o["expired"] + len(o["other"]) + o["done"] == 40 else None)(
+            server.get_json("/lend/output/race/outcomes")), timeout=20, what="every racing thread stopped")
+    assert outcomes["other"] == [], outcomes  # each thread ended on the clear error, never on Orthanc's
+    assert outcomes["expired"] > 0, outcomes  # the race did happen
     assert server.get("/system").status == 200
 
 
