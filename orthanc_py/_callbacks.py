@@ -25,7 +25,6 @@ registration raises :class:`RuntimeError`. Every C trampoline is built with
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import datetime
 import itertools
@@ -1296,8 +1295,12 @@ def EncodeDicomWebXml2(dicom: bytes, callback: DicomWebBinaryCallback | None = N
 
 def _instance_dicomweb(function: str, service: Service, instance: Handle,
                        callback: DicomWebBinaryCallback | None) -> str:
-    with instance._held() if isinstance(instance, Handle) else contextlib.nullcontext():
+    lease = instance._take_lease() if isinstance(instance, Handle) else None
+    try:
         return _instance_dicomweb_held(function, service, instance, callback)
+    finally:
+        if lease is not None:
+            lease.release()
 
 
 def _instance_dicomweb_held(function: str, service: Service, instance: Handle,

@@ -22,7 +22,6 @@ with header arrays...) are written by hand in the Pythonic layers; for them
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 from typing import Any, Callable, ClassVar, Optional, TypeVar
@@ -72,6 +71,7 @@ def _base_type(c_type: str) -> tuple[str, int, bool]:
 
 
 _H = TypeVar("_H", bound="Handle")
+_LEASES_MADE = threading.Lock()
 
 
 class Handle(_capi.Borrowed):
@@ -90,7 +90,11 @@ class Handle(_capi.Borrowed):
     """What to do instead of keeping a lent object past its callback (said in the error)."""
 
     _expired: Optional[str] = None  # the error message, once Orthanc has taken the object back
-    _lease: Optional[threading.RLock] = None  # held by SDK calls on a lent object; expiry waits for them
+    # A lent object: the thread of the callback that lent it. Other threads take its lease
+    # for each call, and the end of the callback waits for the lease (see _take_lease).
+    _owner: Optional[int] = None
+    _lease: Optional[Any] = None  # a threading.RLock, made when another thread first uses the object
+    _shared = False  # another thread has used the object: expiring takes the lease
 
     def __init__(self, address: int, owned: bool = False) -> None:
         self._address = address
@@ -98,19 +102,37 @@ class Handle(_capi.Borrowed):
 
     @classmethod
     def lent(cls: type[_H], address: int) -> _H:
-        """Wraps an object Orthanc lends to a callback: never freed by Python, expired when the callback returns.
+        """Wraps an object Orthanc lends to the running callback: never freed by Python, expired when it returns.
 
         Another thread may be inside an SDK call on the object when the
         callback returns: expiring waits for that call to end (the lease),
         so Orthanc never frees the object under it.
         """
         handle = cls(address)
-        handle._lease = threading.RLock()
+        handle._owner = threading.get_ident()
         return handle
 
-    def _held(self) -> Any:
-        """The lease to hold while Orthanc uses the object (a no-op for the script's own objects)."""
-        return self._lease or contextlib.nullcontext()
+    def _take_lease(self) -> Optional[Any]:
+        """Takes the lease when a thread other than the lending callback's uses the object; returns it, or None.
+
+        The callback's own thread needs none: the object expires on that
+        thread, after the handler, so never during one of its calls. The
+        caller releases what this returns once Orthanc is done with the object.
+        """
+        owner = self._owner
+        if owner is None or owner == threading.get_ident():
+            return None
+        lease = self._lease
+        if lease is None:
+            with _LEASES_MADE:
+                lease = self._lease
+                if lease is None:
+                    lease = self._lease = threading.RLock()
+        # Shared first, then taken: _expire() sets "expired" first, then reads
+        # "shared"; whichever runs first, the address check after this sees it.
+        self._shared = True
+        lease.acquire()
+        return lease
 
     @property
     def address(self) -> int:
@@ -129,11 +151,10 @@ class Handle(_capi.Borrowed):
     def _expire(self, message: Optional[str] = None) -> None:
         # On every request's path: the message is only written if it is ever needed.
         self._expired = message or ""  # from now on, new calls refuse
-        lease = self._lease
-        if lease is None:
+        if not self._shared:
             self._address = 0
             return
-        with lease:  # waits for a call another thread is making with the object
+        with self._lease:  # type: ignore[union-attr]  # waits for a call another thread is making with it
             self._address = 0
 
     def _expired_message(self) -> str:
@@ -485,16 +506,14 @@ class _Compiled:
     def __call__(self, *args: Any) -> Any:
         leases = None
         for position in self.handle_positions:
-            if position < len(args):
-                lease = getattr(args[position], "_lease", None)
+            # Objects Orthanc lent to a callback running on another thread: held
+            # until Orthanc is done with them, so that the callback cannot end meanwhile.
+            if position < len(args) and getattr(args[position], "_owner", None) is not None:
+                lease = args[position]._take_lease()
                 if lease is not None:
                     leases = (leases or []) + [lease]
         if leases is None:
             return self._call(args)
-        # Objects Orthanc lent to a callback: held until Orthanc is done with them,
-        # so that the callback (on another thread) cannot end meanwhile.
-        for lease in leases:
-            lease.acquire()
         try:
             return self._call(args)
         finally:

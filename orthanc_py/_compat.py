@@ -97,8 +97,12 @@ class RestOutput(Handle):
         mime = mimeType.encode("utf-8")
         if b"\r" in mime or b"\n" in mime or b"\0" in mime:
             _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'")  # raises, saying why
-        with self._held():
+        lease = self._take_lease()
+        try:
             _capi.answer_buffer(self.address, answer, mime)
+        finally:
+            if lease is not None:
+                lease.release()
         self.answered = True
 
 
@@ -119,9 +123,13 @@ class DicomInstance(Handle):
 
     def GetInstanceData(self) -> bytes:
         """Returns the DICOM file of the instance, as bytes."""
-        with self._held():  # the data stays Orthanc's: the instance must outlive the copy
+        lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
+        try:
             address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
             return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+        finally:
+            if lease is not None:
+                lease.release()
 
 
 class Image(Handle):

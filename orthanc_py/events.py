@@ -132,8 +132,12 @@ class StoredInstance(_capi.Borrowed):
         """The DICOM file."""
         from ._capi import copy_memory
 
-        with self._instance._held():  # the data stays Orthanc's: the instance must outlive the copy
+        lease = self._instance._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
+        try:
             return copy_memory(self._call("GetInstanceData", raw=True), self.size)
+        finally:
+            if lease is not None:
+                lease.release()
 
     @functools.cached_property
     def origin(self) -> InstanceOrigin:
