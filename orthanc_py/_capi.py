@@ -427,6 +427,29 @@ _REQUEST_OVER = (
 )
 
 
+def _method_of(r: Any) -> str:
+    return HTTP_METHODS.get(r.method, "GET")
+
+
+def _groups_of(r: Any) -> tuple[str, ...]:
+    return tuple(_c_strings(r.groups, r.groupsCount))
+
+
+def _get_of(r: Any) -> list[tuple[str, str]]:
+    return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
+
+
+def _headers_of(r: Any) -> list[tuple[str, str]]:
+    return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
+
+
+def _body_of(r: Any) -> bytes:
+    return copy_memory(r.body, r.bodySize)
+
+
+_VIEW_LEASES = threading.Lock()
+
+
 class HttpRequestView(Borrowed):
     """The request Orthanc passes to a REST callback, read lazily.
 
@@ -434,40 +457,59 @@ class HttpRequestView(Borrowed):
     and once the callback returns every property raises :class:`ExpiredError`.
     Each property reads the C structure when first asked, so a handler that
     looks at nothing pays for nothing.
+
+    A thread other than the callback's reads under a lease, and the end of
+    the callback waits for a read in progress: Orthanc never frees the
+    request under it.
     """
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "_owner", "_lease")
 
     def __init__(self, request: Any) -> None:
         self._request = request
+        self._owner = threading.get_ident()
+        self._lease: Optional[threading.Lock] = None
 
     def _expire(self, message: Optional[str] = None) -> None:
-        # The structure is replaced, not checked: valid reads pay nothing.
+        # The structure is replaced first, so that reads from now on refuse;
+        # then a read another thread is making is waited for.
         self._request = _Expired(message or _REQUEST_OVER)
+        lease = self._lease
+        if lease is not None:
+            with lease:
+                pass
+
+    def _read(self, read: Callable[[Any], Any]) -> Any:
+        if self._owner == threading.get_ident():
+            return read(self._request)  # the callback's thread: the request cannot end meanwhile
+        lease = self._lease
+        if lease is None:
+            with _VIEW_LEASES:
+                lease = self._lease
+                if lease is None:
+                    lease = self._lease = threading.Lock()
+        with lease:
+            return read(self._request)
 
     @property
     def method(self) -> str:
-        return HTTP_METHODS.get(self._request.method, "GET")
+        return self._read(_method_of)  # type: ignore[no-any-return]
 
     @property
     def groups(self) -> tuple[str, ...]:
-        r = self._request
-        return tuple(_c_strings(r.groups, r.groupsCount))
+        return self._read(_groups_of)  # type: ignore[no-any-return]
 
     @property
     def get(self) -> list[tuple[str, str]]:
-        r = self._request
-        return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
+        return self._read(_get_of)  # type: ignore[no-any-return]
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        r = self._request
-        return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
+        return self._read(_headers_of)  # type: ignore[no-any-return]
 
     @property
     def body(self) -> bytes:
-        r = self._request
-        return copy_memory(r.body, r.bodySize)
+        return self._read(_body_of)  # type: ignore[no-any-return]
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]
@@ -511,7 +553,11 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
             return handler(output, uri, view)
         finally:
             _nesting.depth = depth
-            view._request = _EXPIRED_REQUEST  # view._expire(), inlined: Orthanc frees the request now
+            # view._expire(), inlined (every request passes here): Orthanc frees the request now.
+            view._request = _EXPIRED_REQUEST
+            if view._lease is not None:
+                with view._lease:  # a read another thread is making
+                    pass
 
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.

@@ -69,6 +69,35 @@ def lend_request_copy(request):
     return "copied"
 
 
+@route("/lend/request/race", methods=["POST"])
+def request_race(request):
+    view = request._view  # what Request reads from (it caches each value): read it again and again
+
+    def keep_reading():
+        outcomes = kept.setdefault("request_race", {"ok": 0, "expired": 0, "other": [], "done": 0})
+        for _ in range(2000):
+            try:
+                assert len(view.body) == 65536 and view.headers
+                outcomes["ok"] += 1
+            except RuntimeError:
+                outcomes["expired"] += 1
+                return
+            except Exception as error:
+                outcomes["other"].append(repr(error))
+                return
+        outcomes["done"] += 1
+
+    started = threading.Event()
+    threading.Thread(target=lambda: (started.set(), keep_reading())).start()
+    started.wait()
+    return "answered"
+
+
+@route("/lend/request/race/outcomes")
+def request_race_outcomes(request):
+    return kept.get("request_race", {})
+
+
 @route("/lend/request/later")
 def request_later(request):
     r = kept["request"]
@@ -331,6 +360,17 @@ def test_a_request_used_after_its_handler_raises_and_detached_copies_work(server
         assert "request.detached()" in expired(seen["thread"][name])
     assert seen["thread_copy"] == {"ok": "the body"}
     assert seen["copy"]["body"] == "the body" and seen["copy"]["header"] == "probe"
+    assert server.get("/system").status == 200
+
+
+def test_a_thread_racing_the_end_of_the_handler_never_reads_a_freed_request(server):
+    for _ in range(40):
+        assert server.request("POST", "/lend/request/race", b"r" * 65536).text == "answered"
+    outcomes = server.wait_until(
+        lambda: (lambda o: o if o["expired"] + len(o["other"]) + o["done"] == 40 else None)(
+            server.get_json("/lend/request/race/outcomes")), timeout=20, what="every reading thread stopped")
+    assert outcomes["other"] == [], outcomes
+    assert outcomes["expired"] > 0, outcomes
     assert server.get("/system").status == 200
 
 
