@@ -405,6 +405,20 @@ def _handler_name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
 
 
+def _official_request(r: Any) -> dict[str, Any]:
+    """The keyword arguments of a REST callback, from Orthanc's request structure ``r``.
+
+    The keys the official plugin passes: ``get`` for GET only, ``body`` for POST and PUT only.
+    """
+    method = _capi._method_of(r)
+    kwargs: dict[str, Any] = {"method": method, "groups": _capi._groups_of(r), "headers": dict(_capi._headers_of(r))}
+    if method == "GET":
+        kwargs["get"] = dict(_capi._get_of(r))
+    elif method in ("POST", "PUT"):
+        kwargs["body"] = _capi._body_of(r)
+    return kwargs
+
+
 def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
     """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
 
@@ -429,13 +443,8 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
 
     def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
         output = RestOutput.lent(output_address)
-        method = request.method
-        # The keys the official plugin passes: "get" for GET only, "body" for POST and PUT only.
-        kwargs: dict[str, Any] = {"method": method, "groups": request.groups, "headers": dict(request.headers)}
-        if method == "GET":
-            kwargs["get"] = dict(request.get)
-        elif method in ("POST", "PUT"):
-            kwargs["body"] = request.body
+        kwargs: dict[str, Any] = request._read(_official_request)  # one read of the whole request
+        method = kwargs["method"]
         try:
             callback(output, uri, **kwargs)
         except BaseException:
