@@ -17,6 +17,7 @@ import ctypes
 import enum
 import inspect
 import logging
+import threading
 import types
 from typing import Any, Callable, Optional
 
@@ -92,18 +93,27 @@ class RestOutput(Handle):
             answer = answer.encode("utf-8")
         elif not isinstance(answer, bytes):
             answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
-        if not isinstance(mimeType, str):
-            raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
-        mime = mimeType.encode("utf-8")
-        if b"\r" in mime or b"\n" in mime or b"\0" in mime:
-            _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'")  # raises, saying why
-        lease = self._take_lease()
-        try:
-            _capi.answer_buffer(self.address, answer, mime)
-        finally:
-            if lease is not None:
-                lease.release()
+        # The same few types on every request: each is checked once.
+        mime = _MIME_TYPES.get(mimeType) if type(mimeType) is str else None
+        if mime is None:
+            if not isinstance(mimeType, str):
+                raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
+            mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
+            if len(_MIME_TYPES) < 64:
+                _MIME_TYPES[mimeType] = mime
+        if self._owner == threading.get_ident():
+            _capi.answer_buffer(self.address, answer, mime)  # the callback's thread: no lease needed
+        else:
+            lease = self._take_lease()
+            try:
+                _capi.answer_buffer(self.address, answer, mime)
+            finally:
+                if lease is not None:
+                    lease.release()
         self.answered = True
+
+
+_MIME_TYPES: dict[str, bytes] = {}
 
 
 class DicomInstance(Handle):
