@@ -268,8 +268,8 @@ def CreateImage(format: int, width: int, height: int, /) -> Image:
     """Create an image."""
     ...
 
-def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer: bytes | str, /) -> Image:
-    """Create an image pointing to a memory buffer."""
+def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer: Any) -> Image:
+    """Creates an image whose pixels are ``buffer`` itself: ``height`` rows of ``pitch`` bytes."""
     ...
 
 def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buffer: bytes) -> Image:
@@ -699,6 +699,9 @@ class Image(_Handle):
         ...
     def GetImageWidth(self, /) -> int:
         """Return the width of an image."""
+        ...
+    def close(self) -> None:
+        """Frees the image now, then the pixels it was made over (if any)."""
         ...
 
 class ImageFormat:

@@ -112,11 +112,11 @@ def _claim(function: str, what: str) -> bool:
 def _lend(c_type_name: str, pointer: Any) -> Handle:
     """Wraps an object that Orthanc lends for one call: never freed by Python.
 
-    The caller sets ``_address = 0`` after the call, so that a handle the
-    script kept fails cleanly instead of touching freed memory.
+    The caller expires it (:func:`_capi.expire`) after the call, so that a
+    handle the script kept fails cleanly instead of touching freed memory.
     """
     address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
-    return _calls.handle_class(c_type_name)(address, owned=False)
+    return _calls.handle_class(c_type_name).lent(address)
 
 
 def _register(service: Service, params: ctypes.Structure, function: str) -> None:
@@ -227,7 +227,7 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
         return int(Action.KeepAsIs)
 
     def c_received(modified: Any, data: Any, size: int, origin: int) -> int:
-        received = ctypes.string_at(data, size) if data and size else b""
+        received = _capi.copy_memory(data, size)
         try:
             result = callback(received, origin)
         except BaseException:  # noqa: BLE001 - logged; the instance is kept (see below)
@@ -307,7 +307,7 @@ def RegisterIncomingCStoreInstanceFilter(callback: CStoreInstanceFilter) -> None
         try:
             status = callback(instance)
         finally:
-            instance._address = 0
+            _capi.expire(instance)
         # bool is an int here, as in the official plugin: True refuses with status 1.
         if not isinstance(status, int) or not 0 <= status <= 0xFFFF:
             _capi.log_error(
@@ -338,7 +338,7 @@ def _find_trampoline(c_type: Any, callback: FindCallback, where: str, answers_ty
         try:
             callback(answers, query, _decode(issuer_aet), _decode(called_aet))
         finally:
-            answers._address = query._address = 0
+            _capi.expire(answers, query)
         return SUCCESS
 
     # An error code makes the C-FIND fail ("unable to process"): no partial answer looks complete.
@@ -528,7 +528,7 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
         return
 
     def c_create(uuid: bytes | None, content: int | None, size: int, content_type: int) -> int:
-        create(_decode(uuid), content_type, ctypes.string_at(content, size) if content and size > 0 else b"")
+        create(_decode(uuid), content_type, _capi.copy_memory(content, size))
         return SUCCESS
 
     read_where = f"the storage area's read callback {_name(read)}"
@@ -579,14 +579,30 @@ def _hand_over(value: Any, c_type_name: str, where: str) -> int | None:
             "only lent to the script; return one the script created"
         )
         return None
-    address = value._address
+    if getattr(value, "_pixels", None) is not None:
+        # An accessor image points at memory this Python object owns, which
+        # Orthanc would keep reading after the object is gone: hand over a
+        # copy with pixels of Orthanc's own.
+        from . import _compat
+
+        copy = _compat._image_copy(value)  # type: ignore[arg-type]
+        value.close()
+        value = copy
+    address: int = value._address
     value._owned = False
     value._address = 0
     return address
 
 
 def _fill_buffer32(target: Any, data: bytes) -> None:
-    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in."""
+    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in.
+
+    :raises ValueError: when ``data`` does not fit a 32-bit size: the buffer
+        would be allocated short and the copy would run past its end.
+    """
+    if len(data) > 0xFFFFFFFF:
+        raise ValueError(f"{len(data)} bytes do not fit an Orthanc memory buffer of 32-bit size "
+                         f"(at most {0xFFFFFFFF} bytes)")
     params = _sdk._OrthancPluginCreateMemoryBuffer()
     params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer))
     params.size = len(data)
@@ -688,7 +704,7 @@ def RegisterIncomingDicomInstanceFilter(callback: DicomInstanceFilter) -> None:
         try:
             accepted = callback(instance)
         finally:
-            instance._address = 0
+            _capi.expire(instance)
         if accepted is True or accepted is False or (_is_int(accepted) and accepted in (0, 1)):
             return int(accepted)  # Orthanc: 1 stores, 0 discards
         _capi.log_error(
@@ -1154,7 +1170,7 @@ def RegisterDecodeImageCallback(callback: DecodeImageCallback) -> None:
     image_pointer = ctypes.POINTER(_sdk.OrthancPluginImage)
 
     def c_decode(target: Any, dicom: int | None, size: int, frame_index: int) -> int:
-        image = callback(ctypes.string_at(dicom, size) if dicom and size else b"", frame_index)
+        image = callback(_capi.copy_memory(dicom, size), frame_index)
         if image is None:
             return _DECLINED
         address = _hand_over(image, "OrthancPluginImage", where)
@@ -1201,12 +1217,17 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
 
     def c_transcode(transcoded: Any, dicom: int | None, size: int, syntaxes: Any, count: int,
                     allow_new_sop_instance_uid: int) -> int:
-        result = callback(ctypes.string_at(dicom, size) if dicom and size else b"", c_strings(syntaxes, count),
+        result = callback(_capi.copy_memory(dicom, size), c_strings(syntaxes, count),
                           bool(allow_new_sop_instance_uid))
         if result is None:
             return _DECLINED
         if not isinstance(result, (bytes, bytearray, memoryview)):
             _capi.log_error(f"orthanc_py: {where} returned {type(result).__name__}, not bytes or None")
+            return PLUGIN_ERROR
+        size = memoryview(result).nbytes  # checked before a copy is made
+        if size > 0xFFFFFFFF:
+            _capi.log_error(f"orthanc_py: {where} returned {size} bytes; Orthanc takes at most {0xFFFFFFFF} "
+                            "(a 32-bit size) from a transcoder")
             return PLUGIN_ERROR
         _fill_buffer32(transcoded, bytes(result))
         return SUCCESS
@@ -1374,7 +1395,7 @@ class _DicomWebEncoding:
 
 def _encode_dicomweb(function: str, service: Service, version2: bool, dicom: Any,
                      callback: DicomWebBinaryCallback | None) -> str:
-    data = _calls._to_bytes(dicom, f"{function}() argument 'dicom'")
+    data = _calls._to_bytes(dicom, f"{function}() argument 'dicom'", 0xFFFFFFFF)  # dicomSize is 32-bit
     encoding = _DicomWebEncoding(function, callback)
     result = ctypes.c_void_p()
     if version2:
@@ -1425,6 +1446,16 @@ def EncodeDicomWebXml2(dicom: bytes, callback: DicomWebBinaryCallback | None = N
 
 def _instance_dicomweb(function: str, service: Service, instance: Handle,
                        callback: DicomWebBinaryCallback | None) -> str:
+    lease = instance._take_lease() if isinstance(instance, Handle) else None
+    try:
+        return _instance_dicomweb_held(function, service, instance, callback)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _instance_dicomweb_held(function: str, service: Service, instance: Handle,
+                            callback: DicomWebBinaryCallback | None) -> str:
     address = _calls._handle_converter("OrthancPluginDicomInstance")(instance, f"{function}() argument 'self'")
     encoding = _DicomWebEncoding(function, callback)
     result = ctypes.c_void_p()
@@ -1493,7 +1524,8 @@ class _ChunkedTransfer:
         try:
             chunk = next(self.chunks, self._DONE)
             if chunk is not self._DONE:
-                data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body")
+                # Orthanc takes each chunk's size as 32 bits.
+                data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body", 0xFFFFFFFF)
                 chunk = (ctypes.create_string_buffer(data, len(data)), len(data))
         except BaseException as error:  # noqa: BLE001 - raised again to the caller
             self.error = error
@@ -1508,7 +1540,7 @@ class _ChunkedTransfer:
             return SUCCESS
 
         def add_chunk(_answer: Any, data: int | None, size: int) -> int:
-            chunk = ctypes.string_at(data, size) if data and size else b""
+            chunk = _capi.copy_memory(data, size)
             if self.answer_chunk is None:
                 self.answer.append(chunk)
                 return SUCCESS
@@ -1548,7 +1580,10 @@ def _guard(function: Callable[..., Any], where: str, on_error: Any) -> Callable[
         try:
             return function(*args)
         except BaseException:  # noqa: BLE001 - logged; never reaches C
-            _capi.report_exception(where)
+            try:
+                _capi.report_exception(where)
+            except BaseException:  # noqa: BLE001 - the error code must reach Orthanc regardless
+                pass
             return on_error
 
     return guarded
@@ -1599,7 +1634,7 @@ def ChunkedHttpClient(method: int, url: str, headers: Any = None, body: Any = No
     params.answer = params.request = None
     params.httpStatus = ctypes.pointer(status)
     params.method = _calls._to_int(method, f"{function}() argument 'method'")
-    params.url = _calls._to_c_string(url, f"{function}() argument 'url'")
+    params.url = _calls._to_required_c_string(url, f"{function}() argument 'url'")
     params.headersCount = len(pairs)
     params.headersKeys = (ctypes.c_char_p * len(pairs))(*(k for k, _ in pairs))
     params.headersValues = (ctypes.c_char_p * len(pairs))(*(v for _, v in pairs))
@@ -1705,7 +1740,7 @@ def _nested(where: str, uri: str, call: Callable[[], int]) -> int:
 
 
 def _answered(output: Any, where: str, method: str, uri: str) -> int:
-    output._address = 0  # lent by Orthanc for the call only
+    _capi.expire(output)  # lent by Orthanc for the call only
     if output.answered:
         return SUCCESS
     _capi.log_error(
@@ -1788,17 +1823,20 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             request = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
 
             def call() -> int:
-                output = RestOutput(output_address or 0)
+                output = RestOutput.lent(output_address or 0)
                 kwargs = _rest_request(request)
                 try:
                     handler(output, uri, **kwargs)
                 except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
-                    output._address = 0
+                    _capi.expire(output)
                     _capi.report_exception(where)
                     return PLUGIN_ERROR
                 return _answered(output, where, kwargs["method"], uri)
 
-            return _nested(where, uri, call)
+            try:
+                return _nested(where, uri, call)
+            finally:
+                _capi.expire(request)
 
         thunk = _capi.trampoline(_RawChunkedFactory, where)(c_handler)
         return ctypes.cast(thunk, _sdk.OrthancPluginRestCallback)
@@ -1810,7 +1848,11 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_factory(target: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            request = _rest_request(_capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0)))
+            view = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
+            try:
+                request = _rest_request(view)
+            finally:
+                _capi.expire(view)
             reader = factory(uri, **request)
             for method in ("AddChunk", "Execute"):
                 if not callable(getattr(reader, method, None)):
@@ -1842,7 +1884,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
         if upload is None or upload.failed:
             return PLUGIN_ERROR
         try:
-            upload.reader.AddChunk(ctypes.string_at(data, size) if data and size else b"")
+            upload.reader.AddChunk(_capi.copy_memory(data, size))
         except BaseException:  # noqa: BLE001 - logged; the upload fails (HTTP 500)
             # Orthanc 1.10.1 goes on to execute() whatever addChunk() returns:
             # remembered, so that Execute() never sees a partial body.
@@ -1861,11 +1903,11 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             return PLUGIN_ERROR
 
         def call() -> int:
-            output = RestOutput(output_address or 0)
+            output = RestOutput.lent(output_address or 0)
             try:
                 upload.reader.Execute(output)
             except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
-                output._address = 0
+                _capi.expire(output)
                 _capi.report_exception(upload.where)
                 return PLUGIN_ERROR
             return _answered(output, upload.where, upload.method, upload.uri)
@@ -1884,7 +1926,8 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
     where = f"the chunked REST callbacks for {pathRegularExpression}"
     params = _sdk._OrthancPluginChunkedRestCallback()
-    params.pathRegularExpression = pathRegularExpression.encode("utf-8")
+    params.pathRegularExpression = _calls._to_required_c_string(
+        pathRegularExpression, f"{function}() argument 'pathRegularExpression'")
     params.getHandler = rest_handler(getHandler)
     params.postHandler = reader_factory(postFactory)
     params.deleteHandler = rest_handler(deleteHandler)
@@ -2093,7 +2136,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
             path = c_strings(items, size)
             if with_content:
                 data, data_size = rest[0], rest[1]
-                done = callback(path, ctypes.string_at(data, data_size) if data and data_size else b"")
+                done = callback(path, _capi.copy_memory(data, data_size))
             else:
                 done = callback(path)
             done_flag[0] = int(yes_or_no(done, what))
@@ -2102,7 +2145,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
         return what, c_write
 
     params = _sdk._OrthancPluginRegisterWebDavCollection()
-    params.uri = uri.encode("utf-8")
+    params.uri = _calls._to_required_c_string(uri, f"{function}() argument 'uri'")
     params.isExistingFolder = _capi.trampoline(_sdk.OrthancPluginWebDavIsExistingFolderCallback, existing_where)(
         c_is_existing
     )

@@ -23,7 +23,8 @@ with header arrays...) are written by hand in the Pythonic layers; for them
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, ClassVar, Optional
+import threading
+from typing import Any, Callable, ClassVar, Optional, TypeVar
 
 from . import _capi, _sdk
 from ._sdk_types import SdkFunction
@@ -69,27 +70,97 @@ def _base_type(c_type: str) -> tuple[str, int, bool]:
     return stripped.replace("*", "").replace("const", "").strip(), stars, const
 
 
-class Handle:
+_H = TypeVar("_H", bound="Handle")
+_LEASES_MADE = threading.Lock()
+
+
+class Handle(_capi.Borrowed):
     """An object of Orthanc's (an image, a DICOM instance...) held through a C pointer.
 
     Objects that Orthanc created for the script (``owned``) are freed with the
     matching ``OrthancPluginFree...`` when closed, collected, or at the end of
-    a ``with`` block; objects Orthanc lends to a callback are not.
+    a ``with`` block; objects Orthanc lends to a callback are not, and are
+    expired when the callback returns (:func:`orthanc_py._capi.expire`).
     """
 
     c_type_name: ClassVar[str] = ""
     """The opaque C type, e.g. ``"OrthancPluginImage"``; set by subclasses."""
 
+    after_callback: ClassVar[str] = "copy what you need from it while the callback runs"
+    """What to do instead of keeping a lent object past its callback (said in the error)."""
+
+    _expired: Optional[str] = None  # the error message, once Orthanc has taken the object back
+    # A lent object: the thread of the callback that lent it. Other threads take its lease
+    # for each call, and the end of the callback waits for the lease (see _take_lease).
+    _owner: Optional[int] = None
+    _lease: Optional[Any] = None  # a threading.RLock, made when another thread first uses the object
+    _shared = False  # another thread has used the object: expiring takes the lease
+
     def __init__(self, address: int, owned: bool = False) -> None:
         self._address = address
         self._owned = owned
 
+    @classmethod
+    def lent(cls: type[_H], address: int) -> _H:
+        """Wraps an object Orthanc lends to the running callback: never freed by Python, expired when it returns.
+
+        Another thread may be inside an SDK call on the object when the
+        callback returns: expiring waits for that call to end (the lease),
+        so Orthanc never frees the object under it.
+        """
+        handle = cls(address)
+        handle._owner = threading.get_ident()
+        return handle
+
+    def _take_lease(self) -> Optional[Any]:
+        """Takes the lease when a thread other than the lending callback's uses the object; returns it, or None.
+
+        The callback's own thread needs none: the object expires on that
+        thread, after the handler, so never during one of its calls. The
+        caller releases what this returns once Orthanc is done with the object.
+        """
+        owner = self._owner
+        if owner is None or owner == threading.get_ident():
+            return None
+        lease = self._lease
+        if lease is None:
+            with _LEASES_MADE:
+                lease = self._lease
+                if lease is None:
+                    lease = self._lease = threading.RLock()
+        # Shared first, then taken: _expire() sets "expired" first, then reads
+        # "shared"; whichever runs first, the address check after this sees it.
+        self._shared = True
+        lease.acquire()
+        return lease
+
     @property
     def address(self) -> int:
-        """The C pointer, as an integer (0 once closed)."""
-        if not self._address:
+        """The C pointer, as an integer.
+
+        :raises ExpiredError: when Orthanc lent the object to a callback that has returned.
+        :raises ValueError: when the object was closed.
+        """
+        address = self._address
+        if not address or self._expired is not None:
+            if self._expired is not None:
+                raise _capi.ExpiredError(self._expired or self._expired_message())
             raise ValueError(f"this {type(self).__name__} was closed")
-        return self._address
+        return address
+
+    def _expire(self, message: Optional[str] = None) -> None:
+        # On every request's path: the message is only written if it is ever needed.
+        self._expired = message or ""  # from now on, new calls refuse
+        if not self._shared:
+            self._address = 0
+            return
+        with self._lease:  # type: ignore[union-attr]  # waits for a call another thread is making with it
+            self._address = 0
+
+    def _expired_message(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__name__}".replace("orthanc_py._calls.", "")
+        return (f"this {name} was lent by Orthanc to a callback that has returned, and Orthanc has freed it: "
+                f"{self.after_callback}")
 
     def close(self) -> None:
         """Frees the Orthanc object now, if the script owns it."""
@@ -125,34 +196,107 @@ def handle_class(c_type_name: str) -> type[Handle]:
     return cls
 
 
-def _to_bytes(value: Any, what: str) -> bytes:
+def _to_bytes(value: Any, what: str, limit: Optional[int] = None) -> bytes:
+    """``bytes``, ``str`` (sent as UTF-8) or any buffer (``bytearray``, ``memoryview``, ``mmap``...) as bytes.
+
+    :param limit: the largest size the C side can be told (its size field's
+        range); checked before anything is copied.
+    """
     if isinstance(value, bytes):
-        return value
+        data = value
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+    else:
+        try:
+            view = memoryview(value)
+        except TypeError:
+            raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}") from None
+        if limit is not None and view.nbytes > limit:
+            raise _too_large(what, view.nbytes, limit)
+        return view.tobytes()
+    if limit is not None and len(data) > limit:
+        raise _too_large(what, len(data), limit)
+    return data
+
+
+def buffer_size(value: Any, what: str) -> int:
+    """How many bytes :func:`_to_bytes` would make of ``value``, without copying it."""
+    if isinstance(value, bytes):
+        return len(value)
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}")
+        return len(value.encode("utf-8"))
+    try:
+        return memoryview(value).nbytes
+    except TypeError:
+        raise TypeError(f"{what} must be bytes or str, not {type(value).__name__}") from None
+
+
+def _too_large(what: str, size: int, limit: int) -> ValueError:
+    return ValueError(f"{what} holds {size} bytes, more than Orthanc can take here ({limit} bytes: "
+                      f"its size is a {limit.bit_length()}-bit field); send it in pieces")
 
 
 def _to_c_string(value: Any, what: str) -> Optional[bytes]:
+    """A ``str`` (or ``bytes``) for a ``const char*``; ``None`` is NULL.
+
+    :raises ValueError: when it holds a NUL character, which would cut it short in C.
+    """
     if value is None:
         return None
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"{what} must be str, not {type(value).__name__}")
+        data = value.encode("utf-8")
+    elif isinstance(value, bytes):
+        data = value
+    else:
+        raise TypeError(f"{what} must be str, not {type(value).__name__}")
+    if b"\0" in data:
+        # C would read up to the NUL: "/studies/ID\0x" would act on "/studies/ID".
+        raise ValueError(f"{what} holds a NUL character (\\0), which C strings cannot hold: {value!r}")
+    return data
+
+
+def _required(convert: Callable[[Any, str], Optional[bytes]]) -> Callable[[Any, str], bytes]:
+    """``convert``, refusing ``None`` (NULL) where Orthanc needs a text."""
+    def required(value: Any, what: str) -> bytes:
+        if value is None:
+            raise TypeError(f"{what} must be str, not None")
+        return convert(value, what)  # type: ignore[return-value]
+
+    return required
+
+
+_to_required_c_string = _required(_to_c_string)
+"""Like :func:`_to_c_string`, where Orthanc does not accept NULL."""
+
+
+def _to_header_text(value: Any, what: str) -> Optional[bytes]:
+    """A C string that becomes part of an HTTP header: no CR or LF (header injection)."""
+    data = _to_c_string(value, what)
+    if data is not None and (b"\r" in data or b"\n" in data):
+        raise ValueError(f"{what} holds a line break (CR or LF), which would end the HTTP header "
+                         f"and start another: {value!r}")
+    return data
 
 
 def _to_string_pairs(value: Any, what: str) -> list[tuple[bytes, bytes]]:
+    """A ``dict`` (or pairs) of ``str`` for C arrays of keys and values: HTTP headers, so no CR or LF."""
     if value is None:
         return []
-    items = value.items() if hasattr(value, "items") else value
-    try:
-        return [(_to_c_string(k, what) or b"", _to_c_string(v, what) or b"") for k, v in items]
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}") from None
+    if hasattr(value, "items"):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:  # any other iterable (a buffer of 4 GiB...) is no mapping: refused before it is walked
+        raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+    pairs = []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+        key, text = item
+        if not isinstance(key, (str, bytes)) or not isinstance(text, (str, bytes)):
+            raise TypeError(f"{what} must be a dict of str to str, not {type(value).__name__}")
+        pairs.append((_to_header_text(key, what) or b"", _to_header_text(text, what) or b""))
+    return pairs
 
 
 def _to_int(value: Any, what: str) -> int:
@@ -162,6 +306,90 @@ def _to_int(value: Any, what: str) -> int:
         except AttributeError:
             raise TypeError(f"{what} must be int, not {type(value).__name__}") from None
     return int(value)
+
+
+def _int_range(c_type: Any) -> tuple[int, int]:
+    """The values a ctypes integer type holds: ``c_uint32`` -> ``(0, 2**32 - 1)``."""
+    bits = ctypes.sizeof(c_type) * 8
+    if c_type(-1).value == -1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _int_converter(base: str) -> Callable[[Any, str], int]:
+    """Converts to ``int`` and checks the C type's range: ctypes would silently wrap ``-1`` to ``2**32 - 1``."""
+    # C enums are ints; some are bit flags (DicomToJsonFlags), so any int32 may be meant.
+    low, high = _int_range(INTEGER_TYPES.get(base, ctypes.c_int32))
+    c_name = base if base in INTEGER_TYPES else f"{base} (a 32-bit C enum)"
+
+    def convert(value: Any, what: str) -> int:
+        number = _to_int(value, what)
+        if not low <= number <= high:
+            raise ValueError(f"{what} is {number}, out of the range of its C type {c_name}: {low} to {high}")
+        return number
+
+    return convert
+
+
+def _bytes_per_pixel() -> dict[int, int]:
+    """Bytes per pixel of each pixel format, from the bits in its name (``RGB24`` -> 3); not ``Unknown``."""
+    sizes = {}
+    for member in _sdk.OrthancPluginPixelFormat:
+        digits = "".join(c for c in member.name if c.isdigit())
+        if digits:
+            sizes[int(member)] = int(digits) // 8
+    return sizes
+
+
+BYTES_PER_PIXEL = _bytes_per_pixel()
+
+# The image services that read (or, for an accessor, keep) ``pitch * height``
+# bytes from a caller's buffer, whatever its length.
+_IMAGE_ARGUMENTS = ("format", "width", "height", "pitch", "buffer")
+
+
+def check_image_buffer(what: str, format: int, width: int, height: int, pitch: int, size: int) -> None:
+    """Checks that a buffer of ``size`` bytes holds the image Orthanc will read from it.
+
+    Orthanc reads ``width * bytesPerPixel`` bytes from each of ``height``
+    rows, ``pitch`` bytes apart, and trusts the caller: a short buffer is a
+    read past its end.
+
+    :raises ValueError: naming the argument at fault and the size needed.
+    """
+    per_pixel = BYTES_PER_PIXEL.get(format)
+    if per_pixel is None:
+        known = ", ".join(f"{m.name}={int(m)}" for m in _sdk.OrthancPluginPixelFormat if int(m) in BYTES_PER_PIXEL)
+        raise ValueError(f"{what}: format {format} is not a pixel format whose size is known ({known})")
+    for name, value in (("width", width), ("height", height), ("pitch", pitch)):
+        if value < 0:
+            raise ValueError(f"{what}: {name} is {value}; it cannot be negative")
+    row = width * per_pixel
+    if pitch < row:
+        raise ValueError(f"{what}: pitch is {pitch} bytes, less than a row of {width} pixels of "
+                         f"{per_pixel} byte(s) ({row} bytes)")
+    needed = pitch * (height - 1) + row if height else 0
+    if size < needed:
+        raise ValueError(f"{what}: buffer holds {size} bytes, but {height} rows of pitch {pitch} need "
+                         f"{needed} bytes (pitch * (height - 1) + width * {per_pixel})")
+
+
+# Pointer arguments where the header documents NULL as meaningful (its @param
+# says "can be NULL"); anywhere else Orthanc would dereference NULL.
+NULLABLE = {
+    ("OrthancPluginHttpGet", "username"), ("OrthancPluginHttpGet", "password"),
+    ("OrthancPluginHttpPost", "username"), ("OrthancPluginHttpPost", "password"),
+    ("OrthancPluginHttpPut", "username"), ("OrthancPluginHttpPut", "password"),
+    ("OrthancPluginHttpDelete", "username"), ("OrthancPluginHttpDelete", "password"),
+    ("OrthancPluginHttpClient", "username"), ("OrthancPluginHttpClient", "password"),
+    ("OrthancPluginHttpClient", "certificateFile"), ("OrthancPluginHttpClient", "certificateKeyFile"),
+    ("OrthancPluginHttpClient", "certificateKeyPassword"),
+    ("OrthancPluginGetTagName", "privateCreator"),
+    ("OrthancPluginCreateDicom", "pixelData"), ("OrthancPluginCreateDicom2", "pixelData"),
+}
+
+# Text arguments of the RestOutput functions that do not go into an HTTP header.
+_NOT_HEADER_TEXT = {("OrthancPluginSetHttpErrorDetails", "details")}
 
 
 class _Compiled:
@@ -180,6 +408,11 @@ class _Compiled:
         # name of a dict input -> (count argument, keys argument, values argument)
         self.string_maps: dict[str, tuple[str, str, str]] = {}
         self._classify_arguments()
+        # Image services: Orthanc reads pitch * height bytes of the buffer.
+        names = [name for name, _ in self.inputs]
+        self.image_check = all(name in names for name in _IMAGE_ARGUMENTS)
+        self.precondition = _PRECONDITIONS.get(fn.name)
+        self.handle_positions = [i for i, base in enumerate(self.input_types) if base in OPAQUE_NAMES]
         self.locals = {name: c_type for name, c_type in fn.locals}
         self._check_shape()
 
@@ -191,6 +424,11 @@ class _Compiled:
     def _classify_arguments(self) -> None:
         arguments = self.fn.arguments
         skip: set[str] = set()
+        # The text arguments of functions that answer an HTTP request end up in its headers.
+        answers_http = bool(arguments) and _base_type(arguments[0][1])[0] == "OrthancPluginRestOutput"
+
+        def nullable(name: str) -> bool:
+            return (self.fn.name, name) in NULLABLE
         for index, (name, c_type) in enumerate(arguments):
             base, stars, const = _base_type(c_type)
             following = arguments[index + 1] if index + 1 < len(arguments) else None
@@ -207,13 +445,19 @@ class _Compiled:
             elif base == "void" and stars == 1:
                 if following and following[1] in INTEGER_TYPES and following[0].lower().endswith("size"):
                     self.size_of[following[0]] = name
-                self._add_input(name, _to_bytes, base)
+                    self._add_input(name, _sized_bytes(following[1]), base)
+                else:
+                    self._add_input(name, _to_bytes, base)
             elif base == "char" and stars == 1 and following and following[0] == name + "Size":
                 # A text that may hold anything, NULs included: its size is given.
                 self.size_of[following[0]] = name
-                self._add_input(name, _to_bytes, base)
+                self._add_input(name, _sized_bytes(following[1]), base)
             elif base == "char" and stars == 1:
-                self._add_input(name, _to_c_string, base)
+                if answers_http and (self.fn.name, name) not in _NOT_HEADER_TEXT:
+                    convert = _to_header_text if nullable(name) else _required(_to_header_text)
+                else:
+                    convert = _to_c_string if nullable(name) else _to_required_c_string
+                self._add_input(name, convert, base)
             elif base in BUFFER_TYPES and stars == 1 and not const:
                 self.out_buffers.append((name, BUFFER_TYPES[base]))
             elif base in INTEGER_TYPES and stars == 1 and not const:
@@ -221,9 +465,9 @@ class _Compiled:
             elif base in STRUCT_TYPES and stars == 1 and not const:
                 self.out_structs.append((name, STRUCT_TYPES[base]))
             elif base in OPAQUE_NAMES and stars == 1:
-                self._add_input(name, _handle_converter(base), base)
+                self._add_input(name, _handle_converter(base, nullable(name)), base)
             elif stars == 0 and (base in INTEGER_TYPES or base in ENUM_NAMES):
-                self._add_input(name, _to_int, base)
+                self._add_input(name, _int_converter(base), base)
             elif stars == 0 and base == "float":
                 self._add_input(name, lambda v, w: float(v), base)
             elif base in _sdk.CALLBACKS:
@@ -249,20 +493,49 @@ class _Compiled:
         if fn.direct_params is not None and not fn.direct_params.startswith("arg:"):
             raise self._fail(f"it passes {fn.direct_params} to InvokeService")
 
+    def _check_image(self, args: tuple[Any, ...]) -> None:
+        """Checks the buffer of an image service against ``pitch * height``, before anything is copied."""
+        given = dict(zip((name for name, _ in self.inputs), args))
+        numbers = {name: convert(given[name], f"{self.python_name}() argument '{name}'")
+                   for name, convert in self.inputs if name in _IMAGE_ARGUMENTS[:4]}
+        check_image_buffer(f"{self.python_name}()", numbers["format"], numbers["width"], numbers["height"],
+                           numbers["pitch"], buffer_size(given["buffer"], f"{self.python_name}() argument 'buffer'"))
+
     # --- calls ---------------------------------------------------------------
 
     def __call__(self, *args: Any) -> Any:
+        leases = None
+        for position in self.handle_positions:
+            # Objects Orthanc lent to a callback running on another thread: held
+            # until Orthanc is done with them, so that the callback cannot end meanwhile.
+            if position < len(args) and getattr(args[position], "_owner", None) is not None:
+                lease = args[position]._take_lease()
+                if lease is not None:
+                    leases = (leases or []) + [lease]
+        if leases is None:
+            return self._call(args)
+        try:
+            return self._call(args)
+        finally:
+            for lease in leases:
+                lease.release()
+
+    def _call(self, args: tuple[Any, ...]) -> Any:
         fn = self.fn
         if len(args) != len(self.inputs):
             names = ", ".join(name for name, _ in self.inputs)
             raise TypeError(f"{self.python_name}({names}) takes {len(self.inputs)} argument(s), got {len(args)}")
         if fn.since is not None:
             _check_version(fn)
+        if self.image_check:
+            self._check_image(args)
         values: dict[str, Any] = {}
         for (name, convert), value in zip(self.inputs, args):
             values[name] = convert(value, f"{self.python_name}() argument '{name}'")
         for size_name, buffer_name in self.size_of.items():
             values[size_name] = len(values[buffer_name])
+        if self.precondition is not None:
+            self.precondition(self.python_name, values)
         for group, (count_name, keys_name, values_name) in self.string_maps.items():
             pairs = values.pop(group)
             values[count_name] = len(pairs)
@@ -329,14 +602,24 @@ class _Compiled:
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def _handle_converter(c_type_name: str) -> Callable[[Any, str], int]:
+def _handle_converter(c_type_name: str, nullable: bool = False) -> Callable[[Any, str], int]:
     def convert(value: Any, what: str) -> int:
         if isinstance(value, Handle) and value.c_type_name == c_type_name:
             return value.address
-        if value is None:
+        if value is None and nullable:
             return 0  # NULL: the SDK takes it where the object is optional (CreateDicom's pixelData)
         expected = handle_class(c_type_name).__name__
         raise TypeError(f"{what} must be {expected}, not {type(value).__name__}")
+
+    return convert
+
+
+def _sized_bytes(size_type: str) -> Callable[[Any, str], bytes]:
+    """The converter of a buffer whose size goes into a field of C type ``size_type``."""
+    limit = _int_range(INTEGER_TYPES[size_type])[1]
+
+    def convert(value: Any, what: str) -> bytes:
+        return _to_bytes(value, what, limit)
 
     return convert
 
@@ -370,7 +653,7 @@ def _take_buffer(buffer: Any) -> bytes:
     if not buffer.data:
         return b""
     try:
-        return ctypes.string_at(buffer.data, buffer.size)
+        return _capi.copy_memory(buffer.data, buffer.size)
     finally:
         _capi.free(buffer.data)
 
@@ -406,6 +689,22 @@ def _check_version(fn: SdkFunction) -> None:
             f"{fn.name[len('OrthancPlugin'):]}() needs Orthanc {need} or newer; this Orthanc is {running}",
         )
 
+
+# Services whose failure in Orthanc 1.10 is not an Orthanc error but a C++
+# exception that Orthanc lets escape through the plugin, across ctypes and
+# Python's frames (undefined behaviour: a hang or a crash later). What they
+# would trip on is checked here instead.
+
+def _command_line_index(python_name: str, values: dict[str, Any]) -> None:
+    count = int(sdk_function("OrthancPluginGetCommandLineArgumentsCount")())
+    if values["argument"] >= count:
+        raise IndexError(f"{python_name}() argument 'argument' is {values['argument']}, but Orthanc has {count} "
+                         f"command-line argument(s): ask for 0 to {count - 1} (GetCommandLineArgumentsCount())")
+
+
+_PRECONDITIONS: dict[str, Callable[[str, dict[str, Any]], None]] = {
+    "OrthancPluginGetCommandLineArgument": _command_line_index,
+}
 
 _COMPILED: dict[tuple[str, bool], _Compiled] = {}
 

@@ -224,17 +224,30 @@ def free(address: int) -> None:
         context.free(address)
 
 
-def copy_memory(address: int, size: int) -> bytes:
-    """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``."""
-    return ctypes.string_at(address, size) if address and size else b""
+_STRING_AT_LIMIT = 1 << 31
 
 
-def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, rows: int) -> None:
-    """Copies ``rows`` rows of pixels into memory Orthanc owns (an image buffer)."""
-    width = min(target_pitch, source_pitch)
+def copy_memory(address: Optional[int], size: int) -> bytes:
+    """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``; ``b""`` for NULL."""
+    if not address or size <= 0:
+        return b""
+    if size < _STRING_AT_LIMIT:
+        return ctypes.string_at(address, size)
+    # ctypes.string_at takes its size as a C int: from 2 GiB on, it would be negative.
+    return (ctypes.c_char * size).from_address(address).raw
+
+
+def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, rows: int, row_size: int) -> None:
+    """Copies ``rows`` rows of ``row_size`` bytes of pixels into memory Orthanc owns (an image buffer).
+
+    :raises ValueError: when a row does not fit (the caller checked the sizes; this is the last guard).
+    """
+    if row_size < 0 or row_size > min(target_pitch, source_pitch) or source_pitch * (rows - 1) + row_size > len(source):
+        raise ValueError(f"cannot copy {rows} rows of {row_size} bytes from a buffer of {len(source)} bytes "
+                         f"(pitch {source_pitch}) to an image of pitch {target_pitch}")
     for row in range(rows):
         start = row * source_pitch
-        ctypes.memmove(target + row * target_pitch, source[start:start + width], width)
+        ctypes.memmove(target + row * target_pitch, source[start:start + row_size], row_size)
 
 
 def retrieve_dynamic_string(service: Service, argument: Optional[bytes] = None) -> Optional[str]:
@@ -287,6 +300,53 @@ def get_configuration_path() -> Optional[str]:
     return retrieve_dynamic_string(Service.GetConfigurationPath)
 
 
+# --- memory Orthanc lends for one callback ------------------------------------
+
+class ExpiredError(RuntimeError):
+    """An object that Orthanc lent to a callback was used after the callback returned.
+
+    Orthanc frees what it lends (a request, a ``RestOutput``, a DICOM
+    instance...) once the callback returns; the wrapper then refuses any use
+    instead of reading freed memory. The message says how to keep the data.
+    """
+
+
+class Borrowed:
+    """Base of the wrappers of memory that Orthanc lends for the duration of one callback.
+
+    The code that calls the script's handler calls :func:`expire` on each such
+    wrapper when the handler returns, whatever happened; from then on the
+    wrapper raises :class:`ExpiredError` (modelled on llvmlite's
+    ``ObjectRef.close()``). Expiring costs nothing on the way in: a wrapper
+    checks nothing while valid.
+    """
+
+    __slots__ = ()
+
+    def _expire(self, message: Optional[str] = None) -> None:
+        """Makes every later use raise :class:`ExpiredError` (with ``message`` when given)."""
+        raise NotImplementedError
+
+
+def expire(*borrowed: Optional[Borrowed]) -> None:
+    """Ends the loan of each object: call it when the callback that received them returns."""
+    for each in borrowed:
+        if each is not None:
+            each._expire()
+
+
+class _Expired:
+    """Stands in for a C structure that Orthanc has taken back: reading any field raises."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str) -> Any:
+        raise ExpiredError(self.message)
+
+
 # --- callbacks ---------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -308,13 +368,26 @@ def _original_stderr() -> Any:
 
 
 def report_exception(where: str) -> None:
-    """Writes the exception being handled, with its traceback, to Orthanc's log."""
-    text = "".join(traceback.format_exception(*sys.exc_info())).rstrip()
-    message = f"orthanc_py: exception in {where}:\n{text}"
+    """Writes the exception being handled, with its traceback, to Orthanc's log.
+
+    Never raises: it runs in callbacks that must return an error code to
+    Orthanc whatever happens. When Orthanc's log fails, the report goes to
+    the process's standard error; when that fails too, it is lost.
+    """
+    try:
+        text = "".join(traceback.format_exception(*sys.exc_info())).rstrip()
+        message = f"orthanc_py: exception in {where}:\n{text}"
+    except BaseException:  # noqa: BLE001 - even formatting may fail (MemoryError...)
+        message = f"orthanc_py: exception in {where} (its traceback could not be formatted)"
     try:
         log_error(message)
-    except Exception:
+        return
+    except BaseException:  # noqa: BLE001 - fall back on standard error
+        pass
+    try:
         _original_stderr().write(message + "\n")
+    except BaseException:  # noqa: BLE001 - nowhere left to report; the caller still returns its code
+        pass
 
 
 _thread = threading.local()
@@ -358,12 +431,15 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
 
     def wrap(function: F) -> Any:
         def guarded(*args: Any) -> Any:
-            if not getattr(_thread, "entered", False):
-                _enter_thread()
             try:
+                if not getattr(_thread, "entered", False):
+                    _enter_thread()
                 return function(*args)
             except BaseException:
-                report_exception(where)
+                try:
+                    report_exception(where)
+                except BaseException:  # noqa: BLE001 - the error code must reach Orthanc regardless
+                    pass
                 return on_error
 
         return keep_alive(c_type(guarded))
@@ -401,11 +477,21 @@ def _raw_layout(struct: Any, data_fields: tuple[str, ...] = ()) -> Any:
 _AnswerBufferRaw = _raw_layout(_sdk._OrthancPluginAnswerBuffer, ("answer",))
 
 
+MAX_ANSWER_SIZE = 0xFFFFFFFF
+"""The largest body ``AnswerBuffer`` can send: its size is a 32-bit field."""
+
+
 def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
-    """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path."""
+    """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path.
+
+    :raises ValueError: when ``body`` is larger than a 32-bit size (ctypes would cut the size).
+    """
     context = _context
     if context is None or _closing:
         context = _require("AnswerBuffer")
+    if len(body) > MAX_ANSWER_SIZE:
+        raise ValueError(f"the answer holds {len(body)} bytes, more than Orthanc can send in one piece "
+                         f"({MAX_ANSWER_SIZE} bytes: its size is a 32-bit field)")
     params = _AnswerBufferRaw(output, body, len(body), mime_type)
     code = context.invoke_service(context.pointer, _ANSWER_BUFFER, ctypes.byref(params))
     if code:
@@ -421,42 +507,96 @@ def _c_strings(array: Any, count: int) -> list[str]:
     return [(array[i] or b"").decode("utf-8", "replace") for i in range(count)]
 
 
-class HttpRequestView:
+_REQUEST_OVER = (
+    "this HTTP request (orthanc_py.Request) was used after its handler returned: Orthanc has freed it. "
+    "Read what you need while the handler runs, or call request.detached() there: the copy it returns "
+    "outlives the handler (and pickles, for another thread or process)"
+)
+
+
+def _method_of(r: Any) -> str:
+    return HTTP_METHODS.get(r.method, "GET")
+
+
+def _groups_of(r: Any) -> tuple[str, ...]:
+    return tuple(_c_strings(r.groups, r.groupsCount))
+
+
+def _get_of(r: Any) -> list[tuple[str, str]]:
+    return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
+
+
+def _headers_of(r: Any) -> list[tuple[str, str]]:
+    return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
+
+
+def _body_of(r: Any) -> bytes:
+    return copy_memory(r.body, r.bodySize)
+
+
+_VIEW_LEASES = threading.Lock()
+
+
+class HttpRequestView(Borrowed):
     """The request Orthanc passes to a REST callback, read lazily.
 
-    Valid only while the callback runs: Orthanc owns the memory behind it.
+    Valid only while the callback runs: Orthanc owns the memory behind it,
+    and once the callback returns every property raises :class:`ExpiredError`.
     Each property reads the C structure when first asked, so a handler that
     looks at nothing pays for nothing.
+
+    A thread other than the callback's reads under a lease, and the end of
+    the callback waits for a read in progress: Orthanc never frees the
+    request under it.
     """
 
-    __slots__ = ("_request",)
+    __slots__ = ("_request", "_owner", "_lease")
 
     def __init__(self, request: Any) -> None:
         self._request = request
+        self._owner = threading.get_ident()
+        self._lease: Optional[threading.Lock] = None
+
+    def _expire(self, message: Optional[str] = None) -> None:
+        # The structure is replaced first, so that reads from now on refuse;
+        # then a read another thread is making is waited for.
+        self._request = _Expired(message or _REQUEST_OVER)
+        lease = self._lease
+        if lease is not None:
+            with lease:
+                pass
+
+    def _read(self, read: Callable[[Any], Any]) -> Any:
+        if self._owner == threading.get_ident():
+            return read(self._request)  # the callback's thread: the request cannot end meanwhile
+        lease = self._lease
+        if lease is None:
+            with _VIEW_LEASES:
+                lease = self._lease
+                if lease is None:
+                    lease = self._lease = threading.Lock()
+        with lease:
+            return read(self._request)
 
     @property
     def method(self) -> str:
-        return HTTP_METHODS.get(self._request.method, "GET")
+        return self._read(_method_of)  # type: ignore[no-any-return]
 
     @property
     def groups(self) -> tuple[str, ...]:
-        r = self._request
-        return tuple(_c_strings(r.groups, r.groupsCount))
+        return self._read(_groups_of)  # type: ignore[no-any-return]
 
     @property
     def get(self) -> list[tuple[str, str]]:
-        r = self._request
-        return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
+        return self._read(_get_of)  # type: ignore[no-any-return]
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        r = self._request
-        return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
+        return self._read(_headers_of)  # type: ignore[no-any-return]
 
     @property
     def body(self) -> bytes:
-        r = self._request
-        return ctypes.string_at(r.body, r.bodySize) if r.body and r.bodySize else b""
+        return self._read(_body_of)  # type: ignore[no-any-return]
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]
@@ -468,6 +608,7 @@ in our measurements, so six leaves a margin for handlers that use more."""
 _nesting = threading.local()
 _RawRestCallback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
 _HttpRequest = _sdk.OrthancPluginHttpRequest
+_EXPIRED_REQUEST = _Expired(_REQUEST_OVER)
 
 
 def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
@@ -476,7 +617,12 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
     Uses the no-lock registration: Orthanc then runs callbacks of several
     requests at once, and Python's GIL is released whenever the handler
     waits (on the REST API, on I/O, on a worker process).
+
+    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
+    regex = path_regex.encode("utf-8")
+    if b"\0" in regex:
+        raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
 
     def callback(output: int, url: Optional[bytes], request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
@@ -489,16 +635,22 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
                       f"(a route calling itself through the REST API?); refusing {uri}")
             return int(ErrorCode.Plugin)
         _nesting.depth = depth + 1
+        view = HttpRequestView(_HttpRequest.from_address(request))
         try:
-            return handler(output, uri, HttpRequestView(_HttpRequest.from_address(request)))
+            return handler(output, uri, view)
         finally:
             _nesting.depth = depth
+            # view._expire(), inlined (every request passes here): Orthanc frees the request now.
+            view._request = _EXPIRED_REQUEST
+            if view._lease is not None:
+                with view._lease:  # a read another thread is making
+                    pass
 
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.
     c_callback = trampoline(_RawRestCallback, where)(callback)
     params = keep_alive(_sdk._OrthancPluginRestCallback())
-    params.pathRegularExpression = path_regex.encode("utf-8")
+    params.pathRegularExpression = regex
     params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
     invoke(Service.RegisterRestCallbackNoLock, params)
 

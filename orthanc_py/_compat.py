@@ -13,9 +13,11 @@ whose Python form differs from their C form are written by hand below.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import inspect
 import logging
+import threading
 import types
 from typing import Any, Callable, Optional
 
@@ -78,6 +80,8 @@ class RestOutput(Handle):
     """The answer to an HTTP request, given to a REST callback (valid during the call only)."""
 
     c_type_name = "OrthancPluginRestOutput"
+    after_callback = ("answer the request before the callback returns (output.AnswerBuffer(), "
+                      "output.SendHttpStatusCode()...); for work that takes longer, answer first and then start it")
 
     def __init__(self, address: int, owned: bool = False) -> None:
         super().__init__(address, owned)
@@ -88,17 +92,36 @@ class RestOutput(Handle):
         if isinstance(answer, str):
             answer = answer.encode("utf-8")
         elif not isinstance(answer, bytes):
-            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'")
-        if not isinstance(mimeType, str):
-            raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
-        _capi.answer_buffer(self.address, answer, mimeType.encode("utf-8"))
+            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
+        # The same few types on every request: each is checked once.
+        mime = _MIME_TYPES.get(mimeType) if type(mimeType) is str else None
+        if mime is None:
+            if not isinstance(mimeType, str):
+                raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
+            mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
+            if len(_MIME_TYPES) < 64:
+                _MIME_TYPES[mimeType] = mime
+        if self._owner == threading.get_ident():
+            _capi.answer_buffer(self.address, answer, mime)  # the callback's thread: no lease needed
+        else:
+            lease = self._take_lease()
+            try:
+                _capi.answer_buffer(self.address, answer, mime)
+            finally:
+                if lease is not None:
+                    lease.release()
         self.answered = True
+
+
+_MIME_TYPES: dict[str, bytes] = {}
 
 
 class DicomInstance(Handle):
     """A DICOM instance: received, stored, or created from a buffer."""
 
     c_type_name = "OrthancPluginDicomInstance"
+    after_callback = ("copy what you need while the callback runs: GetInstanceData() (the DICOM file), "
+                      "GetInstanceSimplifiedJson()...")
 
     def HasInstanceMetadata(self, metadata: str) -> int:
         """Returns 1 if the instance has the metadata ``metadata``, 0 otherwise."""
@@ -110,14 +133,25 @@ class DicomInstance(Handle):
 
     def GetInstanceData(self) -> bytes:
         """Returns the DICOM file of the instance, as bytes."""
-        address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
-        return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+        lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
+        try:
+            address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
+            return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+        finally:
+            if lease is not None:
+                lease.release()
 
 
 class Image(Handle):
     """An image in memory, decoded from DICOM, PNG or JPEG, or created empty."""
 
     c_type_name = "OrthancPluginImage"
+    _pixels: Any = None  # the memory of an accessor image, which Orthanc points at
+
+    def close(self) -> None:
+        """Frees the image now, then the pixels it was made over (if any)."""
+        super().close()
+        self._pixels = None
 
     def GetImageBuffer(self) -> bytes:
         """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
@@ -129,6 +163,7 @@ class FindQuery(Handle):
     """The query of a C-FIND request, given to a find callback."""
 
     c_type_name = "OrthancPluginFindQuery"
+    after_callback = "read the query while the callback runs"
 
     def GetFindQueryTagGroup(self, index: int) -> int:
         """Returns the group of the ``index``-th tag of the query."""
@@ -262,18 +297,85 @@ def LookupDictionary(name: str) -> dict[str, int]:
     }
 
 
+def _image_arguments(what: str, format: Any, width: Any, height: Any, pitch: Any) -> tuple[int, int, int, int]:
+    uint32 = _calls._int_converter("uint32_t")
+    return (_calls._int_converter("OrthancPluginPixelFormat")(format, f"{what} argument 'format'"),
+            uint32(width, f"{what} argument 'width'"), uint32(height, f"{what} argument 'height'"),
+            uint32(pitch, f"{what} argument 'pitch'"))
+
+
+def _pixels_of(image: Image) -> tuple[int, int, int, int, int]:
+    """``(address, format, width, height, pitch)`` of an image's pixels."""
+    return (_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image),
+            _call("OrthancPluginGetImagePixelFormat", image), _call("OrthancPluginGetImageWidth", image),
+            _call("OrthancPluginGetImageHeight", image), _call("OrthancPluginGetImagePitch", image))
+
+
 def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buffer: bytes) -> Image:
     """Creates an image from raw pixels: ``height`` rows of ``pitch`` bytes each.
 
     The pixels are copied into an image Orthanc owns, so ``buffer`` may be
     released afterwards.
+
+    :raises ValueError: when ``buffer`` is shorter than the image, or a size is negative or too large.
     """
-    if len(buffer) < pitch * height:
-        raise ValueError(f"CreateImageFromBuffer(): buffer holds {len(buffer)} bytes, less than pitch * height = {pitch * height}")
+    what = "CreateImageFromBuffer()"
+    format, width, height, pitch = _image_arguments(what, format, width, height, pitch)
+    _calls.check_image_buffer(what, format, width, height, pitch,
+                              _calls.buffer_size(buffer, f"{what} argument 'buffer'"))
+    data = _calls._to_bytes(buffer, f"{what} argument 'buffer'")
     image: Image = _call("OrthancPluginCreateImage", format, width, height)
-    _capi.copy_rows(_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image), _call("OrthancPluginGetImagePitch", image),
-                    bytes(buffer), pitch, height)
+    target, _, _, _, target_pitch = _pixels_of(image)
+    _capi.copy_rows(target, target_pitch, data, pitch, height, width * _calls.BYTES_PER_PIXEL[format])
     return image
+
+
+def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer: Any) -> Image:
+    """Creates an image whose pixels are ``buffer`` itself: ``height`` rows of ``pitch`` bytes.
+
+    Orthanc reads and writes the pixels in place for as long as the image
+    lives, so the image keeps what it points at: a writable buffer
+    (``bytearray``, writable ``memoryview``, NumPy array...) is shared, and
+    locked against resizing until the image is closed; a read-only one
+    (``bytes``) is copied into memory the image owns, which
+    :meth:`Image.DrawText` may then change without touching ``buffer``.
+
+    :raises ValueError: when ``buffer`` is shorter than the image, or a size is negative or too large.
+    """
+    what = "CreateImageAccessor()"
+    format, width, height, pitch = _image_arguments(what, format, width, height, pitch)
+    try:
+        view = memoryview(buffer)
+    except TypeError:
+        raise TypeError(f"{what} argument 'buffer' must be bytes, bytearray or another buffer, "
+                        f"not {type(buffer).__name__}") from None
+    _calls.check_image_buffer(what, format, width, height, pitch, view.nbytes)
+    pixels: Any
+    if view.readonly or not view.c_contiguous:
+        pixels = (ctypes.c_char * view.nbytes).from_buffer_copy(view.tobytes())
+    else:
+        pixels = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
+    target = ctypes.c_void_p()
+    params = _sdk._OrthancPluginCreateImage()
+    _capi._set_out_pointer(params, "target", target)
+    params.format, params.width, params.height, params.pitch = format, width, height, pitch
+    params.buffer = ctypes.addressof(pixels)
+    _capi.invoke(_capi.Service.CreateImageAccessor, params, what)
+    if not target.value:
+        raise _capi.OrthancError(int(_capi.ErrorCode.Plugin), f"{what}: Orthanc created no image")
+    image = Image(target.value, owned=True)
+    image._pixels = pixels  # freed with the image, never before: Orthanc points at it
+    return image
+
+
+def _image_copy(image: Image) -> Image:
+    """An image with pixels of its own (Orthanc's memory), equal to ``image``."""
+    address, format, width, height, pitch = _pixels_of(image)
+    copy: Image = _call("OrthancPluginCreateImage", format, width, height)
+    target, _, _, _, target_pitch = _pixels_of(copy)
+    row = width * _calls.BYTES_PER_PIXEL.get(format, 0) or min(pitch, target_pitch)
+    _capi.copy_rows(target, target_pitch, _capi.copy_memory(address, pitch * height), pitch, height, row)
+    return copy
 
 
 def _log(log: Callable[[str], None], level: int, message: str) -> None:
@@ -313,6 +415,20 @@ def _handler_name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
 
 
+def _official_request(r: Any) -> dict[str, Any]:
+    """The keyword arguments of a REST callback, from Orthanc's request structure ``r``.
+
+    The keys the official plugin passes: ``get`` for GET only, ``body`` for POST and PUT only.
+    """
+    method = _capi._method_of(r)
+    kwargs: dict[str, Any] = {"method": method, "groups": _capi._groups_of(r), "headers": dict(_capi._headers_of(r))}
+    if method == "GET":
+        kwargs["get"] = dict(_capi._get_of(r))
+    elif method in ("POST", "PUT"):
+        kwargs["body"] = _capi._body_of(r)
+    return kwargs
+
+
 def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
     """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
 
@@ -336,19 +452,16 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
 
     def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
-        output = RestOutput(output_address)
-        method = request.method
-        # The keys the official plugin passes: "get" for GET only, "body" for POST and PUT only.
-        kwargs: dict[str, Any] = {"method": method, "groups": request.groups, "headers": dict(request.headers)}
-        if method == "GET":
-            kwargs["get"] = dict(request.get)
-        elif method in ("POST", "PUT"):
-            kwargs["body"] = request.body
+        output = RestOutput.lent(output_address)
+        kwargs: dict[str, Any] = request._read(_official_request)  # one read of the whole request
+        method = kwargs["method"]
         try:
             callback(output, uri, **kwargs)
         except BaseException:
             _capi.report_exception(where)
             return int(_capi.ErrorCode.Plugin)
+        finally:
+            output._expire()  # Orthanc's answer object is gone once we return
         if not output.answered:
             _capi.log_error(
                 f"orthanc_py: {where} returned without answering {method} {uri}; the client gets HTTP 500 "
@@ -373,11 +486,11 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
         )
 
     def deliver(address: int, instance_id: str) -> None:
-        instance = DicomInstance(address)
+        instance = DicomInstance.lent(address)
         try:
             callback(instance, instance_id)
         finally:
-            instance._address = 0  # lent by Orthanc for this call only
+            _capi.expire(instance)  # lent by Orthanc for this call only
 
     _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _handler_name(callback))
 
@@ -408,7 +521,7 @@ from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
 
 for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "RegisterRestCallback",
               "RegisterOnStoredInstanceCallback", "CheckVersion", "CheckVersionAdvanced", "GetErrorDescription",
-              "LookupDictionary", "CreateImageFromBuffer",
+              "LookupDictionary", "CreateImageFromBuffer", "CreateImageAccessor",
               "RegisterIncomingHttpRequestFilter", "RegisterReceivedInstanceCallback",
               "RegisterIncomingCStoreInstanceFilter", "RegisterFindCallback", "RegisterWorklistCallback",
               "RegisterMoveCallback", "RegisterStorageArea",

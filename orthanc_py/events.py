@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
-from . import _calls, _events, _runtime, _sdk
+from . import _calls, _capi, _events, _runtime, _sdk
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
@@ -99,15 +99,23 @@ def _add_lifecycle_handler(function: Callable[[], Any], change_type: int, what: 
     _events.changes.add(deliver, what)
 
 
-class StoredInstance:
+class StoredInstance(_capi.Borrowed):
     """An instance Orthanc has just stored; valid while the handler runs.
 
     Each property asks Orthanc when first read, so a handler pays only for
-    what it uses.
+    what it uses. A property first read after the handler returned raises
+    :class:`RuntimeError` (Orthanc has freed the instance by then); the
+    values read during the handler stay available.
     """
 
+    def _expire(self, message: Optional[str] = None) -> None:
+        self._instance._expire(message or (
+            f"this StoredInstance ({self.id}) was used after its handler returned, and Orthanc has freed it: "
+            "read what you need (instance.data, instance.simplified_json...) while the handler runs"
+        ))
+
     def __init__(self, address: int, instance_id: str) -> None:
-        self._instance = _calls.handle_class("OrthancPluginDicomInstance")(address)
+        self._instance = _calls.handle_class("OrthancPluginDicomInstance").lent(address)
         self.id = instance_id
         """The Orthanc ID of the instance."""
 
@@ -124,7 +132,12 @@ class StoredInstance:
         """The DICOM file."""
         from ._capi import copy_memory
 
-        return copy_memory(self._call("GetInstanceData", raw=True), self.size)
+        lease = self._instance._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
+        try:
+            return copy_memory(self._call("GetInstanceData", raw=True), self.size)
+        finally:
+            if lease is not None:
+                lease.release()
 
     @functools.cached_property
     def origin(self) -> InstanceOrigin:
@@ -172,7 +185,7 @@ def on_stored_instance(function: F) -> F:
         try:
             function(instance)
         finally:
-            instance._instance._address = 0  # lent by Orthanc for this call only
+            _capi.expire(instance)  # lent by Orthanc for this call only
 
     _events.stored_instances.add(deliver, "@on_stored_instance", getattr(function, "__qualname__", repr(function)))
     return function
