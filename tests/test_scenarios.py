@@ -13,11 +13,13 @@ assertions.
 
 from __future__ import annotations
 
+import csv
 import datetime
 import io
 import json
 import subprocess
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -328,3 +330,75 @@ def test_python_cfind_and_cmove_scps_answer_and_send_the_study(start_scenario, s
     received = storescp.wait_for_files(2)
     assert sop_instance_uids([path.read_bytes() for path in received]) == sop_instance_uids(files)
     server.wait_for_log(printed(f"C-MOVE of study {study_uid} to {storescp.aet}"))
+
+
+# --- 4. storage, downloads, jobs --------------------------------------------------------
+
+
+def test_a_python_storage_area_keeps_orthancs_files(start_scenario, tmp_path):
+    folder = tmp_path / "python-storage"
+    folder.mkdir()
+    server = start_scenario("storage_area", config={"PythonStorageFolder": str(folder)})
+    dicom = make_dicom(patient_id="STORAGE-1", patient_name="Stored^InPython")
+
+    instance = upload(server, dicom)["ID"]
+    # the DICOM file is one of the files in the folder, byte for byte
+    assert dicom in [path.read_bytes() for path in folder.iterdir()]
+    assert server.get(f"/instances/{instance}/file").body == dicom
+    assert server.get_json(f"/instances/{instance}/simplified-tags")["PatientID"] == "STORAGE-1"
+
+    assert server.request("DELETE", f"/instances/{instance}").status == 200
+    assert list(folder.iterdir()) == []
+
+
+def test_routes_answer_a_spreadsheet_a_zip_and_a_jpeg(start_scenario):
+    from PIL import Image
+
+    server = start_scenario("downloads")
+    _, files = make_study(3, patient_id="DOWNLOAD-1", rows=32, cols=48)
+    uploaded = [upload(server, dicom) for dicom in files]
+    study = uploaded[0]["ParentStudy"]
+    uids = [str(pydicom.dcmread(io.BytesIO(dicom)).SOPInstanceUID) for dicom in files]
+
+    sheet = server.get(f"/studies/{study}/instances.csv")
+    assert_answer(sheet, 200, "text/csv")
+    assert sheet.headers["content-disposition"] == f'attachment; filename="{study}.csv"'
+    rows = list(csv.reader(io.StringIO(sheet.text)))
+    assert rows == [["SOPInstanceUID", "InstanceNumber", "FileSize"]] + [
+        [uid, str(number), str(len(dicom))] for number, (uid, dicom) in enumerate(zip(uids, files), start=1)
+    ]
+
+    archive = server.get(f"/studies/{study}/files.zip")
+    assert_answer(archive, 200, "application/zip")
+    assert archive.headers["content-disposition"] == f'attachment; filename="{study}.zip"'
+    with zipfile.ZipFile(io.BytesIO(archive.body)) as z:
+        assert {name: z.read(name) for name in z.namelist()} == {f"{uid}.dcm": dicom for uid, dicom in zip(uids, files)}
+
+    preview = server.get(f"/instances/{uploaded[0]['ID']}/preview.jpg")
+    assert_answer(preview, 200, "image/jpeg")
+    picture = Image.open(io.BytesIO(preview.body))
+    assert (picture.format, picture.mode, picture.size) == ("JPEG", "L", (48, 32))
+    # the gradient of the DICOM, cut to 8 bits: black top-left, white bottom-right
+    assert picture.getpixel((0, 0)) < 16 and picture.getpixel((47, 31)) > 240
+
+    assert server.get("/studies/unknown/files.zip").status == 500
+
+
+def test_a_failed_transfer_job_is_retried_until_the_modality_answers(start_scenario, tmp_path):
+    receiver = StoreScp(tmp_path / "received", tmp_path / "storescp.log")
+    server = start_scenario("retry_failed_jobs", config={"DicomModalities": {"late": receiver.modality()}})
+    _, files = make_study(2, patient_id="RETRY-1")
+    study = {upload(server, dicom)["ParentStudy"] for dicom in files}.pop()
+
+    # the modality is down: the transfer fails, and is retried
+    job = server.post_json("/modalities/late/store", {"Resources": [study], "Asynchronous": True})["ID"]
+    server.wait_for_log(printed(f"Job {job} failed, retry 1 in 1 s"))
+    receiver.start()
+    try:
+        server.wait_for_log(printed(f"Job {job} succeeded"), timeout=60)
+        received = receiver.wait_for_files(2)
+        assert sop_instance_uids([path.read_bytes() for path in received]) == sop_instance_uids(files)
+    finally:
+        receiver.stop()
+    assert server.get_json(f"/jobs/{job}")["State"] == "Success"
+    assert "giving up" not in server.log
