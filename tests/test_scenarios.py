@@ -17,6 +17,7 @@ import csv
 import datetime
 import io
 import json
+import os
 import subprocess
 import threading
 import zipfile
@@ -402,3 +403,39 @@ def test_a_failed_transfer_job_is_retried_until_the_modality_answers(start_scena
         receiver.stop()
     assert server.get_json(f"/jobs/{job}")["State"] == "Success"
     assert "giving up" not in server.log
+
+
+def pynetdicom_path(folder: Path) -> Path:
+    """A folder to put on the official plugin's ``PYTHONPATH``: this venv's pynetdicom and pydicom.
+
+    The official plugin runs Debian's Python, whose pydicom is too old for
+    pynetdicom; a site installs both for it with ``pip install --target``.
+    """
+    from importlib.metadata import distribution
+
+    folder.mkdir()
+    for name in ("pynetdicom", "pydicom"):
+        site = Path(str(distribution(name).locate_file("")))
+        # the package and its metadata (pynetdicom reads its own version from it)
+        for source in [site / name, *site.glob(f"{name}-*.dist-info")]:
+            (folder / source.name).symlink_to(source)
+    return folder
+
+
+def test_pynetdicom_runs_inside_orthanc(start_scenario, plugin, storescp: StoreScp, tmp_path):  # noqa: F811
+    env = None
+    if plugin is not None:
+        env = {**os.environ, "PYTHONPATH": str(pynetdicom_path(tmp_path / "site"))}
+    server = start_scenario("pynetdicom_scu", config={"DicomModalities": {"archive": storescp.modality()}}, env=env)
+    dicom = make_dicom(patient_id="PYNETDICOM-1")
+    instance = upload(server, dicom)["ID"]
+
+    echo = server.get("/pynetdicom/echo/archive")
+    assert_answer(echo, 200, "application/json")
+    assert echo.json() == {"Status": 0}
+    stored = server.post("/pynetdicom/store/archive", instance)
+    assert_answer(stored, 200, "application/json")
+    assert stored.json() == {"Status": 0}
+    [received] = storescp.wait_for_files(1)
+    assert sop_instance_uids([received.read_bytes()]) == sop_instance_uids([dicom])
+    assert_method_not_allowed(server.get("/pynetdicom/store/archive"), "POST")
