@@ -217,6 +217,19 @@ def test_the_http_filter_asks_the_authorization_service(start_scenario, authoriz
     ]
 
 
+def test_a_missing_study_is_told_apart_by_its_error_code(start_scenario):
+    server = start_scenario("study_summary")
+    study = upload(server, make_dicom(patient_id="SUMMARY-1", study_date="20220202"))["ParentStudy"]
+
+    answer = server.get(f"/studies/{study}/summary")
+    assert_answer(answer, 200, "application/json")
+    assert answer.json() == {"PatientID": "SUMMARY-1", "StudyDate": "20220202", "Series": 1}
+    assert server.get("/studies/missing/summary").status == 404
+    # what print() shows of the exception: under the official plugin, the tuple of its arguments
+    logged = server.wait_for_log(r"No summary for study missing: (.*)$")
+    assert logged[1] == "(17, 'Unknown resource')"
+
+
 # --- 3. housekeeping and DICOM services -----------------------------------------------
 
 
