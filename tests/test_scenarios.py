@@ -113,6 +113,28 @@ def test_stable_studies_go_to_the_modality_and_the_peer_then_are_deleted(start_s
     assert server.get_json("/studies") == []
 
 
+def test_instances_from_the_scanner_are_anonymized_and_sent_on(start_scenario, storescp: StoreScp, tmp_path):
+    server = start_scenario("anonymize_and_forward", config={"DicomModalities": {"research": storescp.modality()}})
+    _, scanned = make_study(2, patient_id="ANON-1", patient_name="Private^Person", study_description="Chest CT")
+    scanner_files = [write(tmp_path / f"scan{number}.dcm", dicom) for number, dicom in enumerate(scanned)]
+    other = write(tmp_path / "other.dcm", make_dicom(patient_id="ANON-2", patient_name="Other^Person"))
+
+    for aet, files in [("CT_SCANNER", scanner_files), ("WORKSTATION", [other])]:
+        sent = store_scu(server, aet, *files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    copies = [pydicom.dcmread(path) for path in storescp.wait_for_files(2, timeout=60)]
+    assert sorted(str(copy.PatientName) for copy in copies) == ["Research^Subject"] * 2
+    assert {str(copy.StudyDescription) for copy in copies} == {"Chest CT"}
+    assert not {str(copy.PatientID) for copy in copies} & {"ANON-1", "ANON-2"}
+    assert not {str(copy.SOPInstanceUID) for copy in copies} & sop_instance_uids(scanned)
+    # Orthanc keeps the originals, and nothing else
+    assert sorted(str(dataset.PatientID) for dataset in stored_datasets(server)) == ["ANON-1", "ANON-1", "ANON-2"]
+    for instance in server.get_json("/instances"):
+        if server.get_json(f"/instances/{instance}/simplified-tags")["PatientID"] == "ANON-1":
+            server.wait_for_log(printed(f"Sent an anonymized copy of {instance}"))
+    assert len(storescp.received_files()) == 2
+
+
 # --- 2. changing and filtering what modalities send -----------------------------------
 
 
