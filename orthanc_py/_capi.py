@@ -25,19 +25,20 @@ Service = _sdk._OrthancPluginService
 
 
 class OrthancError(Exception):
-    """An Orthanc SDK call failed.
+    """An Orthanc SDK call failed (``orthanc.OrthancException``).
+
+    ``args`` is ``(code, description)`` and the text of the exception is that
+    pair, ``(17, 'Unknown resource')``, as with the official plugin: scripts
+    that log or compare ``str(error)`` see the same text under both.
 
     :ivar code: the Orthanc error code (an :class:`int`).
     :ivar description: Orthanc's text for that code.
     """
 
     def __init__(self, code: int, description: str) -> None:
-        super().__init__(code, description)
+        super().__init__(int(code), description)
         self.code = int(code)
         self.description = description
-
-    def __str__(self) -> str:
-        return f"{self.description} (Orthanc error {self.code})"
 
 
 class NotInOrthancError(RuntimeError):

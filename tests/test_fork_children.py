@@ -28,7 +28,9 @@ def InChild(n):
             seen[name] = "answered"
         except Exception as error:
             seen[name] = f"{type(error).__name__}: {error}"
-    print(f"print from fork child {n}", flush=True)
+    # One write per line: print() writes the text and its end apart, and the two
+    # children share one standard output.
+    print(f"print from fork child {n}\n", end="", flush=True)
     logging.getLogger("child").warning("logging from fork child %d", n)
     orthanc.LogWarning(f"orthanc.LogWarning from fork child {n}")
     return seen
