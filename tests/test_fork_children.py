@@ -30,7 +30,7 @@ def InChild(n):
             seen[name] = f"{type(error).__name__}: {error}"
     # One write per line: print() writes the text and its end apart, and the two
     # children share one standard output.
-    print(f"print from fork child {n}\n", end="", flush=True)
+    print(f"print from fork child {n}\\n", end="", flush=True)
     logging.getLogger("child").warning("logging from fork child %d", n)
     orthanc.LogWarning(f"orthanc.LogWarning from fork child {n}")
     return seen
