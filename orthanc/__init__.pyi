@@ -782,7 +782,7 @@ class MetricsType:
     TIMER: int
 
 class OrthancException(Exception):
-    """An Orthanc SDK call failed."""
+    """An Orthanc SDK call failed (``orthanc.OrthancException``)."""
     args: tuple[int, str]
     code: int
     description: str
