@@ -308,7 +308,7 @@ def _send(output: int, response: Response) -> None:
             _sdk_call("SendHttpStatusCode", output, status)
         else:
             _sdk_call("SetHttpHeader", output, "Content-Type", content_type)
-            _sdk_call("SendHttpStatus", output, status, response.body)
+            _sdk_call("SendHttpStatus", output, status, response.body, len(response.body))
     except _capi.OrthancError as error:
         if error.code == _capi.ErrorCode.ParameterOutOfRange:
             # Orthanc's HTTP server knows a fixed list of statuses (1.10: no
