@@ -60,7 +60,24 @@ def Refuse(output, uri, **request):
     except ValueError as error:
         output.AnswerBuffer(str(error), "text/plain")
 
+KEPT = []
+
+def OutputType(output, uri, **request):
+    if KEPT:  # the output of the previous request, kept past its callback
+        try:
+            KEPT[0].AnswerBuffer("late", "text/plain")
+            late = "answered"
+        except Exception as error:
+            late = f"{type(error).__name__}: {error}"
+    else:
+        late = None
+    KEPT[:] = [output]
+    answer = {"type": f"{type(output).__module__}.{type(output).__name__}",
+              "isinstance": isinstance(output, orthanc.RestOutput), "late": late}
+    output.AnswerBuffer(json.dumps(answer), "application/json")
+
 orthanc.RegisterRestCallback("/echo(/.*)?", Echo)
+orthanc.RegisterRestCallback("/output-type", OutputType)
 orthanc.RegisterRestCallback("/refuse/(.*)", Refuse)
 orthanc.RegisterRestCallback("/raw", Raw)
 orthanc.RegisterRestCallback("/boom", Boom)
@@ -130,6 +147,14 @@ def test_method_not_allowed_and_status_codes(server):
     assert server.post("/only-post", b"").text == "posted"
     assert server.get("/status/204").status == 204
     assert server.get("/status/403").status == 403
+
+
+def test_the_output_is_an_orthanc_rest_output_that_expires_with_its_callback(server):
+    first = server.get("/output-type").json()
+    assert first == {"type": "orthanc.RestOutput", "isinstance": True, "late": None}
+    second = server.get("/output-type").json()
+    assert second["late"].startswith("ExpiredError: this orthanc.RestOutput was lent by Orthanc to a callback "
+                                     "that has returned")
 
 
 def test_send_http_status_takes_the_body_and_its_size_as_the_official_plugin_does(server):
