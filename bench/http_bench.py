@@ -10,7 +10,11 @@ package ``wrk``), all in one run so that the ratios compare like with like:
 - the same routes under the official plugin, when Debian's orthanc-python is installed;
 - one CPU-bound offloaded call against two at once (``offload=True``).
 
-Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8]``
+Each configuration is measured in ``--rounds`` interleaved rounds (three by
+default) and the median is printed, with the ratios to the official plugin
+measured in the same run, the number of cores and the load average.
+
+Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8] [--rounds 3]``
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,7 +88,7 @@ def wrk(url: str, seconds: int, connections: int, script: Optional[Path] = None)
 
 
 def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str], args: argparse.Namespace,
-                   post: Path, with_system: bool = False) -> dict[str, float]:
+                   post: Path, with_system: bool = False, offload: bool = False) -> dict[str, float]:
     (workdir / f"{name}.py").write_text(script)
     server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
     server.start()
@@ -93,7 +98,7 @@ def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str],
             results["system"] = wrk(server.url + "/system", args.seconds, args.connections)
         results["hello"] = wrk(server.url + "/hello", args.seconds, args.connections)
         results["echo"] = wrk(server.url + "/echo", args.seconds, args.connections, post)
-        if name == "decorators":
+        if offload:
             results.update(measure_offload(server))
         return results
     finally:
@@ -122,29 +127,56 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run (default: 10)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, of which the median (default: 3)")
     args = parser.parse_args()
+    load_before = f"{os.getloadavg()[0]:.2f}"
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
+    official_installed = os.path.exists(OFFICIAL_PLUGIN)
+    runs: dict[str, list[dict[str, float]]] = {"decorators": [], "module": [], "official": []}
     with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder:
         workdir = Path(folder)
         post = workdir / "post.lua"
         post.write_text(POST_LUA)
-        ours = measure_routes(workdir, "decorators", DECORATORS, None, args, post, with_system=True)
-        module = measure_routes(workdir, "orthanc_module", ORTHANC_MODULE, None, args, post)
-        official = (measure_routes(workdir, "official", ORTHANC_MODULE, OFFICIAL_PLUGIN, args, post)
-                    if os.path.exists(OFFICIAL_PLUGIN) else None)
+        # Interleaved rounds: a change in the machine's load during the run
+        # falls on every configuration alike, and the median drops an odd round.
+        for round_ in range(args.rounds):
+            runs["decorators"].append(measure_routes(workdir, f"decorators{round_}", DECORATORS, None, args, post,
+                                                     with_system=True, offload=round_ == 0))
+            runs["module"].append(measure_routes(workdir, f"module{round_}", ORTHANC_MODULE, None, args, post))
+            if official_installed:
+                runs["official"].append(measure_routes(workdir, f"official{round_}", ORTHANC_MODULE,
+                                                       OFFICIAL_PLUGIN, args, post))
+            print(f"round {round_ + 1}/{args.rounds}: " + "; ".join(
+                f"{name} " + ", ".join(f"{key} {value:.0f}" for key, value in results[-1].items()
+                                       if not key.startswith("offload"))
+                for name, results in runs.items() if results), flush=True)
 
-    print(f"requests/s, wrk -c{args.connections}, {args.seconds} s each, {os.cpu_count()} cores")
-    print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} {'decorators/official':>20}")
-    print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python)")
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[name])
+
+    ours = {key: median("decorators", key) for key in ("system", "hello", "echo")}
+    module = {key: median("module", key) for key in ("hello", "echo")}
+    official = {key: median("official", key) for key in ("hello", "echo")} if official_installed else None
+    offload = runs["decorators"][0]
+
+    print(f"\nrequests/s, median of {args.rounds} interleaved rounds, wrk -c{args.connections}, "
+          f"{args.seconds} s each, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
+          f"load average before: {load_before}")
+    print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} "
+          f"{'decorators/official':>20} {'module/official':>16}")
+    print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python; "
+          f"decorators hello = {ours['hello'] / ours['system']:.2f}x of it)")
     for route in ("hello", "echo"):
         base = official[route] if official else None
         ratio = f"{ours[route] / base:.2f}x" if base else "n/a"
+        module_ratio = f"{module[route] / base:.2f}x" if base else "n/a"
         print(f"{'/' + route:<8} {ours[route]:>11.0f} {module[route]:>15.0f} "
-              f"{(f'{base:.0f}' if base else 'n/a'):>10} {ratio:>20}")
-    print(f"offload: one CPU-bound call {ours['offload_one_s']:.2f} s, two at once {ours['offload_two_s']:.2f} s "
-          f"({ours['offload_two_s'] / ours['offload_one_s']:.2f}x of one)")
+              f"{(f'{base:.0f}' if base else 'n/a'):>10} {ratio:>20} {module_ratio:>16}")
+    print(f"offload: one CPU-bound call {offload['offload_one_s']:.2f} s, two at once {offload['offload_two_s']:.2f} s "
+          f"({offload['offload_two_s'] / offload['offload_one_s']:.2f}x of one)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -1014,7 +1014,7 @@ class RestOutput(_Handle):
     def Redirect(self, redirection: str, /) -> None:
         """Redirect a REST request."""
         ...
-    def SendHttpStatus(self, status: int, body: bytes | str, /) -> None:
+    def SendHttpStatus(self, status: int, body: str, bodySize: int, /) -> None:
         """Send a HTTP status, with a custom body."""
         ...
     def SendHttpStatusCode(self, status: int, /) -> None:

@@ -9,7 +9,8 @@ callable that does the same through ctypes:
 
 - ``const char*`` takes ``str`` (or ``bytes``, or ``None`` for NULL);
 - ``const void*`` followed by its size takes ``bytes`` (or ``str``), the size
-  being derived;
+  being derived; a ``const char*`` followed by its size stays two arguments, a
+  text and how many of its bytes to send, as in the official plugin;
 - opaque handles (``OrthancPluginImage*``...) take :class:`Handle` objects;
 - ``OrthancPluginMemoryBuffer*`` targets become ``bytes`` results, freed here;
 - a returned ``char*`` becomes ``str`` (and is freed), a returned handle an
@@ -401,6 +402,7 @@ class _Compiled:
         self.python_name = fn.name[len("OrthancPlugin"):]
         self.inputs: list[tuple[str, Callable[[Any, str], Any]]] = []
         self.size_of: dict[str, str] = {}  # size argument -> the buffer argument it measures
+        self.text_sizes: dict[str, str] = {}  # size argument given by the caller -> the text it measures
         self.out_buffers: list[tuple[str, type]] = []
         self.out_scalars: list[tuple[str, Any]] = []
         self.out_structs: list[tuple[str, type]] = []
@@ -449,9 +451,12 @@ class _Compiled:
                 else:
                     self._add_input(name, _to_bytes, base)
             elif base == "char" and stars == 1 and following and following[0] == name + "Size":
-                # A text that may hold anything, NULs included: its size is given.
-                self.size_of[following[0]] = name
+                # A text with its length: two arguments, as in C (only ``const void*`` + size
+                # become one). The text may hold NULs; the length says how much of it is sent.
+                self.text_sizes[following[0]] = name
                 self._add_input(name, _sized_bytes(following[1]), base)
+                self._add_input(following[0], _int_converter(following[1]), following[1])
+                skip.add(following[0])
             elif base == "char" and stars == 1:
                 if answers_http and (self.fn.name, name) not in _NOT_HEADER_TEXT:
                     convert = _to_header_text if nullable(name) else _required(_to_header_text)
@@ -534,6 +539,12 @@ class _Compiled:
             values[name] = convert(value, f"{self.python_name}() argument '{name}'")
         for size_name, buffer_name in self.size_of.items():
             values[size_name] = len(values[buffer_name])
+        for size_name, text_name in self.text_sizes.items():
+            # C would read past the end of a text shorter than the size it is given.
+            if values[size_name] > len(values[text_name]):
+                raise ValueError(f"{self.python_name}() argument '{size_name}' is {values[size_name]}, but "
+                                 f"'{text_name}' holds {len(values[text_name])} bytes: give len({text_name}) "
+                                 f"(in UTF-8 bytes) or less")
         if self.precondition is not None:
             self.precondition(self.python_name, values)
         for group, (count_name, keys_name, values_name) in self.string_maps.items():

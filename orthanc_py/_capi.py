@@ -612,6 +612,99 @@ _HttpRequest = _sdk.OrthancPluginHttpRequest
 _EXPIRED_REQUEST = _Expired(_REQUEST_OVER)
 
 
+# The request with plain addresses for its arrays: reading a field then makes an int, not a pointer object.
+_HttpRequestRaw = _raw_layout(_HttpRequest)
+# A view of any array of C strings Orthanc passes (never read past the count it gives).
+_CStringArray = ctypes.c_char_p * (1 << 24)
+
+
+def _texts(address: Optional[int], count: int) -> list[str]:
+    """``count`` C strings from an array at ``address``, decoded (NULL items as ``""``)."""
+    if not address:
+        return []
+    items: list[Any] = _CStringArray.from_address(address)[:count]
+    try:
+        return [text.decode("utf-8", "replace") for text in items]
+    except AttributeError:  # a NULL item (None), which Orthanc does not send
+        return [(text or b"").decode("utf-8", "replace") for text in items]
+
+
+def read_official_request(address: int) -> dict[str, Any]:
+    """The whole request at ``address`` as the official plugin's keyword arguments, read at once.
+
+    ``method``, ``groups``, ``headers``, and ``get`` for GET or ``body`` for
+    POST and PUT. Everything is copied: nothing of Orthanc's outlives the call.
+    """
+    r = _HttpRequestRaw.from_address(address)
+    method = HTTP_METHODS.get(r.method, "GET")
+    # Empty arrays are common (no groups, no query string): they cost no call.
+    count = r.groupsCount
+    groups = tuple(_texts(r.groups, count)) if count else ()
+    count = r.headersCount
+    headers = dict(zip(_texts(r.headersKeys, count), _texts(r.headersValues, count))) if count else {}
+    if method == "GET":
+        count = r.getCount
+        get = dict(zip(_texts(r.getKeys, count), _texts(r.getValues, count))) if count else {}
+        return {"method": method, "groups": groups, "headers": headers, "get": get}
+    if method == "POST" or method == "PUT":
+        return {"method": method, "groups": groups, "headers": headers, "body": copy_memory(r.body, r.bodySize)}
+    return {"method": method, "groups": groups, "headers": headers}
+
+
+def register_eager_rest_callback(path_regex: str, handler: Callable[[int, str, dict[str, Any]], int],
+                                 where: str) -> None:
+    """Registers ``handler(output_address, uri, request)``, ``request`` read at once (:func:`read_official_request`).
+
+    For the official plugin's callbacks, which receive the whole request as
+    keyword arguments: no view of Orthanc's memory reaches the handler, so
+    none has to be expired.
+
+    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
+    """
+    regex = _rest_regex(path_regex, where)
+    read = read_official_request
+
+    def callback(output: int, url: Optional[bytes], request: int) -> int:
+        uri = url.decode("utf-8", "replace") if url else ""
+        depth = getattr(_nesting, "depth", 0)
+        if depth >= MAX_REST_NESTING:
+            return _too_deep(where, depth, uri)
+        _nesting.depth = depth + 1
+        try:
+            return handler(output, uri, read(request))
+        finally:
+            _nesting.depth = depth
+
+    _register_raw_rest_callback(regex, callback, where)
+
+
+def _rest_regex(path_regex: str, where: str) -> bytes:
+    regex = path_regex.encode("utf-8")
+    if b"\0" in regex:
+        raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
+    return regex
+
+
+def _too_deep(where: str, depth: int, uri: str) -> int:
+    # A handler that calls the REST API re-enters Orthanc on this very
+    # thread; one that ends up calling itself would grow the C stack until
+    # the process dies. Past a sane depth, refuse instead.
+    log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
+              f"(a route calling itself through the REST API?); refusing {uri}")
+    return int(ErrorCode.Plugin)
+
+
+def _register_raw_rest_callback(regex: bytes, callback: Callable[[int, Optional[bytes], int], int],
+                                where: str) -> None:
+    # Same ABI as OrthancPluginRestCallback, with the pointers as plain
+    # addresses: ctypes then builds no pointer objects on each request.
+    c_callback = trampoline(_RawRestCallback, where)(callback)
+    params = keep_alive(_sdk._OrthancPluginRestCallback())
+    params.pathRegularExpression = regex
+    params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
+    invoke(Service.RegisterRestCallbackNoLock, params)
+
+
 def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
     """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
 
@@ -621,20 +714,13 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
 
     :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
-    regex = path_regex.encode("utf-8")
-    if b"\0" in regex:
-        raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
+    regex = _rest_regex(path_regex, where)
 
     def callback(output: int, url: Optional[bytes], request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
-        # A handler that calls the REST API re-enters Orthanc on this very
-        # thread; one that ends up calling itself would grow the C stack until
-        # the process dies. Past a sane depth, refuse instead.
         depth = getattr(_nesting, "depth", 0)
         if depth >= MAX_REST_NESTING:
-            log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
-                      f"(a route calling itself through the REST API?); refusing {uri}")
-            return int(ErrorCode.Plugin)
+            return _too_deep(where, depth, uri)
         _nesting.depth = depth + 1
         view = HttpRequestView(_HttpRequest.from_address(request))
         try:
@@ -647,13 +733,7 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
                 with view._lease:  # a read another thread is making
                     pass
 
-    # Same ABI as OrthancPluginRestCallback, with the pointers as plain
-    # addresses: ctypes then builds no pointer objects on each request.
-    c_callback = trampoline(_RawRestCallback, where)(callback)
-    params = keep_alive(_sdk._OrthancPluginRestCallback())
-    params.pathRegularExpression = regex
-    params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
-    invoke(Service.RegisterRestCallbackNoLock, params)
+    _register_raw_rest_callback(regex, callback, where)
 
 
 def register_on_stored_instance(handler: Callable[[int, str], int], where: str) -> None:

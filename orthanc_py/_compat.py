@@ -102,7 +102,9 @@ class RestOutput(Handle):
             if len(_MIME_TYPES) < 64:
                 _MIME_TYPES[mimeType] = mime
         if self._owner == threading.get_ident():
-            _capi.answer_buffer(self.address, answer, mime)  # the callback's thread: no lease needed
+            # The callback's thread: no lease needed. The property checks the
+            # object again only when it looks closed or expired.
+            _capi.answer_buffer(self._address or self.address, answer, mime)
         else:
             lease = self._take_lease()
             try:
@@ -415,20 +417,6 @@ def _handler_name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
 
 
-def _official_request(r: Any) -> dict[str, Any]:
-    """The keyword arguments of a REST callback, from Orthanc's request structure ``r``.
-
-    The keys the official plugin passes: ``get`` for GET only, ``body`` for POST and PUT only.
-    """
-    method = _capi._method_of(r)
-    kwargs: dict[str, Any] = {"method": method, "groups": _capi._groups_of(r), "headers": dict(_capi._headers_of(r))}
-    if method == "GET":
-        kwargs["get"] = dict(_capi._get_of(r))
-    elif method in ("POST", "PUT"):
-        kwargs["body"] = _capi._body_of(r)
-    return kwargs
-
-
 def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
     """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
 
@@ -451,26 +439,29 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     _runtime.require_setup("orthanc.RegisterRestCallback()")
     where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
 
-    def handle(output_address: int, uri: str, request: _capi.HttpRequestView) -> int:
-        output = RestOutput.lent(output_address)
-        kwargs: dict[str, Any] = request._read(_official_request)  # one read of the whole request
-        method = kwargs["method"]
+    lend = _lend_output
+    success, failure = int(_capi.ErrorCode.Success), int(_capi.ErrorCode.Plugin)
+
+    # On every request's path: the request comes read in one pass (plain Python
+    # data, nothing to expire); only the answer object is Orthanc's.
+    def handle(output_address: int, uri: str, kwargs: dict[str, Any]) -> int:
+        output = lend(output_address)
         try:
             callback(output, uri, **kwargs)
         except BaseException:
             _capi.report_exception(where)
-            return int(_capi.ErrorCode.Plugin)
+            return failure
         finally:
             output._expire()  # Orthanc's answer object is gone once we return
         if not output.answered:
             _capi.log_error(
-                f"orthanc_py: {where} returned without answering {method} {uri}; the client gets HTTP 500 "
-                "(answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
+                f"orthanc_py: {where} returned without answering {kwargs['method']} {uri}; the client gets "
+                "HTTP 500 (answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
             )
-            return int(_capi.ErrorCode.Plugin)
-        return int(_capi.ErrorCode.Success)
+            return failure
+        return success
 
-    _capi.register_rest_callback(pathRegularExpression, handle, where)
+    _capi.register_eager_rest_callback(pathRegularExpression, handle, where)
 
 
 def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], None]) -> None:
@@ -535,3 +526,35 @@ for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "
 
 _build_from_sdk(globals())
 __all__.sort()
+
+
+class _LentRestOutput(RestOutput):
+    """The :class:`RestOutput` a REST callback receives: the same class to the script, made faster.
+
+    ``RestOutput``'s methods are method descriptors, as in a C extension (the
+    official plugin's introspection sample lists them as such); each call
+    through one pays a Python-level ``__get__``. Here they are plain
+    functions, bound by Python itself, and the object is made without
+    running ``__init__``: both are on every request's path.
+    """
+
+    __qualname__ = "RestOutput"
+    answered = False
+    _owned = False
+
+
+_LentRestOutput.__name__ = "RestOutput"
+_LentRestOutput.__module__ = "orthanc"
+for _name, _member in list(vars(RestOutput).items()):
+    if isinstance(_member, _SdkMethod):
+        setattr(_LentRestOutput, _name, _member.function)
+_new_output = object.__new__
+_get_ident = threading.get_ident
+
+
+def _lend_output(address: int) -> RestOutput:
+    """A :class:`RestOutput` lent for the running callback (as ``RestOutput.lent``, without ``__init__``)."""
+    output: RestOutput = _new_output(_LentRestOutput)
+    output._address = address
+    output._owner = _get_ident()
+    return output

@@ -308,7 +308,7 @@ def _send(output: int, response: Response) -> None:
             _sdk_call("SendHttpStatusCode", output, status)
         else:
             _sdk_call("SetHttpHeader", output, "Content-Type", content_type)
-            _sdk_call("SendHttpStatus", output, status, response.body)
+            _sdk_call("SendHttpStatus", output, status, response.body, len(response.body))
     except _capi.OrthancError as error:
         if error.code == _capi.ErrorCode.ParameterOutOfRange:
             # Orthanc's HTTP server knows a fixed list of statuses (1.10: no
@@ -514,8 +514,11 @@ class _Endpoint:
                     result = _submit(executor, _run_offloaded, handler, request.detached(), params)
                 else:
                     result = handler(request, **params)
-                if type(result) is str:  # the common case, answered without a Response object
+                if type(result) is str:  # the common cases, answered without a Response object
                     _capi.answer_buffer(output, result.encode("utf-8"), _TEXT)
+                    return 0
+                if type(result) is dict or type(result) is list:  # as Response(result) would answer
+                    _capi.answer_buffer(output, json.dumps(result).encode("utf-8"), _JSON)
                     return 0
                 response = make_response(result)
             except HTTPError as error:
@@ -546,6 +549,7 @@ class _Endpoint:
 
 
 _TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
 _endpoints: dict[str, _Endpoint] = {}
 _runtime.on_new_run(_endpoints.clear)
 

@@ -52,7 +52,33 @@ def Api(output, uri, **request):
     system = json.loads(orthanc.RestApiGet("/system"))
     output.AnswerBuffer(system["Name"], "text/plain")
 
+def Refuse(output, uri, **request):
+    message = "bad request: " + uri
+    size = {"full": len(message), "prefix": 11, "too-long": len(message) + 1}[request["groups"][0]]
+    try:
+        output.SendHttpStatus(400, message, size)  # the official signature: text and its size
+    except ValueError as error:
+        output.AnswerBuffer(str(error), "text/plain")
+
+KEPT = []
+
+def OutputType(output, uri, **request):
+    if KEPT:  # the output of the previous request, kept past its callback
+        try:
+            KEPT[0].AnswerBuffer("late", "text/plain")
+            late = "answered"
+        except Exception as error:
+            late = f"{type(error).__name__}: {error}"
+    else:
+        late = None
+    KEPT[:] = [output]
+    answer = {"type": f"{type(output).__module__}.{type(output).__name__}",
+              "isinstance": isinstance(output, orthanc.RestOutput), "late": late}
+    output.AnswerBuffer(json.dumps(answer), "application/json")
+
 orthanc.RegisterRestCallback("/echo(/.*)?", Echo)
+orthanc.RegisterRestCallback("/output-type", OutputType)
+orthanc.RegisterRestCallback("/refuse/(.*)", Refuse)
 orthanc.RegisterRestCallback("/raw", Raw)
 orthanc.RegisterRestCallback("/boom", Boom)
 orthanc.RegisterRestCallback("/silent", Silent)
@@ -121,6 +147,26 @@ def test_method_not_allowed_and_status_codes(server):
     assert server.post("/only-post", b"").text == "posted"
     assert server.get("/status/204").status == 204
     assert server.get("/status/403").status == 403
+
+
+def test_the_output_is_an_orthanc_rest_output_that_expires_with_its_callback(server):
+    first = server.get("/output-type").json()
+    assert first == {"type": "orthanc.RestOutput", "isinstance": True, "late": None}
+    second = server.get("/output-type").json()
+    assert second["late"].startswith("ExpiredError: this orthanc.RestOutput was lent by Orthanc to a callback "
+                                     "that has returned")
+
+
+def test_send_http_status_takes_the_body_and_its_size_as_the_official_plugin_does(server):
+    full = server.get("/refuse/full")
+    assert (full.status, full.text) == (400, "bad request: /refuse/full")
+    prefix = server.get("/refuse/prefix")
+    assert (prefix.status, prefix.text) == (400, "bad request")
+    # A size past the end of the text would make C read beyond it: refused, naming both.
+    too_long = server.get("/refuse/too-long")
+    assert too_long.status == 200
+    assert too_long.text == ("SendHttpStatus() argument 'bodySize' is 30, but 'body' holds 29 bytes: "
+                             "give len(body) (in UTF-8 bytes) or less")
 
 
 def test_a_handler_may_call_the_rest_api(server):
