@@ -327,15 +327,13 @@ def _stop_threads(deadline: float) -> None:
         _capi.log_warning("orthanc_py: calls of the script's threads into Orthanc were still running as Orthanc stops")
 
 
-def stop() -> bool:
+def stop() -> None:
     """Entry point called by the loader during ``OrthancPluginFinalize``, once per run.
 
     When Orthanc finalizes without having announced its stop (a failed
     start-up), does the stop's work first, within the grace. Then ends what
     the run started (the offload pool...) and detaches from Orthanc. The
     interpreter stays for the next run of the same process.
-
-    :returns: ``True`` when no thread of the script still runs.
     """
     global phase
     from . import _events
@@ -351,10 +349,8 @@ def stop() -> bool:
         _run_guarded(callback, "orthanc_py's shut-down")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    left = [thread for thread in _script_threads() if thread.is_alive()]
     _capi.detach()
     _logging.uninstall()
-    return not left
 
 
 def _run_guarded(callback: Callable[[], None], where: str) -> None:
