@@ -65,7 +65,7 @@ smoke-debian: $(DEBIAN_VENV)/.installed
 	$(DEBIAN_VENV)/bin/python -m pytest -p no:cacheprovider $(SMOKE_TESTS)
 
 # Requests/s of Python routes against Orthanc's own API and the official plugin (wrk).
-bench: setup
+bench: setup $(DEBIAN_VENV)/.installed
 	$(VENV)/bin/python bench/http_bench.py
 
 # The Sphinx site, warnings as errors; open docs/_build/html/index.html.

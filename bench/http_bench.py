@@ -14,7 +14,14 @@ Each configuration is measured in ``--rounds`` interleaved rounds (three by
 default) and the median is printed, with the ratios to the official plugin
 measured in the same run, the number of cores and the load average.
 
-Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8] [--rounds 3]``
+Both plugins run on the same Python build by default: the official plugin is
+linked to Debian's ``libpython3.11``, so orthanc_py is measured from a venv of
+Debian's ``/usr/bin/python3`` (``--venv``, ``.venv-debian``, which ``make
+bench`` makes). Another build of the same version (pyenv's, say, compiled
+without profile-guided optimisation) runs Python code more slowly, and that
+would be measured instead of the plugins.
+
+Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8] [--rounds 3] [--venv DIR]``
 """
 
 from __future__ import annotations
@@ -87,6 +94,16 @@ def wrk(url: str, seconds: int, connections: int, script: Optional[Path] = None)
     return float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
 
 
+def venv_loader(venv: Path) -> tuple[str, str]:
+    """The loader installed in ``venv``, and a description of that venv's Python."""
+    probe = ("import platform, sys, sysconfig; from orthanc_py._paths import plugin_path; "
+             "print(plugin_path()); print(platform.python_version(), sysconfig.get_config_var('LIBDIR'))")
+    # Run from / so that the source tree's orthanc_py does not shadow the installed one.
+    lines = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                           check=True, cwd="/").stdout.splitlines()
+    return lines[0], f"Python {lines[1]} ({venv})"
+
+
 def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str], args: argparse.Namespace,
                    post: Path, with_system: bool = False, offload: bool = False) -> dict[str, float]:
     (workdir / f"{name}.py").write_text(script)
@@ -128,7 +145,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run (default: 10)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, of which the median (default: 3)")
+    parser.add_argument("--venv", type=Path, default=None,
+                        help="the venv whose orthanc_py is measured (default: .venv-debian when it exists, "
+                             "else this interpreter's)")
     args = parser.parse_args()
+    venv = args.venv or (Path(".venv-debian") if Path(".venv-debian/bin/python").exists() else Path(sys.prefix))
+    loader, interpreter = venv_loader(venv.absolute())
     load_before = f"{os.getloadavg()[0]:.2f}"
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
@@ -142,9 +164,9 @@ def main() -> int:
         # Interleaved rounds: a change in the machine's load during the run
         # falls on every configuration alike, and the median drops an odd round.
         for round_ in range(args.rounds):
-            runs["decorators"].append(measure_routes(workdir, f"decorators{round_}", DECORATORS, None, args, post,
+            runs["decorators"].append(measure_routes(workdir, f"decorators{round_}", DECORATORS, loader, args, post,
                                                      with_system=True, offload=round_ == 0))
-            runs["module"].append(measure_routes(workdir, f"module{round_}", ORTHANC_MODULE, None, args, post))
+            runs["module"].append(measure_routes(workdir, f"module{round_}", ORTHANC_MODULE, loader, args, post))
             if official_installed:
                 runs["official"].append(measure_routes(workdir, f"official{round_}", ORTHANC_MODULE,
                                                        OFFICIAL_PLUGIN, args, post))
@@ -164,6 +186,7 @@ def main() -> int:
     print(f"\nrequests/s, median of {args.rounds} interleaved rounds, wrk -c{args.connections}, "
           f"{args.seconds} s each, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"load average before: {load_before}")
+    print(f"orthanc_py on {interpreter}; official plugin {'on its own libpython' if official_installed else 'not installed'}")
     print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} "
           f"{'decorators/official':>20} {'module/official':>16}")
     print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python; "
