@@ -108,7 +108,7 @@ $(VENV)/wheelhouse/.downloaded: pyproject.toml $(VENV)/.test-extras
 	touch $@
 
 # Not editable: the smoke subset runs the package as a Debian user installs it.
-$(DEBIAN_VENV)/.installed: $(PACKAGE_SOURCES) $(wildcard orthanc_py/*.py orthanc/*)
+$(DEBIAN_VENV)/.installed: $(PACKAGE_SOURCES) $(shell find orthanc_py orthanc -name "*.py" -o -name "*.pyi")
 	[ -x $(DEBIAN_VENV)/bin/python ] || $(DEBIAN_PYTHON) -m venv $(DEBIAN_VENV)
 	$(DEBIAN_VENV)/bin/python -m pip install --quiet . pytest hypothesis pydicom
 	touch $@
