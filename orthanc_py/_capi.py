@@ -65,7 +65,7 @@ class _Context:
         self.address = address
         # The same function, called with plain addresses (no conversions), with
         # and without releasing the GIL for the call: see answer_buffer().
-        function = ctypes.cast(contents.InvokeService, ctypes.c_void_p).value
+        function = ctypes.cast(contents.InvokeService, ctypes.c_void_p).value or 0
         self.invoke_holding_gil = _InvokeHoldingGil(function)
         self.invoke_raw = _InvokeRaw(function)
         self.orthanc_version = version.decode("utf-8", "replace") if version else "unknown"
