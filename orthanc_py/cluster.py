@@ -51,7 +51,10 @@ from typing import Any, Callable, ClassVar, TypeVar
 from . import _calls, _capi, _runtime, _sdk
 from ._enums import ResourceType
 
-__all__ = ["CLAIM_METADATA", "ClusterConfigError", "Outcome", "claim", "every", "node_id"]
+__all__ = [
+    "CLAIM_METADATA", "DEFAULT_LEASE", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "every", "node_id",
+    "run_claimed",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -425,6 +428,12 @@ def _anchor_resource() -> str:
         return _anchor
 
 
+def _forget_anchor() -> None:
+    global _anchor
+    with _anchor_lock:
+        _anchor = None
+
+
 def every(seconds: float, once_per_cluster: bool = False, lease: float | None = None) -> Callable[[F], F]:
     """Calls the decorated ``job()`` every ``seconds``, from the moment Orthanc has started.
 
@@ -455,6 +464,9 @@ def every(seconds: float, once_per_cluster: bool = False, lease: float | None = 
             try:
                 if once_per_cluster:
                     result = run_claimed(_anchor_resource(), key, function, hold, period)
+                    if result.outcome is Outcome.GONE:  # someone deleted it: store it again
+                        _forget_anchor()
+                        result = run_claimed(_anchor_resource(), key, function, hold, period)
                     if result.outcome is Outcome.HELD and result.until < (period + 1) * seconds:
                         _scheduler.at(result.until + 0.1, lambda: tick(period))
                         return
