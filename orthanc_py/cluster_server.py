@@ -276,6 +276,9 @@ class NginxBalancer:
             "  upstream orthanc {\n"
             f"{servers}"
             "    keepalive 16;\n"
+            # Orthanc closes an idle keep-alive connection after 1 s: nginx must drop it first, or
+            # a request sent on it as it closes fails (and nginx does not retry a POST).
+            "    keepalive_timeout 500ms;\n"
             "  }\n"
             "  server {\n"
             f"    listen 127.0.0.1:{self.port};\n"
