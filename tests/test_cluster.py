@@ -19,11 +19,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Callable
 
 import pydicom
 import pytest
 
 from orthanc_py.cluster_server import OrthancCluster
+from orthanc_py.server import OrthancServer
 from orthanc_py.testing import orthanc_cluster
 
 from .dicom import make_study
@@ -108,6 +110,45 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             yield Env(cluster, peer)
     finally:
         peer.stop()
+
+
+def test_once_per_cluster_on_a_node_not_configured_for_claims_fails_to_load_and_names_the_options(
+        orthanc_factory: Callable[..., OrthancServer]) -> None:
+    orthanc = orthanc_factory("""
+from orthanc_py import ChangeType, on_change
+
+@on_change(ChangeType.STABLE_STUDY, once_per_cluster=True)
+def forward(change):
+    pass
+""", start=False)
+    orthanc.start(wait=False)
+    orthanc.wait_for_log("failed while loading", timeout=60)
+    log = orthanc.log
+    assert "ClusterConfigError" in log and '"CheckRevisions": true' in log and "orthanc_py_claim" in log, log
+
+
+def test_every_runs_on_each_period_and_once_per_cluster_works_on_a_single_node(
+        orthanc_factory: Callable[..., OrthancServer]) -> None:
+    orthanc = orthanc_factory("""
+import time
+from orthanc_py import every
+
+@every(0.5)
+def plain():
+    print(f"PLAIN {int(time.time() // 0.5)}")
+
+@every(0.5, once_per_cluster=True)
+def claimed():
+    print(f"CLAIMED {int(time.time() // 0.5)}")
+""", config={"CheckRevisions": True, "UserMetadata": {"orthanc_py_claim": 4242}})
+    orthanc.wait_until(lambda: len(re.findall(r"CLAIMED \d+", orthanc.log)) >= 4, 30, "4 claimed periods")
+    plain = [int(p) for p in re.findall(r"PLAIN (\d+)", orthanc.log)]
+    claimed = [int(p) for p in re.findall(r"CLAIMED (\d+)", orthanc.log)]
+    assert len(plain) >= 3 and len(set(plain)) == len(plain), plain
+    assert len(set(claimed)) == len(claimed), claimed
+    # The claims live on orthanc_py's own small instance, the same UIDs on every node.
+    patients = [orthanc.get_json(f"/patients/{p}")["MainDicomTags"]["PatientID"] for p in orthanc.get_json("/patients")]
+    assert patients == ["ORTHANC_PY_CLUSTER"], patients
 
 
 def test_the_balancer_spreads_requests_over_nodes_that_share_one_database(env: Env) -> None:
