@@ -52,8 +52,8 @@ from . import _calls, _capi, _runtime, _sdk
 from ._enums import ResourceType
 
 __all__ = [
-    "CLAIM_METADATA", "DEFAULT_LEASE", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "every", "node_id",
-    "run_claimed",
+    "CLAIM_METADATA", "DEFAULT_LEASE", "RETRIES", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "every",
+    "node_id", "run_claimed",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,6 +63,9 @@ CLAIM_METADATA = "orthanc_py_claim"
 
 DEFAULT_LEASE = 60.0
 """Seconds a claim holds without renewal; a running handler renews it every third of that."""
+
+RETRIES = 3
+"""How many times one node runs a ``once_per_cluster`` change handler that raises (``lease`` seconds apart)."""
 
 # The instance that holds the claims of periodic jobs: fixed UIDs, so every
 # node that stores it stores the same one (Orthanc answers "AlreadyStored").
@@ -278,6 +281,24 @@ def run_claimed(resource: str, key: str, work: Callable[[], Any], lease: float =
     ``work`` that raises releases the claim (and the exception goes on);
     otherwise the claim is marked done.
     """
+    with _running_lock:
+        if (resource, key) in _running:
+            # This process runs it already (a change handled while its lease's
+            # check is due): the claim names this node, so claim() would win again.
+            return ClaimResult(Outcome.HELD, time.time() + lease)
+        _running.add((resource, key))
+    try:
+        return _run_claimed(resource, key, work, lease, period)
+    finally:
+        with _running_lock:
+            _running.discard((resource, key))
+
+
+_running: set[tuple[str, str]] = set()
+_running_lock = threading.Lock()
+
+
+def _run_claimed(resource: str, key: str, work: Callable[[], Any], lease: float, period: int | None) -> ClaimResult:
     result = claim(resource, key, lease, period)
     if result.outcome is not Outcome.WON:
         return result
@@ -325,6 +346,8 @@ class _Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="orthanc_py-cluster", daemon=True)
                 self._thread.start()
+                # Hooks last one run of the script; so does this scheduler.
+                _runtime.when_stopping(self.stop)
             self._wake.notify()
 
     def _run(self) -> None:
@@ -359,7 +382,6 @@ def _new_run() -> None:
 
 
 _runtime.on_new_run(_new_run)
-_runtime.when_stopping(lambda: _scheduler.stop())
 
 
 def _key(function: Callable[..., Any], what: str) -> str:
@@ -385,24 +407,22 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
         if change.resource_id in _ANCHOR_IDS:
             return  # orthanc_py's own instance of periodic claims: no work of the script's
 
-        def attempt() -> None:
-            result = run_claimed(resource, key, lambda: function(change), lease)
+        def attempt(tries: int) -> None:
+            try:
+                result = run_claimed(resource, key, lambda: function(change), lease)
+            except Exception:
+                _capi.report_exception(f"once_per_cluster handler {key} for {resource}")
+                if tries > 1:  # released: another node that fired the change, or this one later, tries again
+                    _scheduler.at(time.time() + lease, lambda: attempt(tries - 1))
+                return
             if result.outcome is Outcome.HELD:
                 # The holder may die or fail: look again when its lease ends.
-                _scheduler.at(result.until + 0.5, guarded)
+                _scheduler.at(result.until + 0.5, lambda: attempt(tries))
             elif result.outcome is Outcome.GONE:
                 # Nothing to claim on (a DELETED change...): Orthanc fired it on this node only.
                 function(change)
 
-        def guarded() -> None:
-            try:
-                attempt()
-            except Exception:
-                _capi.report_exception(f"once_per_cluster handler {_key(function, change.change_type.name)}")
-                # Released: another node, or this one after a while, does it again.
-                _scheduler.at(time.time() + lease, guarded)
-
-        attempt()
+        attempt(RETRIES)
 
     return deliver
 

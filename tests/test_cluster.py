@@ -44,6 +44,16 @@ def forward(change):
     rest.post("/modalities/peer/store", change.resource_id)
     print(f"FORWARDED {{change.resource_id}} BY {{cluster.node_id()}}")
 
+@on_change(ChangeType.STABLE_SERIES, once_per_cluster=True, lease={LEASE})
+def flaky(change):
+    # The first run in the cluster for each series fails: its claim is released and the work redone.
+    try:
+        open(f"MARKERS/{{change.resource_id}}", "x").close()
+    except FileExistsError:
+        print(f"FLAKY-DONE {{change.resource_id}} BY {{cluster.node_id()}}")
+        return
+    raise RuntimeError(f"FLAKY-FAILED {{change.resource_id}}")
+
 @every({PERIOD}, once_per_cluster=True)
 def purge():
     print(f"PERIOD {{int(time.time() // {PERIOD})}} BY {{cluster.node_id()}}")
@@ -55,6 +65,8 @@ def race(request, study):
 
 _FORWARDED = re.compile(r"FORWARDED (\S+) BY (\S+)")
 _PERIOD = re.compile(r"PERIOD (\d+) BY (\S+)")
+_FLAKY_DONE = re.compile(r"FLAKY-DONE (\S+) BY (\S+)")
+_FLAKY_FAILED = re.compile(r"RuntimeError: FLAKY-FAILED (\S+)")
 
 
 class Env:
@@ -106,7 +118,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     peer = StoreScp(folder / "received", folder / "storescp.log").start()
     config = {"StableAge": 2, "DicomModalities": {"peer": peer.modality()}}
     try:
-        with orthanc_cluster(nodes=2, script=SCRIPT, config=config, workdir=folder / "nodes") as cluster:
+        (folder / "markers").mkdir()
+        script = SCRIPT.replace("MARKERS", str(folder / "markers"))
+        with orthanc_cluster(nodes=2, script=script, config=config, workdir=folder / "nodes") as cluster:
             yield Env(cluster, peer)
     finally:
         peer.stop()
@@ -201,6 +215,20 @@ def test_each_study_arriving_through_both_nodes_is_forwarded_once(env: Env) -> N
           f"{time.monotonic() - started:.1f} s; forwards by node (all tests so far) {dict(by_node)}; "
           f"files received {sum(received.values())}")
     assert len(by_node) == 2, by_node  # both nodes won some claims
+
+
+def test_a_handler_that_raises_releases_its_claim_and_the_work_is_done_once_after(env: Env) -> None:
+    series = {study: env.cluster.nodes[0].get_json(f"/studies/{study}")["Series"][0]
+              for study in list(env.studies.values())[-100:]}
+    wanted = set(series.values())
+    env.cluster.nodes[0].wait_until(lambda: wanted <= {s for s, _ in env.log_matches(_FLAKY_DONE)}, 60,
+                                    "every series handled after its failure")
+    done = Counter(s for s, _ in env.log_matches(_FLAKY_DONE) if s in wanted)
+    failed = Counter(m.group(1) for node in env.cluster.nodes for m in _FLAKY_FAILED.finditer(node.log)
+                     if m.group(1) in wanted)
+    assert set(failed) == wanted and max(failed.values()) == 1, failed
+    assert max(done.values()) == 1, {s: n for s, n in done.items() if n > 1}
+    print(f"{len(wanted)} series: the first run of each failed, the next one succeeded, none ran twice")
 
 
 def test_the_periodic_job_runs_once_per_period_in_the_cluster(env: Env) -> None:
