@@ -91,6 +91,10 @@ def postgresql_bin() -> str:
     """
     chosen = os.environ.get("PG_BIN")
     if chosen:
+        if not os.access(os.path.join(chosen, "initdb"), os.X_OK):
+            raise ClusterComponentMissing(
+                f"PG_BIN names {chosen}, which holds no initdb; install PostgreSQL "
+                "(Debian/Ubuntu: apt-get install postgresql) or set PG_BIN to the folder of its programs")
         return chosen
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if found:

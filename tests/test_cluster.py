@@ -165,6 +165,44 @@ def claimed():
     assert patients == ["ORTHANC_PY_CLUSTER"], patients
 
 
+USER_SUITE = '''
+import json
+
+SCRIPT = """
+from orthanc_py import rest, route
+
+@route("/who")
+def who(request):
+    return rest.get_json("/system")["Name"]
+"""
+
+
+def test_two_nodes_one_database(orthanc_cluster_factory):
+    cluster = orthanc_cluster_factory(SCRIPT, nodes=2)
+    first, second = cluster.nodes
+    assert {first.get("/who").text, second.get("/who").text} == {"node-1", "node-2"}
+    answer = first.post("/tools/create-dicom", json.dumps({"Tags": {"PatientID": "SHARED"}}))
+    assert answer.status == 200, answer
+    assert second.get_json("/patients") == first.get_json("/patients") != []
+    assert cluster.url not in (first.url, second.url)  # nginx in front
+'''
+
+
+def test_a_users_suite_gets_a_cluster_from_the_kit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(USER_SUITE)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_without_postgresql_a_cluster_test_skips_and_says_how_to_install_it(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_BIN", "/nowhere")
+    pytester.makepyfile("def test_cluster(orthanc_cluster_factory):\n    orthanc_cluster_factory(None)\n")
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED *PG_BIN names /nowhere, which holds no initdb; install PostgreSQL*"])
+
+
 def test_the_balancer_spreads_requests_over_nodes_that_share_one_database(env: Env) -> None:
     cluster = env.cluster
     assert cluster.balancer is not None
