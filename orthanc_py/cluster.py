@@ -476,8 +476,10 @@ def every(seconds: float, once_per_cluster: bool = False, lease: float | None = 
     def decorator(function: F) -> F:
         if not callable(function):
             raise TypeError(f"@every: the job must be callable, not {type(function).__name__}")
-        if once_per_cluster and _capi.is_attached():
-            check_configuration()
+        if _capi.is_attached():
+            _runtime.require_setup("@every")
+            if once_per_cluster:
+                check_configuration()
         key = _key(function, "every")
 
         def tick(period: int) -> None:
@@ -507,12 +509,10 @@ def every(seconds: float, once_per_cluster: bool = False, lease: float | None = 
             schedule(current(time.time()) + 1)
 
         _periodic.append(start)
-        if _capi.is_attached():
-            _runtime.require_setup("@every")
-            if len(_periodic) == 1:
-                from .events import on_startup
+        if _capi.is_attached() and len(_periodic) == 1:  # one start-up handler starts every job
+            from .events import on_startup
 
-                on_startup(_start_periodic)
+            on_startup(_start_periodic)
         return function
 
     return decorator

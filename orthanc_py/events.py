@@ -60,6 +60,8 @@ def on_change(*change_types: Any, once_per_cluster: bool = False, lease: Optiona
     :param lease: with ``once_per_cluster``, the seconds a node's claim holds
         before another node may take the work over (renewed while the handler runs).
     """
+    if lease is not None and not once_per_cluster:
+        raise TypeError("on_change(): lease= goes with once_per_cluster=True (it is how long a node's claim holds)")
     if len(change_types) == 1 and callable(change_types[0]) and not isinstance(change_types[0], int):
         return _add_change_handler(change_types[0], frozenset())
     for change_type in change_types:

@@ -101,3 +101,6 @@ def test_run_in_worker_runs_on_the_dask_executor_and_keeps_the_functions_own_key
     answer = orthanc.get_json("/square/12")
     assert answer["square"] == 144 and answer["workers"] == "mine", answer
     assert answer["pid"] not in (os.getpid(), orthanc.process.pid if orthanc.process else None), answer
+    # The script's dask client closes with Orthanc, which stops cleanly.
+    assert orthanc.stop() == 0, orthanc.log[-3000:]
+    assert "Traceback" not in orthanc.log, orthanc.log[-3000:]
