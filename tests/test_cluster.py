@@ -24,6 +24,7 @@ from typing import Callable
 import pydicom
 import pytest
 
+from orthanc_py import ChangeType, cluster, every, on_change
 from orthanc_py.cluster_server import OrthancCluster
 from orthanc_py.server import OrthancServer
 from orthanc_py.testing import orthanc_cluster
@@ -163,6 +164,15 @@ def claimed():
     # The claims live on orthanc_py's own small instance, the same UIDs on every node.
     patients = [orthanc.get_json(f"/patients/{p}")["MainDicomTags"]["PatientID"] for p in orthanc.get_json("/patients")]
     assert patients == ["ORTHANC_PY_CLUSTER"], patients
+    # once_per_cluster handlers skip it by its Orthanc IDs, computed as Orthanc does.
+    assert set(orthanc.get_json("/patients") + orthanc.get_json("/studies")) <= cluster._ANCHOR_IDS
+
+
+def test_misused_options_say_what_to_do() -> None:
+    with pytest.raises(TypeError, match="lease= goes with once_per_cluster=True"):
+        on_change(ChangeType.STABLE_STUDY, lease=5)
+    with pytest.raises(ValueError, match="positive number"):
+        every(0)
 
 
 USER_SUITE = '''
