@@ -240,6 +240,7 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
             return ClaimResult(Outcome.GONE)
         entry = claims.get(key)
         now = time.time()
+        taking_over = None
         if isinstance(entry, dict) and (period is None or entry.get("period", -1) >= period):
             if period is not None and entry.get("period", -1) > period:
                 return ClaimResult(Outcome.DONE)
@@ -248,10 +249,16 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
             until = float(entry.get("until", 0))
             if until > now and entry.get("node") != me:
                 return ClaimResult(Outcome.HELD, until)
+            if entry.get("node") != me:
+                taking_over = (entry.get("node"), "its handler failed" if until == 0 else "its lease ended")
         claims[key] = {"node": me, "until": now + lease, "done": False}
         if period is not None:
             claims[key]["period"] = period
         if _write(resource, claims, etag):
+            if taking_over is not None:
+                # Worth a line in the log: a node died, hung or failed with this work.
+                _capi.log_warning(f"orthanc_py: {me} takes over {key} of {resource} from {taking_over[0]} "
+                                  f"({taking_over[1]})")
             return ClaimResult(Outcome.WON)
 
 
