@@ -414,22 +414,23 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
         if change.resource_id in _ANCHOR_IDS:
             return  # orthanc_py's own instance of periodic claims: no work of the script's
 
-        def attempt(tries: int) -> None:
+        def attempt(tries: int, first: bool) -> None:
             try:
                 result = run_claimed(resource, key, lambda: function(change), lease)
             except Exception:
                 _capi.report_exception(f"once_per_cluster handler {key} for {resource}")
                 if tries > 1:  # released: another node that fired the change, or this one later, tries again
-                    _scheduler.at(time.time() + lease, lambda: attempt(tries - 1))
+                    _scheduler.at(time.time() + lease, lambda: attempt(tries - 1, False))
                 return
             if result.outcome is Outcome.HELD:
                 # The holder may die or fail: look again when its lease ends.
-                _scheduler.at(result.until + 0.5, lambda: attempt(tries))
-            elif result.outcome is Outcome.GONE:
+                _scheduler.at(result.until + 0.5, lambda: attempt(tries, False))
+            elif result.outcome is Outcome.GONE and first:
                 # Nothing to claim on (a DELETED change...): Orthanc fired it on this node only.
+                # Gone at a later look, it was deleted meanwhile: nothing left to do.
                 function(change)
 
-        attempt(RETRIES)
+        attempt(RETRIES, True)
 
     return deliver
 

@@ -145,7 +145,6 @@ def orthanc(orthanc_factory: OrthancFactory, request: pytest.FixtureRequest) -> 
     return orthanc_factory(script, config=config)
 
 
-
 def _script_file(script: Union[str, Path, None], folder: Path) -> Optional[str]:
     """``script`` as a path: Python source (a ``str`` holding a newline) is written to a file first."""
     if isinstance(script, str) and "\n" in script:

@@ -181,6 +181,21 @@ def claimed():
     assert set(orthanc.get_json("/patients") + orthanc.get_json("/studies")) <= cluster._ANCHOR_IDS
 
 
+def test_a_change_about_a_deleted_resource_runs_where_it_fired(orthanc_factory: Callable[..., OrthancServer]) -> None:
+    # Nothing is left to claim on: Orthanc fires DELETED on the node that deleted only.
+    orthanc = orthanc_factory("""
+from orthanc_py import ChangeType, on_change
+
+@on_change(ChangeType.DELETED, once_per_cluster=True)
+def deleted(change):
+    print(f"DELETED {change.resource_type.name} {change.resource_id}")
+""", config={"CheckRevisions": True, "UserMetadata": {"orthanc_py_claim": 4242}})
+    study = orthanc.upload(make_study(1, rows=2, cols=2)[1][0])["ParentStudy"]
+    assert orthanc.request("DELETE", f"/studies/{study}").status == 200
+    orthanc.wait_for_log(f"DELETED STUDY {study}")
+    assert orthanc.log.count(f"DELETED STUDY {study}") == 1
+
+
 def test_misused_options_say_what_to_do() -> None:
     with pytest.raises(TypeError, match="lease= goes with once_per_cluster=True"):
         on_change(ChangeType.STABLE_STUDY, lease=5)
