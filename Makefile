@@ -24,10 +24,12 @@ PYTHON_PACKAGES := python3-dev python3-venv
 # from and checked against; cmake, to build the sdist offline; dcmtk, a real
 # DICOM peer (storescp, findscu...); orthanc-python with python3-pydicom and
 # python3-pil, the official plugin the tests compare against; chromium, which
-# opens the built documentation; wrk, the HTTP load of the soak tests; and
+# opens the built documentation; wrk, the HTTP load of the soak tests;
+# postgresql, orthanc-postgresql and nginx-light, the clusters of the
+# scale-out tests (nodes sharing one database, behind a load balancer); and
 # Debian's own Python with its headers and venv module, for the smoke subset.
 TEST_PACKAGES := $(RUN_PACKAGES) $(PYTHON_PACKAGES) orthanc orthanc-dev cmake dcmtk orthanc-python \
-	python3-pydicom python3-pil chromium wrk
+	python3-pydicom python3-pil chromium wrk postgresql orthanc-postgresql nginx-light
 
 # Installs the Debian packages of $(1) that dpkg does not list as installed.
 define apt_install

@@ -21,6 +21,12 @@ on loopback, drives it, and reports every figure it measured:
   (``@on_stored_instance``); target: no failed request or upload, every upload in
   ``/instances``, ``NEW_INSTANCE`` and the stored-instance call once per upload
   and in upload order.
+- ``mixed-cluster``: the ``mixed`` load on two nodes sharing one PostgreSQL, behind
+  nginx (wrk and the uploads go through nginx, so each study's instances arrive
+  through both nodes), with a ``once_per_cluster`` ``STABLE_STUDY`` handler;
+  target: no failed request or upload, ``NEW_INSTANCE`` and the stored-instance
+  call once per upload in the whole cluster (in upload order on each node), each
+  study handled once in the cluster.
 - ``cycles``: 100 start/stop cycles of a script with a timer thread, an offloaded
   route (called once a cycle) and four slow requests in flight at SIGTERM;
   target: every exit code 0, no core file, no hang (a stop bounded by 60 s), no
@@ -154,6 +160,20 @@ def calls_rest(request):
 @route("/soak/events")
 def events(request):
     return {"changes": list(_changes), "stored": list(_stored)}
+'''
+
+CLUSTER_SCRIPT = MIXED_SCRIPT + '''
+from orthanc_py import ChangeType
+
+_stable = []  # studies this node handled, once_per_cluster
+
+@on_change(ChangeType.STABLE_STUDY, once_per_cluster=True)
+def stable(change):
+    _stable.append(change.resource_id)
+
+@route("/soak/stable")
+def stable_list(request):
+    return {"stable": list(_stable)}
 '''
 
 CYCLES_SCRIPT = COMMON + '''
@@ -784,6 +804,140 @@ def _sequence_summary(expected: list[str], got: list[str]) -> str:
             f"unknown {report['unknown']}, first difference at {report['first_out_of_order']}")
 
 
+class Endpoint:
+    """Where ``wrk`` and :class:`Client` send requests: a node, or the balancer in front of several."""
+
+    def __init__(self, url: str, http_port: int) -> None:
+        self.url = url
+        self.http_port = http_port
+
+
+def run_mixed_cluster(workdir: Path, seconds: float = 120, connections: int = 64, study_size: int = 20,
+                      nodes: int = 2, stable_age: int = 2, log: Callable[[str], None] = _quiet) -> Outcome:
+    """The ``mixed`` load through nginx on ``nodes`` nodes sharing one PostgreSQL; studies handled once."""
+    from orthanc_py.cluster_server import OrthancCluster
+
+    outcome = Outcome("mixed-cluster")
+    folder = workdir / "mixed-cluster"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "soak_script.py").write_text(CLUSTER_SCRIPT)
+    cluster = OrthancCluster(str(folder / "nodes"), nodes=nodes, script=str(folder / "soak_script.py"),
+                             config={"HttpThreadsCount": connections + 16, "StableAge": stable_age})
+    maker = InstanceMaker()
+    uploaded: list[str] = []
+    studies: set[str] = set()
+    upload_errors: list[str] = []
+    stop = threading.Event()
+    try:
+        cluster.start()
+        assert cluster.balancer is not None
+        front = Endpoint(cluster.url, cluster.balancer.port)
+
+        def upload() -> None:
+            client = Client(front)  # type: ignore[arg-type]
+            try:
+                while not stop.is_set():
+                    new_instance = maker.study()
+                    for _ in range(study_size):
+                        if stop.is_set():
+                            return
+                        try:
+                            status, body = client.request("POST", "/instances", new_instance())
+                            answer = (json.loads(body) if status == 200
+                                      else {"body": body[:200].decode("utf-8", "replace")})
+                        except Exception as error:
+                            status, answer = 0, {"error": repr(error)}
+                        if status != 200 or answer.get("Status") != "Success":
+                            upload_errors.append(f"{status} {answer}")
+                        else:
+                            uploaded.append(answer["ID"])
+                            studies.add(answer["ParentStudy"])
+            finally:
+                client.close()
+
+        log(f"mixed-cluster: {seconds:g} s of wrk -c{connections} through nginx on {nodes} nodes, uploads, "
+            "change handlers, a once_per_cluster STABLE_STUDY handler")
+        uploader = threading.Thread(target=upload, name="uploader")
+        started = time.monotonic()
+        uploader.start()
+        try:
+            summary = wrk(front, ["/soak/hello", "/soak/item/7?x=y", "/soak/rest"], workdir,  # type: ignore[arg-type]
+                          connections=connections, seconds=seconds)
+        finally:
+            stop.set()
+            uploader.join()
+        elapsed = time.monotonic() - started
+        clients = [Client(node) for node in cluster.nodes]
+        stored = set(clients[0].get_json("/instances"))
+
+        def collect() -> tuple[list[dict[str, Any]], list[list[str]]]:
+            events = [client.get_json("/soak/events") for client in clients]
+            return events, [client.get_json("/soak/stable")["stable"] for client in clients]
+
+        # Both nodes fire STABLE_STUDY once StableAge has passed: wait for every study, then as long again.
+        deadline = time.monotonic() + 60 + 4 * stable_age
+        while True:
+            events, stable_by_node = collect()
+            news = [i for e in events for t, i in e["changes"] if t == "NEW_INSTANCE"]
+            done = len(news) >= len(uploaded) and studies <= {s for node in stable_by_node for s in node}
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        time.sleep(2 * stable_age + 1)
+        events, stable_by_node = collect()
+        for client in clients:
+            client.close()
+    finally:
+        codes = []
+        for node in cluster.nodes:
+            try:
+                codes.append(node.stop())
+            except Exception:
+                codes.append(-1)
+        cluster.stop()
+        outcome.figures["exit_codes"] = codes
+    order = {instance: number for number, instance in enumerate(uploaded)}
+    news_by_node = [[i for t, i in e["changes"] if t == "NEW_INSTANCE"] for e in events]
+    stored_by_node = [e["stored"] for e in events]
+    news = [i for node in news_by_node for i in node]
+    stored_calls = [i for node in stored_by_node for i in node]
+
+    def in_order(sequence: list[str]) -> bool:
+        positions = [order.get(i, -1) for i in sequence]
+        return positions == sorted(positions)
+
+    stable_counts = _counts(s for node in stable_by_node for s in node if s in studies)
+    outcome.figures.update(
+        nodes=nodes, wrk_requests=summary["requests"],
+        wrk_requests_per_s=round(summary["requests"] / (summary["duration_us"] / 1e6)),
+        wrk_failed=summary["failed"],
+        wrk_errors={k: summary[k] for k in ("connect", "read", "write", "status", "timeout")},
+        wrk_p99_ms=round(summary["p99_us"] / 1000, 1),
+        uploaded=len(uploaded), upload_errors=len(upload_errors), uploads_per_s=round(len(uploaded) / elapsed, 1),
+        studies=len(studies), instances_stored=len(stored & set(uploaded)), missing=len(set(uploaded) - stored),
+        new_instance_events=len(news), new_instance_by_node=[len(n) for n in news_by_node],
+        stored_calls=len(stored_calls), studies_handled=len(stable_counts),
+        studies_handled_twice=sum(1 for n in stable_counts.values() if n > 1),
+        studies_handled_by_node=[len(set(node) & studies) for node in stable_by_node],
+    )
+    if upload_errors:
+        outcome.figures["first_upload_errors"] = upload_errors[:5]
+    failed = summary["failed"] + len(upload_errors)
+    outcome.check("failed requests + uploads", f"{summary['failed']} + {len(upload_errors)}", "0", failed == 0)
+    outcome.check("uploads in the database", f"{len(uploaded) - outcome.figures['missing']:,}/{len(uploaded):,}",
+                  "all", outcome.figures["missing"] == 0)
+    outcome.check("NEW_INSTANCE once in the cluster", _sequence_summary(sorted(uploaded), sorted(news)),
+                  "exactly once, in order on each node",
+                  sorted(news) == sorted(uploaded) and all(in_order(n) for n in news_by_node))
+    outcome.check("stored-instance call once in the cluster", _sequence_summary(sorted(uploaded), sorted(stored_calls)),
+                  "exactly once, in order on each node",
+                  sorted(stored_calls) == sorted(uploaded) and all(in_order(n) for n in stored_by_node))
+    outcome.check("STABLE_STUDY handled once in the cluster",
+                  f"{len(stable_counts)}/{len(studies)}, twice: {outcome.figures['studies_handled_twice']}",
+                  "every study once", set(stable_counts) == studies and outcome.figures["studies_handled_twice"] == 0)
+    return outcome
+
+
 def run_cycles(workdir: Path, cycles: int = 100, slow_requests: int = 4, slow_seconds: float = 1.0,
                stop_timeout: float = 60, log: Callable[[str], None] = _quiet) -> Outcome:
     """Start/stop cycles with a timer thread, an offloaded route, slow requests in flight at SIGTERM."""
@@ -900,6 +1054,7 @@ def scenarios(scale: float, log: Callable[[str], None]) -> dict[str, Callable[[P
         "stored": lambda w: run_stored(w, instances=n(100_000, 20), warmup=n(5_000, 10), log=log),
         "dicom-buffers": lambda w: run_dicom_buffers(w, calls=n(10_000, 10), warmup=n(500, 10), log=log),
         "mixed": lambda w: run_mixed(w, seconds=max(5.0, 120 * scale), log=log),
+        "mixed-cluster": lambda w: run_mixed_cluster(w, seconds=max(5.0, 120 * scale), log=log),
         "cycles": lambda w: run_cycles(w, cycles=n(100, 2), log=log),
     }
 

@@ -14,6 +14,7 @@ from ._paths import plugin_path
 from ._routing import RuleError
 from ._runtime import SetupError
 from ._version import __version__ as __version__
+from .cluster import every
 from .events import (
     Change,
     ChangeType,
@@ -58,6 +59,7 @@ __all__ = [
     "WorkerCrashed",
     "abort",
     "add_route",
+    "every",
     "http_filter",
     "on_change",
     "on_received_instance",

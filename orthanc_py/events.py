@@ -43,33 +43,48 @@ class Change:
 @overload
 def on_change(function: F, /) -> F: ...
 @overload
-def on_change(*change_types: Union[ChangeType, int]) -> Callable[[F], F]: ...
+def on_change(*change_types: Union[ChangeType, int], once_per_cluster: bool = False,
+              lease: Optional[float] = None) -> Callable[[F], F]: ...
 
 
-def on_change(*change_types: Any) -> Any:
+def on_change(*change_types: Any, once_per_cluster: bool = False, lease: Optional[float] = None) -> Any:
     """Calls the decorated ``handler(change)`` for each change of the given types (all without).
 
     Used bare (``@on_change``) or with types (``@on_change(ChangeType.NEW_STUDY,
     ChangeType.DELETED)``). Handlers run in order on a worker thread; one that
     raises is logged and the others still run.
+
+    :param once_per_cluster: on several Orthanc nodes sharing one database,
+        run the handler on one node only for each resource and change type,
+        even when several nodes fire the change (see :mod:`orthanc_py.cluster`).
+    :param lease: with ``once_per_cluster``, the seconds a node's claim holds
+        before another node may take the work over (renewed while the handler runs).
     """
+    if lease is not None and not once_per_cluster:
+        raise TypeError("on_change(): lease= goes with once_per_cluster=True (it is how long a node's claim holds)")
     if len(change_types) == 1 and callable(change_types[0]) and not isinstance(change_types[0], int):
         return _add_change_handler(change_types[0], frozenset())
     for change_type in change_types:
         if not isinstance(change_type, int):
             raise TypeError(f"on_change() takes ChangeType values, not {type(change_type).__name__}")
     wanted = frozenset(int(t) for t in change_types)
-    return lambda function: _add_change_handler(function, wanted)
+    return lambda function: _add_change_handler(function, wanted, once_per_cluster, lease)
 
 
-def _add_change_handler(function: F, wanted: frozenset[int]) -> F:
+def _add_change_handler(function: F, wanted: frozenset[int], once_per_cluster: bool = False,
+                        lease: Optional[float] = None) -> F:
     if not callable(function):
         raise TypeError(f"on_change: the handler must be callable, not {type(function).__name__}")
+    handler: Callable[[Change], Any] = function
+    if once_per_cluster:
+        from . import cluster
+
+        handler = cluster.once_per_cluster(function, cluster.DEFAULT_LEASE if lease is None else lease)
 
     @functools.wraps(function)
     def deliver(change_type: int, resource_type: int, resource_id: Optional[str]) -> None:
         if not wanted or change_type in wanted:
-            function(Change(ChangeType(change_type), ResourceType(resource_type), resource_id))
+            handler(Change(ChangeType(change_type), ResourceType(resource_type), resource_id))
 
     _events.changes.add(deliver, "@on_change")
     return function

@@ -21,21 +21,38 @@ Each test gets its own Orthanc on free ports with a temporary storage
 folder. ``orthanc_factory(script=..., config=...)`` starts others (a second
 script, other options). When the ``Orthanc`` binary is missing, these tests
 are skipped with a message that says how to install it.
+
+Several nodes on one PostgreSQL database, behind nginx, for scripts that
+scale out (``orthanc-postgresql``, ``postgresql`` and ``nginx`` installed)::
+
+    def test_forwarded_once(orthanc_cluster_factory):
+        cluster = orthanc_cluster_factory(script="forward.py", nodes=2)
+        cluster.nodes[0].upload("a.dcm"); cluster.nodes[1].upload("b.dcm")
+        assert cluster.balancer is not None   # cluster.url goes through nginx
+
+or, outside pytest, ``with orthanc_cluster(nodes=2, script="forward.py") as cluster: ...``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import pytest
 
+from .cluster_server import OrthancCluster
 from .server import OrthancNotFoundError, OrthancServer, find_orthanc, read_orthanc_json
 
-__all__ = ["OrthancFactory", "orthanc", "orthanc_factory"]
+__all__ = [
+    "ClusterFactory", "OrthancFactory", "orthanc", "orthanc_cluster", "orthanc_cluster_factory", "orthanc_factory",
+]
 
 OrthancFactory = Callable[..., OrthancServer]
+ClusterFactory = Callable[..., OrthancCluster]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,3 +144,49 @@ def orthanc(orthanc_factory: OrthancFactory, request: pytest.FixtureRequest) -> 
     config = read_orthanc_json(str(config_path)) if config_path else None
     return orthanc_factory(script, config=config)
 
+
+def _script_file(script: Union[str, Path, None], folder: Path) -> Optional[str]:
+    """``script`` as a path: Python source (a ``str`` holding a newline) is written to a file first."""
+    if isinstance(script, str) and "\n" in script:
+        path = folder / "script.py"
+        path.write_text(textwrap.dedent(script))
+        return str(path)
+    return None if script is None else str(script)
+
+
+@contextlib.contextmanager
+def orthanc_cluster(nodes: int = 2, script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,
+                    balancer: bool = True, workdir: Union[str, Path, None] = None,
+                    **options: Any) -> Iterator[OrthancCluster]:
+    """A running :class:`~orthanc_py.cluster_server.OrthancCluster`: PostgreSQL, ``nodes`` Orthanc nodes, nginx.
+
+    ``script`` is a path or Python source, as for ``orthanc_factory``; every
+    node loads it. Everything is stopped, and the database removed, on exit.
+    """
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="orthanc-py-cluster-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    cluster = OrthancCluster(str(folder), nodes=nodes, script=_script_file(script, folder), config=config,
+                             balancer=balancer, **options)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def orthanc_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFactory]:
+    """Starts clusters: ``orthanc_cluster_factory(script, nodes=2, config=None, balancer=True, **options)``.
+
+    See :func:`orthanc_cluster`; each cluster is stopped at the end of the test.
+    """
+    find_orthanc()  # a missing Orthanc skips the test (see pytest_runtest_setup)
+    with contextlib.ExitStack() as stack:
+
+        def start(script: Union[str, Path, None] = None, nodes: int = 2, config: Optional[Mapping[str, Any]] = None,
+                  balancer: bool = True, **options: Any) -> OrthancCluster:
+            return stack.enter_context(orthanc_cluster(nodes, script, config, balancer,
+                                                       workdir=tmp_path_factory.mktemp("cluster"), **options))
+
+        yield start

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import functools
 import json
 import multiprocessing
 import os
@@ -397,12 +398,32 @@ def _end_with_orthanc(orthanc_pid: int) -> None:
 
 
 def _submit(executor: concurrent.futures.Executor, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Runs ``function`` on ``executor`` and waits; a worker's death becomes :class:`WorkerCrashed`."""
+    """Runs ``function`` on ``executor`` and waits; a worker's death becomes :class:`WorkerCrashed`.
+
+    The call is submitted as one object (``functools.partial``), so that the
+    function's own keyword arguments never reach ``submit()``: a dask
+    ``ClientExecutor`` would take ``workers=`` or ``pure=`` for itself.
+    """
+    call = functools.partial(function, *args, **kwargs)
     try:
-        return executor.submit(function, *args, **kwargs).result()
+        if _is_dask(executor):
+            # dask takes a task with the same function and arguments for the
+            # same result (pure=True by default): two identical requests
+            # would run once. Each call of a handler is a new task.
+            return executor.submit(call, pure=False).result()
+        return executor.submit(call).result()
     except concurrent.futures.process.BrokenProcessPool as error:
         raise WorkerCrashed(f"a worker process of the offload pool died while running {_name(function)} "
                             "(killed, out of memory, or crashed in a C extension); the pool is replaced") from error
+    except Exception as error:
+        if type(error).__name__ == "KilledWorker":  # dask gave up after the workers running it died
+            raise WorkerCrashed(f"the dask workers died while running {_name(function)}: {error}") from error
+        raise
+
+
+def _is_dask(executor: concurrent.futures.Executor) -> bool:
+    """Whether ``executor`` is a ``dask.distributed`` one (``Client.get_executor()``), without importing dask."""
+    return type(executor).__module__.split(".")[0] == "distributed"
 
 
 def _arm_stop_deadline() -> None:
@@ -464,7 +485,8 @@ def _stop_pool() -> None:
 _POOL_STOP_SECONDS = 5.0
 
 
-def run_in_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def run_in_worker(function: Callable[..., Any], *args: Any, executor: Optional[concurrent.futures.Executor] = None,
+                  **kwargs: Any) -> Any:
     """Runs ``function(*args, **kwargs)`` in orthanc_py's pool of worker processes; returns its result.
 
     For the CPU-bound part of a handler that must also call Orthanc: fetch
@@ -472,9 +494,14 @@ def run_in_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     access to Orthanc), answer here. ``function`` must be defined at the top
     level of the script; arguments and result must pickle.
 
+    :param executor: where to run it instead of orthanc_py's pool: any
+        :class:`concurrent.futures.Executor`, such as a ``dask.distributed``
+        cluster's (``Client(address).get_executor()``), whose workers may be
+        other machines. (A keyword argument of ``function`` itself named
+        ``executor`` goes through ``functools.partial``.)
     :raises WorkerCrashed: when the worker process died while running it.
     """
-    return _submit(_default_pool(), function, *args, **kwargs)
+    return _submit(executor if executor is not None else _default_pool(), function, *args, **kwargs)
 
 
 def _run_offloaded(handler: Callable[..., Any], request: Request, params: dict[str, Any]) -> Any:
@@ -562,7 +589,8 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
     at load time.
 
     :param offload: ``True`` runs the handler in orthanc_py's pool of worker
-        processes, past the GIL; a :class:`concurrent.futures.Executor` runs it there.
+        processes, past the GIL; a :class:`concurrent.futures.Executor` runs it there,
+        for one a ``dask.distributed`` cluster's (``Client(address).get_executor()``).
         A worker process has no access to Orthanc (:mod:`orthanc_py.rest`
         raises there): to combine both, use :func:`run_in_worker` inside an
         ordinary route.

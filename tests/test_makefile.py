@@ -21,7 +21,8 @@ from orthanc_py.server import free_port
 from .conftest import REPO
 
 RUN_SET = ["gcc", "libc6-dev"]
-TEST_ONLY = ["orthanc-dev", "cmake", "dcmtk", "orthanc-python", "python3-pydicom", "python3-pil", "chromium", "wrk"]
+TEST_ONLY = ["orthanc-dev", "cmake", "dcmtk", "orthanc-python", "python3-pydicom", "python3-pil", "chromium", "wrk",
+             "postgresql", "orthanc-postgresql", "nginx-light"]
 
 
 def make(tmp_path: Path, *args: str, installed: tuple[str, ...] = (), path: str = "") -> subprocess.CompletedProcess:
