@@ -37,6 +37,7 @@ from typing import Any
 
 from . import _calls, _capi, _runtime, _sdk
 from ._calls import Handle
+from ._official.registration import _SdkMethod
 
 ErrorCode = _capi.ErrorCode
 Service = _capi.Service
@@ -1679,7 +1680,7 @@ def _attach_methods() -> None:
         name = method.__name__.lstrip("_")
         method.__name__ = method.__qualname__ = name
         method.__module__ = "orthanc"
-        setattr(cls, name, _compat._SdkMethod(method))
+        setattr(cls, name, _SdkMethod(method))
         _compat.UNSUPPORTED.pop(f"OrthancPlugin{name}", None)
 
 
@@ -1811,7 +1812,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
     if not _capi.is_attached():
         return  # a worker process re-running the script: nothing to serve
     _runtime.require_setup(f"orthanc.{function}()")
-    from ._compat import RestOutput
+    from ._official.rest import RestOutput
 
     def rest_handler(handler: ChunkedRestHandler | None) -> Any:
         if handler is None:
