@@ -185,7 +185,7 @@ DELIBERATE_EXCLUSIONS = {
 
 
 # SDK functions that a function of the `orthanc` module with another name
-# calls: reachable, through that function (checked against _callbacks.py and
+# calls: reachable, through that function (checked against _official/ and
 # _capi.py, which make the calls).
 COVERED_BY = {
     # orthanc.RegisterRestCallback registers through the no-lock service, so

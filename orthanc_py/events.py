@@ -220,7 +220,7 @@ def on_received_instance(function: F) -> F:
     if not callable(function):
         raise TypeError(f"@on_received_instance: the handler must be callable, not {type(function).__name__}")
     if not _received_handlers:
-        from ._callbacks import RegisterReceivedInstanceCallback
+        from ._compat import RegisterReceivedInstanceCallback
 
         RegisterReceivedInstanceCallback(_run_received_handlers)
     _received_handlers.append(function)

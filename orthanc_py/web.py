@@ -667,7 +667,7 @@ def http_filter(function: F) -> F:
     if not callable(function):
         raise TypeError(f"@http_filter: the handler must be callable, not {type(function).__name__}")
     if not _filters:
-        from ._callbacks import RegisterIncomingHttpRequestFilter
+        from ._compat import RegisterIncomingHttpRequestFilter
 
         RegisterIncomingHttpRequestFilter(_run_filters)
     _filters.append(function)

@@ -163,10 +163,10 @@ def test_a_progress_out_of_range_is_clamped_and_nan_keeps_the_last_one(jobs):
 REFUSED_BY_ORTHANC = """
 import gc, json, math
 import orthanc
-from orthanc_py import _callbacks
+from orthanc_py._official import jobs as jobs_family
 
-_callbacks._check_before_submit = lambda state, what: None
-_callbacks._job_json = lambda value: json.dumps(value).encode("utf-8")
+jobs_family._check_before_submit = lambda state, what: None
+jobs_family._job_json = lambda value: json.dumps(value).encode("utf-8")
 
 def Submit(output, uri, **request):
     job = orthanc.CreateJob("Refused", lambda: orthanc.JobStepStatus.SUCCESS, content=lambda: {"ratio": math.nan})
@@ -180,7 +180,7 @@ def Submit(output, uri, **request):
         answer["again"] = str(error)
     del job
     gc.collect()
-    answer["jobs alive"] = len(_callbacks._jobs)
+    answer["jobs alive"] = len(jobs_family._jobs)
     output.AnswerBuffer(json.dumps(answer), "application/json")
 
 orthanc.RegisterRestCallback("/submit", Submit)

@@ -10,6 +10,11 @@ from .. import _calls, _capi, _runtime
 from .._calls import Handle
 from .registration import _handler_name, _SdkMethod
 
+__all__ = [
+    "RegisterRestCallback",
+    "RestOutput",
+]
+
 
 class RestOutput(Handle):
     """The answer to an HTTP request, given to a REST callback (valid during the call only)."""
