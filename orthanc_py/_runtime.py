@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import _capi, _logging, _paths
+from . import _capi, _events, _logging, _paths
 
 log = logging.getLogger("orthanc_py")
 
@@ -188,7 +188,6 @@ def start(context_address: int, loader_path: str) -> bool:
     :returns: ``True`` when Orthanc may go on starting.
     """
     global phase, settings, _stop_announced
-    from . import _events
 
     _capi.attach(context_address)
     _capi.use_loader(loader_path)
@@ -197,7 +196,7 @@ def start(context_address: int, loader_path: str) -> bool:
         forget()
     for registered in (_after_load, _when_stopping, _on_stop):
         registered.clear()
-    _events.new_run()
+    _events.new_run(require_setup, orthanc_stopped)
     _stop_announced = False
     phase = Phase.IDLE
     try:
@@ -298,7 +297,6 @@ def orthanc_stopped(events_timeout: Optional[float] = None) -> None:
     every thread but Orthanc's own.
     """
     global phase, _stop_announced
-    from . import _events
 
     if _stop_announced:
         return
@@ -336,7 +334,6 @@ def stop() -> None:
     interpreter stays for the next run of the same process.
     """
     global phase
-    from . import _events
 
     if not _stop_announced and phase is not Phase.IDLE:
         # Orthanc's REST API may be gone already: the events get the grace only.
