@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Generate ``orthanc/__init__.pyi``: type stubs of the ``orthanc`` module.
 
-Most of ``orthanc`` is assembled at import time from the SDK facts
-(``orthanc_py._compat``), so editors and type checkers cannot read it from the
-source. This script imports it (which works outside Orthanc) and writes a stub
+Most of ``orthanc`` is assembled at import time (``orthanc_py._compat``) from
+the SDK facts and the families of ``orthanc_py._official``, so editors and
+type checkers cannot read it from the source. This script imports it (which works outside Orthanc) and writes a stub
 with every name of ``orthanc.__all__``:
 
 - functions and methods built from an SDK function get the types that
