@@ -472,7 +472,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
         # The flag Orthanc calls "isReadOnly" is, in Orthanc 1.10.1, read as
         # "done": 0 makes it answer HTTP 403 (even though the file was
         # stored), 1 makes it answer 201 or 204. Measured, and pinned by the
-        # tests (tests/test_compat_chunked_webdav.py), so that an Orthanc
+        # tests (tests/test_official_transfers.py), so that an Orthanc
         # that reads it the other way shows up at once.
         def c_write(done_flag: Any, size: int, items: Any, *rest: Any) -> int:
             done_flag[0] = 0

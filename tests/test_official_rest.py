@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 import urllib.parse
 from pathlib import Path
