@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from orthanc_py.server import OrthancServer
 
@@ -73,21 +72,25 @@ orthanc.RegisterRestCallback("/hello", Hello)
 orthanc.RegisterRestCallback("/echo", Echo)
 '''
 
-POST_LUA = 'wrk.method = "POST"\nwrk.body = \'{"a": [1, 2, 3], "b": "text"}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+POST_LUA = (
+    'wrk.method = "POST"\n'
+    'wrk.body = \'{"a": [1, 2, 3], "b": "text"}\'\n'
+    'wrk.headers["Content-Type"] = "application/json"\n'
+)
 
 
-def wrk(url: str, seconds: int, connections: int, script: Optional[Path] = None) -> float:
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> float:
     """Requests per second that ``wrk`` measured; fails on any non-2xx answer or socket error."""
     command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"wrk saw failed requests on {url}:\n{output}")
     return float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
 
 
-def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str], args: argparse.Namespace,
+def measure_routes(workdir: Path, name: str, script: str, plugin: str | None, args: argparse.Namespace,
                    post: Path, with_system: bool = False, offload: bool = False) -> dict[str, float]:
     (workdir / f"{name}.py").write_text(script)
     server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)

@@ -70,7 +70,7 @@ def test_dicomweb_encoding_with_and_without_a_binary_callback(make_orthanc):
         assert "http://example.com/pixels" in answers[name]
         assert "DW-1" in answers[name]
     assert answers["raised"] == "binary callback failed"
-    assert [[], 0x7FE0, 0x0010] == recorded(server)["binary"][0][:3]
+    assert recorded(server)["binary"][0][:3] == [[], 0x7FE0, 0x0010]
 
     server.upload(dicom)
     plain, chosen, xml = server.wait_until(lambda: recorded(server).get("stored"), what="the stored instance")

@@ -245,7 +245,9 @@ def test_a_job_whose_values_go_bad_later_keeps_its_last_good_ones(jobs):
         assert expanded.status == 200, expanded.text
     # A state change makes Orthanc save its jobs, asking for the serialized state.
     assert jobs.post(f"/jobs/{job_id}/pause").status == 200
-    jobs.wait_for_log(r"the serialized callback .* returned list \[2\], not a dict .*Orthanc keeps the last valid state")
+    jobs.wait_for_log(
+        r"the serialized callback .* returned list \[2\], not a dict .*Orthanc keeps the last valid state"
+    )
     jobs.wait_until(lambda: jobs.get_json(f"/jobs/{job_id}")["State"] == "Paused", 10, "the job paused")
     assert jobs.post(f"/jobs/{job_id}/resume").status == 200
 

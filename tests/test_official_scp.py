@@ -72,7 +72,9 @@ def find_server(make_orthanc: Callable[..., OrthancServer], plugin: str | None, 
     return server.start()
 
 
-def findscu(server: OrthancServer, folder: Path, model: str, *keys: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def findscu(
+    server: OrthancServer, folder: Path, model: str, *keys: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Runs ``findscu`` (``model`` is ``-P`` or ``-W``); returns its result and the answers' PatientName.
 
     The answers are read from the files ``findscu -X`` extracts, not from its log.
