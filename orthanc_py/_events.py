@@ -51,8 +51,8 @@ class ChangeDispatcher:
         self._require_setup = require_setup
         self._orthanc_stopped = orthanc_stopped
         self._handlers: list[ChangeHandler] = []
-        self._queue: queue.SimpleQueue[Optional[tuple[int, int, Optional[str]]]] = queue.SimpleQueue()
-        self._worker: Optional[threading.Thread] = None
+        self._queue: queue.SimpleQueue[tuple[int, int, str | None] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0  # queued and not yet delivered to every handler
         self._stop_queued = False
@@ -81,7 +81,7 @@ class ChangeDispatcher:
         """
         _capi.register_on_change(self._on_change)
 
-    def _on_change(self, change_type: int, resource_type: int, resource_id: Optional[bytes]) -> int:
+    def _on_change(self, change_type: int, resource_type: int, resource_id: bytes | None) -> int:
         # Runs on Orthanc's thread, inside its core: queue and return at once,
         # except for ORTHANC_STOPPED (see _runtime.orthanc_stopped).
         if change_type == ORTHANC_STOPPED:
@@ -90,7 +90,7 @@ class ChangeDispatcher:
             self._put((change_type, resource_type, resource_id.decode("utf-8", "replace") if resource_id else None))
         return int(_capi.ErrorCode.Success)
 
-    def _put(self, item: tuple[int, int, Optional[str]]) -> None:
+    def _put(self, item: tuple[int, int, str | None]) -> None:
         with self._lock:
             self._pending += 1
             if self._worker is None:
@@ -118,7 +118,7 @@ class ChangeDispatcher:
         """Events queued and not yet delivered."""
         return self._pending
 
-    def deliver_stop(self, timeout: Optional[float]) -> int:
+    def deliver_stop(self, timeout: float | None) -> int:
         """Queues ``ORTHANC_STOPPED`` (once) and waits until everything queued is delivered.
 
         Logs how far it got every few seconds. Events that arrive afterwards

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Optional
 
 from .. import _calls, _capi, _events
 from .._calls import Handle
@@ -46,7 +45,7 @@ class DicomInstance(Handle):
                 lease.release()
 
 
-def RegisterOnChangeCallback(callback: Callable[[int, int, Optional[str]], None]) -> None:
+def RegisterOnChangeCallback(callback: Callable[[int, int, str | None], None]) -> None:
     """Registers ``callback(changeType, level, resourceId)`` for every change in Orthanc.
 
     Changes are delivered in order on a thread of orthanc_py's, never on

@@ -68,7 +68,7 @@ class _DicomWebEncoding:
                         "orthanc.DicomWebBinaryMode value or (DicomWebBinaryMode.BULK_DATA_URI, uri)"
                     )
                 setter(node, int(mode), None if uri is None else str(uri).encode("utf-8"))
-            except BaseException as error:  # noqa: BLE001 - raised again to the caller
+            except BaseException as error:  # raised again to the caller
                 self.error = error
 
         return c_type(c_binary)

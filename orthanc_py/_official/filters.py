@@ -131,7 +131,7 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
         received = _capi.copy_memory(data, size)
         try:
             result = callback(received, origin)
-        except BaseException:  # noqa: BLE001 - logged; the instance is kept (see below)
+        except BaseException:  # logged; the instance is kept (see below)
             _capi.report_exception(where)
             return int(Action.KeepAsIs)
         if not isinstance(result, (tuple, list)):

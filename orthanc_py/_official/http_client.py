@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +54,7 @@ class _ChunkedTransfer:
                 # Orthanc takes each chunk's size as 32 bits.
                 data = _calls._to_bytes(chunk, "orthanc.ChunkedHttpClient(): a chunk of the body", 0xFFFFFFFF)
                 chunk = (ctypes.create_string_buffer(data, len(data)), len(data))
-        except BaseException as error:  # noqa: BLE001 - raised again to the caller
+        except BaseException as error:  # raised again to the caller
             self.error = error
             self.current = self._DONE
             return PLUGIN_ERROR
@@ -72,7 +73,7 @@ class _ChunkedTransfer:
                 return SUCCESS
             try:
                 self.answer_chunk(chunk)
-            except BaseException as error:  # noqa: BLE001 - raised again to the caller
+            except BaseException as error:  # raised again to the caller
                 self.error = error
                 return PLUGIN_ERROR
             return SUCCESS
@@ -105,20 +106,29 @@ def _guard(function: Callable[..., Any], where: str, on_error: Any) -> Callable[
     def guarded(*args: Any) -> Any:
         try:
             return function(*args)
-        except BaseException:  # noqa: BLE001 - logged; never reaches C
-            try:
+        except BaseException:  # logged; never reaches C
+            with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
                 _capi.report_exception(where)
-            except BaseException:  # noqa: BLE001 - the error code must reach Orthanc regardless
-                pass
             return on_error
 
     return guarded
 
 
-def ChunkedHttpClient(method: int, url: str, headers: Any = None, body: Any = None, username: str | None = None,
-                      password: str | None = None, timeout: int = 0, certificateFile: str | None = None,
-                      certificateKeyFile: str | None = None, certificateKeyPassword: str | None = None,
-                      pkcs11: bool = False, *, answerChunk: Callable[[bytes], Any] | None = None) -> tuple[bytes, dict[str, str], int]:
+def ChunkedHttpClient(
+    method: int,
+    url: str,
+    headers: Any = None,
+    body: Any = None,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: int = 0,
+    certificateFile: str | None = None,
+    certificateKeyFile: str | None = None,
+    certificateKeyPassword: str | None = None,
+    pkcs11: bool = False,
+    *,
+    answerChunk: Callable[[bytes], Any] | None = None,
+) -> tuple[bytes, dict[str, str], int]:
     """Makes an HTTP call with chunked transfers: the body is sent, and the answer read, piece by piece.
 
     Unlike :func:`orthanc.HttpClient`, neither the body nor the answer needs

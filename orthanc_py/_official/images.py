@@ -46,7 +46,9 @@ class Image(Handle):
     def GetImageBuffer(self) -> bytes:
         """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
         address = _calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
-        return _capi.copy_memory(address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self))
+        return _capi.copy_memory(
+            address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self)
+        )
 
 
 def _image_arguments(what: str, format: Any, width: Any, height: Any, pitch: Any) -> tuple[int, int, int, int]:

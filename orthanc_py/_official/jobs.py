@@ -91,7 +91,7 @@ class _JobState:
         """The address of the JSON text of ``callbacks[name]()``, or of the last good one."""
         try:
             value = self.callbacks[name]()
-        except BaseException:  # noqa: BLE001 - logged; the last good value stays
+        except BaseException:  # logged; the last good value stays
             _capi.report_exception(self.where(name))
             return self.last_good(name)
         if value is None and name == "serialized":
@@ -99,7 +99,9 @@ class _JobState:
         try:
             text = _job_json(value)
         except _BadJobValue as error:
-            keeps = "Orthanc shows the last valid content" if name == "content" else "Orthanc keeps the last valid state"
+            keeps = (
+                "Orthanc shows the last valid content" if name == "content" else "Orthanc keeps the last valid state"
+            )
             self.complain(name, error.kind, f"{error}; {keeps} (return a dict of JSON values)")
             return self.last_good(name)
         return self.remember(name, text)
@@ -107,7 +109,7 @@ class _JobState:
     def c_progress(self) -> float:
         try:
             value = float(self.callbacks["progress"]())
-        except BaseException:  # noqa: BLE001 - logged; the last good progress stays
+        except BaseException:  # logged; the last good progress stays
             _capi.report_exception(self.where("progress"))
             return self.progress
         if math.isnan(value):
@@ -218,7 +220,7 @@ def _job_callbacks() -> dict[str, Any]:
             return int(StepStatus.Failure)
         try:
             status = state.callbacks["step"]()
-        except BaseException:  # noqa: BLE001 - logged; the job fails
+        except BaseException:  # logged; the job fails
             _capi.report_exception(state.where("step"))
             return int(StepStatus.Failure)
         if not _is_int(status) or status not in _STEP_STATUSES:
@@ -234,7 +236,7 @@ def _job_callbacks() -> dict[str, Any]:
         if state is not None and state.callbacks.get("stop") is not None:
             try:
                 state.callbacks["stop"](reason)
-            except BaseException:  # noqa: BLE001 - logged, and reported to Orthanc
+            except BaseException:  # logged, and reported to Orthanc
                 _capi.report_exception(state.where("stop"))
                 return PLUGIN_ERROR
         return SUCCESS
@@ -244,7 +246,7 @@ def _job_callbacks() -> dict[str, Any]:
         if state is not None and state.callbacks.get("reset") is not None:
             try:
                 state.callbacks["reset"]()
-            except BaseException:  # noqa: BLE001 - logged, and reported to Orthanc
+            except BaseException:  # logged, and reported to Orthanc
                 _capi.report_exception(state.where("reset"))
                 return PLUGIN_ERROR
         return SUCCESS
@@ -421,8 +423,9 @@ def RegisterJobsUnserializer(callback: JobsUnserializer) -> None:
     Orthanc saves in its database the jobs whose ``serialized()`` callback
     (see :func:`CreateJob`) gives a state. When it restarts, it calls this
     callback for each one, with the job's type and that state as JSON text
-    (``str``; Orthanc adds the key ``"Type"`` to the object). The callback returns the recreated :class:`orthanc.Job` (made
-    with :func:`CreateJob`, not submitted), which Orthanc takes over, or
+    (``str``; Orthanc adds the key ``"Type"`` to the object). The callback
+    returns the recreated :class:`orthanc.Job` (made with
+    :func:`CreateJob`, not submitted), which Orthanc takes over, or
     ``None`` when the type is not its own. When it raises or returns
     something else, the reason goes to Orthanc's log and the job is not
     recreated.

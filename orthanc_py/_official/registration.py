@@ -15,7 +15,7 @@ import ctypes
 import inspect
 import threading
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .. import _calls, _capi, _runtime, _sdk
 from .._calls import Handle
@@ -37,7 +37,7 @@ class _SdkMethod:
     def __call__(self, *args: Any) -> Any:
         return self.function(*args)
 
-    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
         return types.MethodType(self.function, instance)

@@ -71,7 +71,8 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     """
     if not isinstance(pathRegularExpression, str):
         raise TypeError(
-            f"RegisterRestCallback() argument 'pathRegularExpression' must be str, not {type(pathRegularExpression).__name__}"
+            "RegisterRestCallback() argument 'pathRegularExpression' must be str, "
+            f"not {type(pathRegularExpression).__name__}"
         )
     if not callable(callback):
         raise TypeError(f"RegisterRestCallback() argument 'callback' must be callable, not {type(callback).__name__}")

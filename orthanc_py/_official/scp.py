@@ -289,7 +289,7 @@ def RegisterStorageCommitmentScpCallback(factory: StorageCommitmentFactory,
         target[0] = int(FailureReason.ProcessingFailure)
         try:
             reason = lookup(_commitments.get(driver or 0), _decode(sop_class_uid), _decode(sop_instance_uid))
-        except BaseException:  # noqa: BLE001 - logged; the SCU is told this instance failed
+        except BaseException:  # logged; the SCU is told this instance failed
             _capi.report_exception(lookup_where)
             return SUCCESS
         if not _is_int(reason) or reason not in _FAILURE_REASONS:

@@ -128,7 +128,7 @@ def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:
         for each in _metrics_callbacks[:]:  # a snapshot: registrations may come from other threads
             try:
                 each()
-            except BaseException:  # noqa: BLE001 - logged; the other callbacks still run
+            except BaseException:  # logged; the other callbacks still run
                 _capi.report_exception(f"the refresh-metrics callback {_name(each)}")
 
     params = _sdk._OrthancPluginRegisterRefreshMetricsCallback()

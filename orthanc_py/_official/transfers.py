@@ -45,7 +45,7 @@ _RawChunkedFinalize = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 class _ChunkedUpload:
     """One POST or PUT being received: the script's reader, until Orthanc finalizes it."""
 
-    __slots__ = ("reader", "where", "method", "uri", "failed")
+    __slots__ = ("failed", "method", "reader", "uri", "where")
 
     def __init__(self, reader: Any, where: str, method: str, uri: str) -> None:
         self.reader = reader
@@ -172,7 +172,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
                 kwargs = _rest_request(request)
                 try:
                     handler(output, uri, **kwargs)
-                except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
+                except BaseException:  # logged; the client gets HTTP 500
                     _capi.expire(output)
                     _capi.report_exception(where)
                     return PLUGIN_ERROR
@@ -230,7 +230,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             return PLUGIN_ERROR
         try:
             upload.reader.AddChunk(_capi.copy_memory(data, size))
-        except BaseException:  # noqa: BLE001 - logged; the upload fails (HTTP 500)
+        except BaseException:  # logged; the upload fails (HTTP 500)
             # Orthanc 1.10.1 goes on to execute() whatever addChunk() returns:
             # remembered, so that Execute() never sees a partial body.
             upload.failed = True
@@ -251,7 +251,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
             output = RestOutput.lent(output_address or 0)
             try:
                 upload.reader.Execute(output)
-            except BaseException:  # noqa: BLE001 - logged; the client gets HTTP 500
+            except BaseException:  # logged; the client gets HTTP 500
                 _capi.expire(output)
                 _capi.report_exception(upload.where)
                 return PLUGIN_ERROR
@@ -266,7 +266,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
         if upload is not None and callable(finalize):
             try:
                 finalize()
-            except BaseException:  # noqa: BLE001 - logged; nothing to report to Orthanc
+            except BaseException:  # logged; nothing to report to Orthanc
                 _capi.report_exception(upload.where)
 
     where = f"the chunked REST callbacks for {pathRegularExpression}"
