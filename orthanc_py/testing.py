@@ -25,9 +25,11 @@ are skipped with a message that says how to install it.
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable
 
 import pytest
 
@@ -67,7 +69,7 @@ def _skip(error: OrthancNotFoundError) -> None:
     pytest.skip(str(error))
 
 
-def _from_ini(config: pytest.Config, name: str) -> Optional[Path]:
+def _from_ini(config: pytest.Config, name: str) -> Path | None:
     value = config.getini(name)
     if not value:
         return None
@@ -89,7 +91,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
     find_orthanc()  # a missing Orthanc skips the test (see pytest_runtest_setup)
     servers: list[OrthancServer] = []
 
-    def start(script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,
+    def start(script: str | Path | None = None, config: Mapping[str, Any] | None = None,
               start: bool = True, **options: Any) -> OrthancServer:
         workdir = tmp_path_factory.mktemp("orthanc")
         if isinstance(script, str) and "\n" in script:
@@ -106,10 +108,8 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
 
     yield start
     for server in servers:
-        try:
+        with contextlib.suppress(Exception):  # a server a test already killed: nothing to stop
             server.stop(timeout=60)
-        except Exception:  # a server a test already killed: nothing to stop
-            pass
 
 
 @pytest.fixture
