@@ -1,5 +1,15 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Filters: HTTP requests, received instances, C-STORE and DICOM instances."""
+"""Filters: HTTP requests, received instances, C-STORE and DICOM instances.
+
+- :func:`RegisterIncomingHttpRequestFilter` -- ``callback(uri, method=, ip=,
+  headers=[, get=])`` returns ``True`` (accept) or ``False`` (HTTP 403);
+- :func:`RegisterReceivedInstanceCallback` -- ``callback(receivedDicom,
+  origin)`` returns ``(ReceivedInstanceAction.X, modifiedDicom or None)``;
+- :func:`RegisterIncomingCStoreInstanceFilter` -- ``callback(instance)``
+  returns ``0`` (store) or the DIMSE status of the refusal;
+- :func:`RegisterIncomingDicomInstanceFilter` -- ``callback(instance)``
+  returns whether Orthanc stores the instance.
+"""
 
 from __future__ import annotations
 

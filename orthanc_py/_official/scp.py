@@ -1,5 +1,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""DICOM SCPs: C-FIND, worklists, C-MOVE and storage commitment."""
+"""DICOM SCPs: C-FIND, worklists, C-MOVE and storage commitment.
+
+- :func:`RegisterFindCallback` / :func:`RegisterWorklistCallback` --
+  ``callback(answers, query, issuerAet, calledAet)``, the query a
+  :class:`FindQuery`;
+- :func:`RegisterMoveCallback` -- ``callback(**request)``;
+- :func:`RegisterStorageCommitmentScpCallback` -- a factory of handlers,
+  their destructor, and their lookup of each instance.
+"""
 
 from __future__ import annotations
 

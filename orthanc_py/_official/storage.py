@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The storage area: where Orthanc keeps its files."""
+"""The storage area: where Orthanc keeps its files.
+
+:func:`RegisterStorageArea` -- ``create(uuid, contentType, data)``,
+``read(uuid, contentType) -> bytes``, ``remove(uuid, contentType)``.
+"""
 
 from __future__ import annotations
 
