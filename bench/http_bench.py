@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from orthanc_py.server import OrthancServer
 
@@ -80,15 +79,19 @@ orthanc.RegisterRestCallback("/hello", Hello)
 orthanc.RegisterRestCallback("/echo", Echo)
 '''
 
-POST_LUA = 'wrk.method = "POST"\nwrk.body = \'{"a": [1, 2, 3], "b": "text"}\'\nwrk.headers["Content-Type"] = "application/json"\n'
+POST_LUA = (
+    'wrk.method = "POST"\n'
+    'wrk.body = \'{"a": [1, 2, 3], "b": "text"}\'\n'
+    'wrk.headers["Content-Type"] = "application/json"\n'
+)
 
 
-def wrk(url: str, seconds: int, connections: int, script: Optional[Path] = None) -> float:
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> float:
     """Requests per second that ``wrk`` measured; fails on any non-2xx answer or socket error."""
     command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s"]
     if script is not None:
         command += ["-s", str(script)]
-    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output or "Socket errors" in output:
         raise RuntimeError(f"wrk saw failed requests on {url}:\n{output}")
     return float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
@@ -104,7 +107,7 @@ def venv_loader(venv: Path) -> tuple[str, str]:
     return lines[0], f"Python {lines[1]} ({venv})"
 
 
-def measure_routes(workdir: Path, name: str, script: str, plugin: Optional[str], args: argparse.Namespace,
+def measure_routes(workdir: Path, name: str, script: str, plugin: str | None, args: argparse.Namespace,
                    post: Path, with_system: bool = False, offload: bool = False) -> dict[str, float]:
     (workdir / f"{name}.py").write_text(script)
     server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
@@ -186,7 +189,8 @@ def main() -> int:
     print(f"\nrequests/s, median of {args.rounds} interleaved rounds, wrk -c{args.connections}, "
           f"{args.seconds} s each, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"load average before: {load_before}")
-    print(f"orthanc_py on {interpreter}; official plugin {'on its own libpython' if official_installed else 'not installed'}")
+    official_on = "its own libpython" if official_installed else "(not installed)"
+    print(f"orthanc_py on {interpreter}; official plugin on {official_on}")
     print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} "
           f"{'decorators/official':>20} {'module/official':>16}")
     print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python; "

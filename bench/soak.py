@@ -43,6 +43,7 @@ Usage: ``.venv/bin/python bench/soak.py [--only requests --only mixed] [--scale 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -58,7 +59,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from orthanc_py.server import OrthancServer
 
@@ -226,7 +227,7 @@ def pid_of(server: OrthancServer) -> int:
     return server.process.pid
 
 
-def sample(server: OrthancServer, client: Optional["Client"] = None) -> dict[str, float]:
+def sample(server: OrthancServer, client: Client | None = None) -> dict[str, float]:
     """Orthanc's resident memory, then the Python heap's figures."""
     memory = rss_mb(pid_of(server))
     stats = (client or Client(server)).get_json("/soak/pystats")
@@ -240,11 +241,11 @@ class Client:
     def __init__(self, server: OrthancServer, timeout: float = 300.0) -> None:
         self.port = server.http_port
         self.timeout = timeout
-        self.connection: Optional[http.client.HTTPConnection] = None
+        self.connection: http.client.HTTPConnection | None = None
         self.last = 0.0
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[dict[str, str]] = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         if self.connection is None or time.monotonic() - self.last > 0.5:
             self.close()
             self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -369,7 +370,7 @@ def wrk(server: OrthancServer, paths: list[str], workdir: Path, connections: int
     return summary
 
 
-def start(workdir: Path, name: str, script: str, config: Optional[dict[str, Any]] = None) -> OrthancServer:
+def start(workdir: Path, name: str, script: str, config: dict[str, Any] | None = None) -> OrthancServer:
     folder = workdir / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "soak_script.py").write_text(script)
@@ -398,7 +399,7 @@ class InstanceMaker:
         self._lock = threading.Lock()
         self._next = 0
 
-    def study(self, patient_id: str = "SOAK") -> "Callable[[], bytes]":
+    def study(self, patient_id: str = "SOAK") -> Callable[[], bytes]:
         """A function that returns a new instance of one new study (one series) at each call."""
         template = _make_dicom(sop_uid=self.placeholder.decode(), patient_id=patient_id)
         assert template.count(self.placeholder) == 2, "the SOPInstanceUID is in the meta header and the dataset"
@@ -617,7 +618,10 @@ def run_stored(workdir: Path, instances: int = 100_000, warmup: int = 5_000, bat
             totals["seconds"] += time.monotonic() - started
 
     try:
-        log(f"stored: {instances:,} uploads (warm-up {warmup:,}), {uploaders} threads, studies of {batch:,} deleted when complete")
+        log(
+            f"stored: {instances:,} uploads (warm-up {warmup:,}), {uploaders} threads, "
+            f"studies of {batch:,} deleted when complete"
+        )
         drive(warmup, False)
         warm_uploaded = totals["uploaded"]
         chunks = iter(_split(instances, steps))
@@ -641,7 +645,7 @@ def run_stored(workdir: Path, instances: int = 100_000, warmup: int = 5_000, bat
 
 
 def run_dicom_buffers(workdir: Path, calls: int = 10_000, rows: int = 2048, cols: int = 2560,
-                      per_request: int = 10, warmup: int = 500, steps: int = 10, target_mb: Optional[float] = None,
+                      per_request: int = 10, warmup: int = 500, steps: int = 10, target_mb: float | None = None,
                       log: Callable[[str], None] = _quiet) -> Outcome:
     """``calls`` ``orthanc.GetDicomForInstance`` calls on one instance of ``rows`` x ``cols`` 16-bit pixels."""
     outcome = Outcome("dicom-buffers")
@@ -730,7 +734,7 @@ def run_mixed(workdir: Path, seconds: float = 120, connections: int = 64, study_
         client = Client(server)
         stored = set(client.get_json("/instances"))
 
-        def delivered() -> Optional[dict[str, Any]]:
+        def delivered() -> dict[str, Any] | None:
             events = client.get_json("/soak/events")
             news = [i for t, i in events["changes"] if t == "NEW_INSTANCE"]
             return events if len(news) >= len(uploaded) and len(events["stored"]) >= len(uploaded) else None
@@ -746,13 +750,22 @@ def run_mixed(workdir: Path, seconds: float = 120, connections: int = 64, study_
     news = [i for t, i in events["changes"] if t == "NEW_INSTANCE"]
     stored_calls = events["stored"]
     outcome.figures.update(
-        wrk_requests=summary["requests"], wrk_requests_per_s=round(summary["requests"] / (summary["duration_us"] / 1e6)),
-        wrk_failed=summary["failed"], wrk_errors={k: summary[k] for k in ("connect", "read", "write", "status", "timeout")},
-        wrk_p99_ms=round(summary["p99_us"] / 1000, 1), wrk_max_ms=round(summary["max_us"] / 1000, 1),
-        uploaded=len(uploaded), upload_errors=len(upload_errors), uploads_per_s=round(len(uploaded) / elapsed, 1),
-        instances_stored=len(stored), missing=len(set(uploaded) - stored), unexpected=len(stored - set(uploaded)),
-        new_instance_events=len(news), stored_calls=len(stored_calls),
-        rss_before_mb=before["rss_mb"], rss_after_mb=after["rss_mb"],
+        wrk_requests=summary["requests"],
+        wrk_requests_per_s=round(summary["requests"] / (summary["duration_us"] / 1e6)),
+        wrk_failed=summary["failed"],
+        wrk_errors={k: summary[k] for k in ("connect", "read", "write", "status", "timeout")},
+        wrk_p99_ms=round(summary["p99_us"] / 1000, 1),
+        wrk_max_ms=round(summary["max_us"] / 1000, 1),
+        uploaded=len(uploaded),
+        upload_errors=len(upload_errors),
+        uploads_per_s=round(len(uploaded) / elapsed, 1),
+        instances_stored=len(stored),
+        missing=len(set(uploaded) - stored),
+        unexpected=len(stored - set(uploaded)),
+        new_instance_events=len(news),
+        stored_calls=len(stored_calls),
+        rss_before_mb=before["rss_mb"],
+        rss_after_mb=after["rss_mb"],
         change_counts=_counts(t for t, _ in events["changes"]),
     )
     outcome.figures.update({f"new_instance_{k}": v for k, v in _sequence_report(uploaded, news).items()})
@@ -1007,16 +1020,23 @@ def run_cycles(workdir: Path, cycles: int = 100, slow_requests: int = 4, slow_se
     if tracebacks:
         outcome.figures["first_traceback"] = _first_traceback(text)
     outcome.figures.update(
-        cycles=cycles, exit_codes={str(k): v for k, v in sorted(codes.items())}, hangs=hangs,
-        start_failures=start_failures, core_files=cores, offload_failures=offload_failures,
-        slow_answered=slow_answered, slow_failed=slow_failed,
-        stop_s_mean=round(sum(stop_times) / max(len(stop_times), 1), 2), stop_s_max=round(max(stop_times, default=0), 2),
-        orthanc_has_stopped_lines=text.count("Orthanc has stopped"), python_tracebacks=tracebacks,
+        cycles=cycles,
+        exit_codes={str(k): v for k, v in sorted(codes.items())},
+        hangs=hangs,
+        start_failures=start_failures,
+        core_files=cores,
+        offload_failures=offload_failures,
+        slow_answered=slow_answered,
+        slow_failed=slow_failed,
+        stop_s_mean=round(sum(stop_times) / max(len(stop_times), 1), 2),
+        stop_s_max=round(max(stop_times, default=0), 2),
+        orthanc_has_stopped_lines=text.count("Orthanc has stopped"),
+        python_tracebacks=tracebacks,
         thread_still_runs_warnings=text.count("still runs"),
     )
     nonzero = sum(n for c, n in codes.items() if c != 0) + start_failures
     outcome.check("exit codes 0", f"{codes.get(0, 0)}/{cycles}", f"{cycles}/{cycles}", nonzero == 0)
-    outcome.check("hangs (stop > {:g} s)".format(stop_timeout), str(hangs), "0", hangs == 0)
+    outcome.check(f"hangs (stop > {stop_timeout:g} s)", str(hangs), "0", hangs == 0)
     outcome.check("core files", str(len(cores)), "0", not cores)
     outcome.check("offloaded calls", f"{cycles - offload_failures - start_failures}/{cycles}", "all",
                   offload_failures == 0 and start_failures == 0)
@@ -1033,10 +1053,8 @@ def _first_traceback(log: str) -> str:
 
 
 def _stop_quietly(server: OrthancServer) -> None:
-    try:
+    with contextlib.suppress(Exception):
         server.stop(timeout=30)
-    except Exception:
-        pass
 
 
 # --- the command ------------------------------------------------------------------------------

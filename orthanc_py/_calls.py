@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Any, Callable, ClassVar, Optional, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from . import _capi, _sdk
 from ._sdk_types import SdkFunction
@@ -90,11 +90,11 @@ class Handle(_capi.Borrowed):
     after_callback: ClassVar[str] = "copy what you need from it while the callback runs"
     """What to do instead of keeping a lent object past its callback (said in the error)."""
 
-    _expired: Optional[str] = None  # the error message, once Orthanc has taken the object back
+    _expired: str | None = None  # the error message, once Orthanc has taken the object back
     # A lent object: the thread of the callback that lent it. Other threads take its lease
     # for each call, and the end of the callback waits for the lease (see _take_lease).
-    _owner: Optional[int] = None
-    _lease: Optional[Any] = None  # a threading.RLock, made when another thread first uses the object
+    _owner: int | None = None
+    _lease: Any | None = None  # a threading.RLock, made when another thread first uses the object
     _shared = False  # another thread has used the object: expiring takes the lease
 
     def __init__(self, address: int, owned: bool = False) -> None:
@@ -113,7 +113,7 @@ class Handle(_capi.Borrowed):
         handle._owner = threading.get_ident()
         return handle
 
-    def _take_lease(self) -> Optional[Any]:
+    def _take_lease(self) -> Any | None:
         """Takes the lease when a thread other than the lending callback's uses the object; returns it, or None.
 
         The callback's own thread needs none: the object expires on that
@@ -149,7 +149,7 @@ class Handle(_capi.Borrowed):
             raise ValueError(f"this {type(self).__name__} was closed")
         return address
 
-    def _expire(self, message: Optional[str] = None) -> None:
+    def _expire(self, message: str | None = None) -> None:
         # On every request's path: the message is only written if it is ever needed.
         self._expired = message or ""  # from now on, new calls refuse
         if not self._shared:
@@ -171,17 +171,17 @@ class Handle(_capi.Borrowed):
             if free is not None:
                 sdk_function(free)(type(self)(address))
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        try:  # noqa: SIM105 - not contextlib: at interpreter shut-down, modules may already be gone
             self.close()
         except Exception:
-            pass  # at interpreter shut-down, modules may already be gone
+            pass
 
 
 # Python classes that wrap each opaque type; the Pythonic layers register theirs.
@@ -197,7 +197,7 @@ def handle_class(c_type_name: str) -> type[Handle]:
     return cls
 
 
-def _to_bytes(value: Any, what: str, limit: Optional[int] = None) -> bytes:
+def _to_bytes(value: Any, what: str, limit: int | None = None) -> bytes:
     """``bytes``, ``str`` (sent as UTF-8) or any buffer (``bytearray``, ``memoryview``, ``mmap``...) as bytes.
 
     :param limit: the largest size the C side can be told (its size field's
@@ -237,7 +237,7 @@ def _too_large(what: str, size: int, limit: int) -> ValueError:
                       f"its size is a {limit.bit_length()}-bit field); send it in pieces")
 
 
-def _to_c_string(value: Any, what: str) -> Optional[bytes]:
+def _to_c_string(value: Any, what: str) -> bytes | None:
     """A ``str`` (or ``bytes``) for a ``const char*``; ``None`` is NULL.
 
     :raises ValueError: when it holds a NUL character, which would cut it short in C.
@@ -256,7 +256,7 @@ def _to_c_string(value: Any, what: str) -> Optional[bytes]:
     return data
 
 
-def _required(convert: Callable[[Any, str], Optional[bytes]]) -> Callable[[Any, str], bytes]:
+def _required(convert: Callable[[Any, str], bytes | None]) -> Callable[[Any, str], bytes]:
     """``convert``, refusing ``None`` (NULL) where Orthanc needs a text."""
     def required(value: Any, what: str) -> bytes:
         if value is None:
@@ -270,7 +270,7 @@ _to_required_c_string = _required(_to_c_string)
 """Like :func:`_to_c_string`, where Orthanc does not accept NULL."""
 
 
-def _to_header_text(value: Any, what: str) -> Optional[bytes]:
+def _to_header_text(value: Any, what: str) -> bytes | None:
     """A C string that becomes part of an HTTP header: no CR or LF (header injection)."""
     data = _to_c_string(value, what)
     if data is not None and (b"\r" in data or b"\n" in data):

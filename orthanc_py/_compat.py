@@ -4,25 +4,41 @@
 Scripts written for the official plugin run unchanged: ``import orthanc``
 resolves to this module (re-exported by the top-level ``orthanc`` package).
 
-Most of it is built from the SDK facts in ``_sdk.FUNCTIONS``: an SDK function
-``OrthancPluginXxx`` becomes ``orthanc.Xxx``, or a method ``Xxx`` of the class
-of its first argument when that is an Orthanc object (``RestOutput``,
-``DicomInstance``, ``Image``...). Callback registrations and the few functions
-whose Python form differs from their C form are written by hand below.
+The functions and classes written by hand live in ``_official``, one module
+per family of the SDK (REST, changes, filters, DICOM SCPs, storage, jobs,
+images...); each family's ``__all__`` is its part of this module. The rest
+is built here from the SDK facts in ``_sdk.FUNCTIONS``: an SDK function
+``OrthancPluginXxx`` becomes ``orthanc.Xxx``, or a method ``Xxx`` of the
+class of its first argument when that is an Orthanc object (``RestOutput``,
+``DicomInstance``, ``Image``...).
 """
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import inspect
-import logging
-import threading
-import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from . import _calls, _capi, _enums, _events, _runtime, _sdk
+from . import _calls, _capi, _enums, _sdk
 from ._calls import Handle
+from ._official import changes, dicomweb, filters, http_client, images, jobs, rest, scp, storage, system, transfers
+
+# The orthanc module is the union of its families.
+from ._official.changes import *  # noqa: F403
+from ._official.dicomweb import *  # noqa: F403
+from ._official.filters import *  # noqa: F403
+from ._official.http_client import *  # noqa: F403
+from ._official.images import *  # noqa: F403
+from ._official.jobs import *  # noqa: F403
+from ._official.registration import _SdkMethod
+from ._official.rest import *  # noqa: F403
+from ._official.rest import RestOutput
+from ._official.scp import *  # noqa: F403
+from ._official.storage import *  # noqa: F403
+from ._official.system import *  # noqa: F403
+from ._official.transfers import *  # noqa: F403
+
+_FAMILIES = (rest, changes, filters, scp, storage, jobs, images, transfers, http_client, dicomweb, system)
 
 OrthancException = _capi.OrthancError
 """Raised when an Orthanc SDK call fails; ``args`` are ``(code, description)``."""
@@ -54,130 +70,10 @@ for _source in vars(_enums).values():
 
 # --- Orthanc objects ---------------------------------------------------------------
 
-class _SdkMethod:
-    """A method built from an SDK function.
-
-    A descriptor rather than a plain function, so that ``inspect`` reports it
-    as a method descriptor, as it does for the official plugin's methods.
-    """
-
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        self.__doc__ = function.__doc__
-        self.__name__ = function.__name__
-        self.__signature__ = inspect.signature(function)
-
-    def __call__(self, *args: Any) -> Any:
-        return self.function(*args)
-
-    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
-        if instance is None:
-            return self
-        return types.MethodType(self.function, instance)
-
-
-class RestOutput(Handle):
-    """The answer to an HTTP request, given to a REST callback (valid during the call only)."""
-
-    c_type_name = "OrthancPluginRestOutput"
-    after_callback = ("answer the request before the callback returns (output.AnswerBuffer(), "
-                      "output.SendHttpStatusCode()...); for work that takes longer, answer first and then start it")
-
-    def __init__(self, address: int, owned: bool = False) -> None:
-        super().__init__(address, owned)
-        self.answered = False
-
-    def AnswerBuffer(self, answer: bytes | str, mimeType: str) -> None:
-        """Answers the request with ``answer`` (bytes, or str sent as UTF-8) and its MIME type."""
-        if isinstance(answer, str):
-            answer = answer.encode("utf-8")
-        elif not isinstance(answer, bytes):
-            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
-        # The same few types on every request: each is checked once.
-        mime = _MIME_TYPES.get(mimeType) if type(mimeType) is str else None
-        if mime is None:
-            if not isinstance(mimeType, str):
-                raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
-            mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
-            if len(_MIME_TYPES) < 64:
-                _MIME_TYPES[mimeType] = mime
-        if self._owner == threading.get_ident():
-            # The callback's thread: no lease needed. The property checks the
-            # object again only when it looks closed or expired.
-            _capi.answer_buffer(self._address or self.address, answer, mime)
-        else:
-            lease = self._take_lease()
-            try:
-                _capi.answer_buffer(self.address, answer, mime)
-            finally:
-                if lease is not None:
-                    lease.release()
-        self.answered = True
-
-
-_MIME_TYPES: dict[str, bytes] = {}
-
-
-class DicomInstance(Handle):
-    """A DICOM instance: received, stored, or created from a buffer."""
-
-    c_type_name = "OrthancPluginDicomInstance"
-    after_callback = ("copy what you need while the callback runs: GetInstanceData() (the DICOM file), "
-                      "GetInstanceSimplifiedJson()...")
-
-    def HasInstanceMetadata(self, metadata: str) -> int:
-        """Returns 1 if the instance has the metadata ``metadata``, 0 otherwise."""
-        return int(_calls.sdk_function("OrthancPluginHasInstanceMetadata", raw=True)(self, metadata) != 0)
-
-    def HasInstancePixelData(self) -> int:
-        """Returns 1 if the instance has pixel data, 0 otherwise."""
-        return int(_calls.sdk_function("OrthancPluginHasInstancePixelData", raw=True)(self) != 0)
-
-    def GetInstanceData(self) -> bytes:
-        """Returns the DICOM file of the instance, as bytes."""
-        lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
-        try:
-            address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
-            return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
-        finally:
-            if lease is not None:
-                lease.release()
-
-
-class Image(Handle):
-    """An image in memory, decoded from DICOM, PNG or JPEG, or created empty."""
-
-    c_type_name = "OrthancPluginImage"
-    _pixels: Any = None  # the memory of an accessor image, which Orthanc points at
-
-    def close(self) -> None:
-        """Frees the image now, then the pixels it was made over (if any)."""
-        super().close()
-        self._pixels = None
-
-    def GetImageBuffer(self) -> bytes:
-        """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
-        address = _calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
-        return _capi.copy_memory(address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self))
-
-
-class FindQuery(Handle):
-    """The query of a C-FIND request, given to a find callback."""
-
-    c_type_name = "OrthancPluginFindQuery"
-    after_callback = "read the query while the callback runs"
-
-    def GetFindQueryTagGroup(self, index: int) -> int:
-        """Returns the group of the ``index``-th tag of the query."""
-        return int(_call("OrthancPluginGetFindQueryTag", self, index)[0])
-
-    def GetFindQueryTagElement(self, index: int) -> int:
-        """Returns the element of the ``index``-th tag of the query."""
-        return int(_call("OrthancPluginGetFindQueryTag", self, index)[1])
-
-
 _HANDLE_CLASSES: dict[str, type[Handle]] = {
-    cls.c_type_name: cls for cls in (RestOutput, DicomInstance, Image, FindQuery)
+    member.c_type_name: member
+    for family in _FAMILIES for member in map(family.__dict__.get, family.__all__)
+    if isinstance(member, type) and issubclass(member, Handle)
 }
 for _opaque in _sdk.OPAQUE_TYPES:
     _c_name = _opaque.__name__
@@ -195,10 +91,13 @@ for _cls in _HANDLE_CLASSES.values():
     _calls.HANDLE_CLASSES[_cls.c_type_name] = _cls
     globals()[_cls.__name__] = _cls
     __all__.append(_cls.__name__)
-
-
-def _call(c_name: str, *args: Any) -> Any:
-    return _calls.sdk_function(c_name)(*args)
+# Methods written by hand in the family of what they do (DICOMweb, jobs), for
+# classes made here: before the SDK-built methods, which leave them alone.
+for _family in _FAMILIES:
+    for _c_name, _method in getattr(_family, "METHODS", ()):
+        _method.__name__ = _method.__qualname__ = _method.__name__.lstrip("_")
+        _method.__module__ = "orthanc"
+        setattr(_HANDLE_CLASSES[_c_name], _method.__name__, _SdkMethod(_method))
 
 
 # --- functions and methods built from the SDK ------------------------------------
@@ -259,302 +158,15 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             __all__.append(python_name)
 
 
-# --- written by hand: versions, dictionary, images, logging, callbacks -------------------
-
-def CheckVersionAdvanced(expectedMajor: int, expectedMinor: int, expectedRevision: int) -> int:
-    """Returns 1 if the running Orthanc is at least the given version (or a development build), else 0."""
-    running = _capi.orthanc_version()
-    if running == "mainline":
-        return 1
-    try:
-        have = tuple(int(part) for part in running.split(".")[:3])
-    except ValueError:
-        return 0
-    return int(have >= (int(expectedMajor), int(expectedMinor), int(expectedRevision)))
-
-
-def CheckVersion() -> int:
-    """Returns 1 if the running Orthanc is at least the version of the SDK orthanc_py was built from, else 0."""
-    return CheckVersionAdvanced(*_sdk.SDK_VERSION)
-
-
-def GetErrorDescription(error: int) -> str:
-    """Returns Orthanc's description of an error code."""
-    return _capi.error_description(int(error))
-
-
-def LookupDictionary(name: str) -> dict[str, int]:
-    """Looks a DICOM tag up in Orthanc's dictionary by name (``"PatientName"``) or number (``"0010,0010"``).
-
-    :returns: ``{"Group", "Element", "ValueRepresentation", "MinMultiplicity", "MaxMultiplicity"}``.
-    :raises OrthancException: for an unknown tag.
-    """
-    entry = _call("OrthancPluginLookupDictionary", name)
-    return {
-        "Group": entry["group"],
-        "Element": entry["element"],
-        "ValueRepresentation": entry["vr"],
-        "MinMultiplicity": entry["minMultiplicity"],
-        "MaxMultiplicity": entry["maxMultiplicity"],
-    }
-
-
-def _image_arguments(what: str, format: Any, width: Any, height: Any, pitch: Any) -> tuple[int, int, int, int]:
-    uint32 = _calls._int_converter("uint32_t")
-    return (_calls._int_converter("OrthancPluginPixelFormat")(format, f"{what} argument 'format'"),
-            uint32(width, f"{what} argument 'width'"), uint32(height, f"{what} argument 'height'"),
-            uint32(pitch, f"{what} argument 'pitch'"))
-
-
-def _pixels_of(image: Image) -> tuple[int, int, int, int, int]:
-    """``(address, format, width, height, pitch)`` of an image's pixels."""
-    return (_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image),
-            _call("OrthancPluginGetImagePixelFormat", image), _call("OrthancPluginGetImageWidth", image),
-            _call("OrthancPluginGetImageHeight", image), _call("OrthancPluginGetImagePitch", image))
-
-
-def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buffer: bytes) -> Image:
-    """Creates an image from raw pixels: ``height`` rows of ``pitch`` bytes each.
-
-    The pixels are copied into an image Orthanc owns, so ``buffer`` may be
-    released afterwards.
-
-    :raises ValueError: when ``buffer`` is shorter than the image, or a size is negative or too large.
-    """
-    what = "CreateImageFromBuffer()"
-    format, width, height, pitch = _image_arguments(what, format, width, height, pitch)
-    _calls.check_image_buffer(what, format, width, height, pitch,
-                              _calls.buffer_size(buffer, f"{what} argument 'buffer'"))
-    data = _calls._to_bytes(buffer, f"{what} argument 'buffer'")
-    image: Image = _call("OrthancPluginCreateImage", format, width, height)
-    target, _, _, _, target_pitch = _pixels_of(image)
-    _capi.copy_rows(target, target_pitch, data, pitch, height, width * _calls.BYTES_PER_PIXEL[format])
-    return image
-
-
-def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer: Any) -> Image:
-    """Creates an image whose pixels are ``buffer`` itself: ``height`` rows of ``pitch`` bytes.
-
-    Orthanc reads and writes the pixels in place for as long as the image
-    lives, so the image keeps what it points at: a writable buffer
-    (``bytearray``, writable ``memoryview``, NumPy array...) is shared, and
-    locked against resizing until the image is closed; a read-only one
-    (``bytes``) is copied into memory the image owns, which
-    :meth:`Image.DrawText` may then change without touching ``buffer``.
-
-    :raises ValueError: when ``buffer`` is shorter than the image, or a size is negative or too large.
-    """
-    what = "CreateImageAccessor()"
-    format, width, height, pitch = _image_arguments(what, format, width, height, pitch)
-    try:
-        view = memoryview(buffer)
-    except TypeError:
-        raise TypeError(f"{what} argument 'buffer' must be bytes, bytearray or another buffer, "
-                        f"not {type(buffer).__name__}") from None
-    _calls.check_image_buffer(what, format, width, height, pitch, view.nbytes)
-    pixels: Any
-    if view.readonly or not view.c_contiguous:
-        pixels = (ctypes.c_char * view.nbytes).from_buffer_copy(view.tobytes())
-    else:
-        pixels = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
-    target = ctypes.c_void_p()
-    params = _sdk._OrthancPluginCreateImage()
-    _capi._set_out_pointer(params, "target", target)
-    params.format, params.width, params.height, params.pitch = format, width, height, pitch
-    params.buffer = ctypes.addressof(pixels)
-    _capi.invoke(_capi.Service.CreateImageAccessor, params, what)
-    if not target.value:
-        raise _capi.OrthancError(int(_capi.ErrorCode.Plugin), f"{what}: Orthanc created no image")
-    image = Image(target.value, owned=True)
-    image._pixels = pixels  # freed with the image, never before: Orthanc points at it
-    return image
-
-
-def _image_copy(image: Image) -> Image:
-    """An image with pixels of its own (Orthanc's memory), equal to ``image``."""
-    address, format, width, height, pitch = _pixels_of(image)
-    copy: Image = _call("OrthancPluginCreateImage", format, width, height)
-    target, _, _, _, target_pitch = _pixels_of(copy)
-    row = width * _calls.BYTES_PER_PIXEL.get(format, 0) or min(pitch, target_pitch)
-    _capi.copy_rows(target, target_pitch, _capi.copy_memory(address, pitch * height), pitch, height, row)
-    return copy
-
-
-def _log(log: Callable[[str], None], level: int, message: str) -> None:
-    try:
-        log(str(message))
-    except _capi.NotInOrthancError:
-        # In a worker process there is no Orthanc log: use Python's logging.
-        logging.getLogger("orthanc").log(level, "%s", message)
-
-
-def LogInfo(message: str) -> None:
-    """Writes an information line to Orthanc's log (shown when Orthanc runs with ``--verbose``)."""
-    _log(_capi.log_info, logging.INFO, message)
-
-
-def LogWarning(message: str) -> None:
-    """Writes a warning line to Orthanc's log."""
-    _log(_capi.log_warning, logging.WARNING, message)
-
-
-def LogError(message: str) -> None:
-    """Writes an error line to Orthanc's log."""
-    _log(_capi.log_error, logging.ERROR, message)
-
-
-def RegisterOnChangeCallback(callback: Callable[[int, int, Optional[str]], None]) -> None:
-    """Registers ``callback(changeType, level, resourceId)`` for every change in Orthanc.
-
-    Changes are delivered in order on a thread of orthanc_py's, never on
-    Orthanc's own, so the callback may call the REST API. Several callbacks
-    may be registered; each is called in registration order.
-    """
-    _events.changes.add(callback, "orthanc.RegisterOnChangeCallback()")
-
-
-def _handler_name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__qualname__", repr(function))
-
-
-def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
-    """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
-
-    ``request`` holds ``method`` (``"GET"``, ``"POST"``...), ``groups`` (the
-    regular expression's groups), ``headers`` (lower-case names) and, for GET,
-    ``get`` (query arguments, still percent-encoded as Orthanc gives them) or,
-    for POST and PUT, ``body`` (bytes) — the keys the official plugin passes. The callback
-    answers through ``output`` (:class:`RestOutput`). When it raises, or
-    returns without answering, the client gets HTTP 500 and the reason goes to
-    Orthanc's log.
-    """
-    if not isinstance(pathRegularExpression, str):
-        raise TypeError(
-            f"RegisterRestCallback() argument 'pathRegularExpression' must be str, not {type(pathRegularExpression).__name__}"
-        )
-    if not callable(callback):
-        raise TypeError(f"RegisterRestCallback() argument 'callback' must be callable, not {type(callback).__name__}")
-    if not _capi.is_attached():
-        return  # a worker process re-running the script: nothing to serve
-    _runtime.require_setup("orthanc.RegisterRestCallback()")
-    where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
-
-    lend = _lend_output
-    success, failure = int(_capi.ErrorCode.Success), int(_capi.ErrorCode.Plugin)
-
-    # On every request's path: the request comes read in one pass (plain Python
-    # data, nothing to expire); only the answer object is Orthanc's.
-    def handle(output_address: int, uri: str, kwargs: dict[str, Any]) -> int:
-        output = lend(output_address)
-        try:
-            callback(output, uri, **kwargs)
-        except BaseException:
-            _capi.report_exception(where)
-            return failure
-        finally:
-            output._expire()  # Orthanc's answer object is gone once we return
-        if not output.answered:
-            _capi.log_error(
-                f"orthanc_py: {where} returned without answering {kwargs['method']} {uri}; the client gets "
-                "HTTP 500 (answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
-            )
-            return failure
-        return success
-
-    _capi.register_eager_rest_callback(pathRegularExpression, handle, where)
-
-
-def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], None]) -> None:
-    """Registers ``callback(dicom, instanceId)``, called each time Orthanc stores an instance.
-
-    ``dicom`` (:class:`DicomInstance`) is valid during the call only. Several
-    callbacks may be registered; each is called in registration order, and
-    one that raises is logged without stopping the others.
-    """
-    if not callable(callback):
-        raise TypeError(
-            f"RegisterOnStoredInstanceCallback() argument 'callback' must be callable, not {type(callback).__name__}"
-        )
-
-    def deliver(address: int, instance_id: str) -> None:
-        instance = DicomInstance.lent(address)
-        try:
-            callback(instance, instance_id)
-        finally:
-            _capi.expire(instance)  # lent by Orthanc for this call only
-
-    _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _handler_name(callback))
-
-
-from ._callbacks import (  # noqa: E402, F401  (exported through the loop below)
-    ChunkedHttpClient,
-    CreateJob,
-    EncodeDicomWebJson,
-    EncodeDicomWebJson2,
-    EncodeDicomWebXml,
-    EncodeDicomWebXml2,
-    RegisterChunkedRestCallback,
-    RegisterDecodeImageCallback,
-    RegisterFindCallback,
-    RegisterIncomingCStoreInstanceFilter,
-    RegisterIncomingDicomInstanceFilter,
-    RegisterIncomingHttpRequestFilter,
-    RegisterJobsUnserializer,
-    RegisterMoveCallback,
-    RegisterReceivedInstanceCallback,
-    RegisterRefreshMetricsCallback,
-    RegisterStorageArea,
-    RegisterStorageCommitmentScpCallback,
-    RegisterTranscoderCallback,
-    RegisterWebDavCollection,
-    RegisterWorklistCallback,
-)
-
-for _name in ("LogInfo", "LogWarning", "LogError", "RegisterOnChangeCallback", "RegisterRestCallback",
-              "RegisterOnStoredInstanceCallback", "CheckVersion", "CheckVersionAdvanced", "GetErrorDescription",
-              "LookupDictionary", "CreateImageFromBuffer", "CreateImageAccessor",
-              "RegisterIncomingHttpRequestFilter", "RegisterReceivedInstanceCallback",
-              "RegisterIncomingCStoreInstanceFilter", "RegisterFindCallback", "RegisterWorklistCallback",
-              "RegisterMoveCallback", "RegisterStorageArea",
-              "RegisterRefreshMetricsCallback", "RegisterIncomingDicomInstanceFilter", "CreateJob",
-              "RegisterJobsUnserializer", "RegisterStorageCommitmentScpCallback", "RegisterDecodeImageCallback",
-              "RegisterTranscoderCallback", "EncodeDicomWebJson", "EncodeDicomWebXml", "EncodeDicomWebJson2",
-              "EncodeDicomWebXml2", "ChunkedHttpClient", "RegisterChunkedRestCallback",
-              "RegisterWebDavCollection"):
-    globals()[_name].__module__ = "orthanc"
-    __all__.append(_name)
+for _family in _FAMILIES:
+    for _name in _family.__all__:
+        _member = getattr(_family, _name)
+        if not isinstance(_member, type):
+            _member.__module__ = "orthanc"
+            __all__.append(_name)
 
 _build_from_sdk(globals())
 __all__.sort()
 
 
-class _LentRestOutput(RestOutput):
-    """The :class:`RestOutput` a REST callback receives: the same class to the script, made faster.
-
-    ``RestOutput``'s methods are method descriptors, as in a C extension (the
-    official plugin's introspection sample lists them as such); each call
-    through one pays a Python-level ``__get__``. Here they are plain
-    functions, bound by Python itself, and the object is made without
-    running ``__init__``: both are on every request's path.
-    """
-
-    __qualname__ = "RestOutput"
-    answered = False
-    _owned = False
-
-
-_LentRestOutput.__name__ = "RestOutput"
-_LentRestOutput.__module__ = "orthanc"
-for _name, _member in list(vars(RestOutput).items()):
-    if isinstance(_member, _SdkMethod):
-        setattr(_LentRestOutput, _name, _member.function)
-_new_output = object.__new__
-_get_ident = threading.get_ident
-
-
-def _lend_output(address: int) -> RestOutput:
-    """A :class:`RestOutput` lent for the running callback (as ``RestOutput.lent``, without ``__init__``)."""
-    output: RestOutput = _new_output(_LentRestOutput)
-    output._address = address
-    output._owner = _get_ident()
-    return output
+rest.flatten_lent_output()

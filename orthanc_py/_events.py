@@ -8,6 +8,11 @@ every handler, in registration order, where REST calls are safe.
 
 Stored instances are delivered at once, on Orthanc's thread: the instance
 Orthanc lends is valid during the callback only.
+
+This module sits below the start-up and shut-down of the runtime
+(``_runtime``), which gives each run's dispatchers what they need from it:
+the check that registrations happen while the script loads, and what to do
+when Orthanc announces its stop.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from . import _capi, _runtime, _sdk
+from . import _capi, _sdk
 
 ChangeHandler = Callable[[int, int, Optional[str]], None]
+SetupCheck = Callable[[str], None]
+"""Raises unless registrations are still open; its argument names what was registered."""
 
 # The change type Orthanc uses when it stops (OrthancPluginChangeType).
 ORTHANC_STOPPED = int(_sdk.OrthancPluginChangeType.OrthancStopped)
@@ -34,12 +41,18 @@ class ChangeDispatcher:
 
     One per run of the script: Orthanc's in-process restart drops the
     handlers with the run that registered them.
+
+    :param require_setup: raises when handlers can no longer be added.
+    :param orthanc_stopped: called on Orthanc's thread when it announces its
+        stop (``ORTHANC_STOPPED``), before this returns to Orthanc.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, require_setup: SetupCheck, orthanc_stopped: Callable[[], None]) -> None:
+        self._require_setup = require_setup
+        self._orthanc_stopped = orthanc_stopped
         self._handlers: list[ChangeHandler] = []
-        self._queue: queue.SimpleQueue[Optional[tuple[int, int, Optional[str]]]] = queue.SimpleQueue()
-        self._worker: Optional[threading.Thread] = None
+        self._queue: queue.SimpleQueue[tuple[int, int, str | None] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0  # queued and not yet delivered to every handler
         self._stop_queued = False
@@ -56,7 +69,7 @@ class ChangeDispatcher:
         if not callable(handler):
             raise TypeError(f"{what}: the handler must be callable, not {type(handler).__name__}")
         if _capi.is_attached():
-            _runtime.require_setup(what)
+            self._require_setup(what)
         self._handlers.append(handler)
 
     def register(self) -> None:
@@ -68,16 +81,16 @@ class ChangeDispatcher:
         """
         _capi.register_on_change(self._on_change)
 
-    def _on_change(self, change_type: int, resource_type: int, resource_id: Optional[bytes]) -> int:
+    def _on_change(self, change_type: int, resource_type: int, resource_id: bytes | None) -> int:
         # Runs on Orthanc's thread, inside its core: queue and return at once,
         # except for ORTHANC_STOPPED (see _runtime.orthanc_stopped).
         if change_type == ORTHANC_STOPPED:
-            _runtime.orthanc_stopped()
+            self._orthanc_stopped()
         elif self._handlers and not self._closed:
             self._put((change_type, resource_type, resource_id.decode("utf-8", "replace") if resource_id else None))
         return int(_capi.ErrorCode.Success)
 
-    def _put(self, item: tuple[int, int, Optional[str]]) -> None:
+    def _put(self, item: tuple[int, int, str | None]) -> None:
         with self._lock:
             self._pending += 1
             if self._worker is None:
@@ -105,7 +118,7 @@ class ChangeDispatcher:
         """Events queued and not yet delivered."""
         return self._pending
 
-    def deliver_stop(self, timeout: Optional[float]) -> int:
+    def deliver_stop(self, timeout: float | None) -> int:
         """Queues ``ORTHANC_STOPPED`` (once) and waits until everything queued is delivered.
 
         Logs how far it got every few seconds. Events that arrive afterwards
@@ -151,15 +164,19 @@ StoredInstanceHandler = Callable[[int, str], None]
 
 
 class StoredInstanceDispatcher:
-    """One on-stored-instance callback for Orthanc, several handlers for Python."""
+    """One on-stored-instance callback for Orthanc, several handlers for Python.
 
-    def __init__(self) -> None:
+    :param require_setup: raises when handlers can no longer be added.
+    """
+
+    def __init__(self, require_setup: SetupCheck) -> None:
+        self._require_setup = require_setup
         self._handlers: list[tuple[StoredInstanceHandler, str]] = []
 
     def add(self, handler: StoredInstanceHandler, what: str, name: str) -> None:
         """Adds ``handler(instance_address, instance_id)``; ``name`` is used in error logs."""
         if _capi.is_attached():
-            _runtime.require_setup(what)
+            self._require_setup(what)
             if not self._handlers:
                 _capi.register_on_stored_instance(self._on_stored, "the on-stored-instance callback")
         self._handlers.append((handler, name))
@@ -178,15 +195,27 @@ def _name_of(function: Callable[..., object]) -> str:
     return f"{module}.{getattr(function, '__qualname__', repr(function))}"
 
 
-changes = ChangeDispatcher()
+def _outside_orthanc(what: str) -> None:
+    """Before the first run, handlers are only recorded: there is no Orthanc to register with."""
+
+
+def _no_stop() -> None:
+    """Before the first run, Orthanc announces no stop."""
+
+
+changes = ChangeDispatcher(_outside_orthanc, _no_stop)
 """The dispatcher of this run of the script (Orthanc has one on-change callback per plugin)."""
 
-stored_instances = StoredInstanceDispatcher()
+stored_instances = StoredInstanceDispatcher(_outside_orthanc)
 """The dispatcher of stored instances of this run."""
 
 
-def new_run() -> None:
-    """Drops the handlers of the previous run (Orthanc's in-process restart)."""
+def new_run(require_setup: SetupCheck, orthanc_stopped: Callable[[], None]) -> None:
+    """Drops the handlers of the previous run (Orthanc's in-process restart).
+
+    :param require_setup: raises when the run's registrations are closed.
+    :param orthanc_stopped: what the run does when Orthanc announces its stop.
+    """
     global changes, stored_instances
-    changes = ChangeDispatcher()
-    stored_instances = StoredInstanceDispatcher()
+    changes = ChangeDispatcher(require_setup, orthanc_stopped)
+    stored_instances = StoredInstanceDispatcher(require_setup)

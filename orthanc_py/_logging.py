@@ -10,12 +10,13 @@ keep their level (DEBUG and INFO become Orthanc's info level).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import sys
 import threading
-from typing import Callable, Optional, TextIO
+from typing import Callable, TextIO
 
 from . import _capi
 
@@ -94,7 +95,7 @@ class OrthancLogHandler(logging.Handler):
             self.handleError(record)
 
 
-_installed: Optional[tuple[TextIO, TextIO, OrthancLogHandler]] = None
+_installed: tuple[TextIO, TextIO, OrthancLogHandler] | None = None
 
 
 def install(verbose: bool = False) -> None:
@@ -103,7 +104,9 @@ def install(verbose: bool = False) -> None:
     if _installed is not None:
         return
     original_out, original_err = sys.stdout, sys.stderr
-    sys.stdout = OrthancLogStream(_capi.log_warning, sys.__stdout__ or _capi._original_stderr(), "<orthanc log: stdout>")
+    sys.stdout = OrthancLogStream(
+        _capi.log_warning, sys.__stdout__ or _capi._original_stderr(), "<orthanc log: stdout>"
+    )
     sys.stderr = OrthancLogStream(_capi.log_error, _capi._original_stderr(), "<orthanc log: stderr>")
     handler = OrthancLogHandler()
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -145,10 +148,8 @@ def uninstall() -> None:
         return
     original_out, original_err, handler = _installed
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:
-            pass
     sys.stdout, sys.stderr = original_out, original_err
     logging.getLogger().removeHandler(handler)
     _installed = None

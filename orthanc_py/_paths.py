@@ -4,6 +4,7 @@ plugins embed Python."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.resources
 import json
@@ -24,10 +25,8 @@ def plugin_path() -> str:
         loader (for example copied rather than installed with pip).
     """
     candidates = []
-    try:
+    with contextlib.suppress(ModuleNotFoundError, TypeError):
         candidates.append(str(importlib.resources.files("orthanc_py") / LOADER_NAME))
-    except (ModuleNotFoundError, TypeError):
-        pass
     # An editable install keeps the Python files in the source tree and the
     # built loader in site-packages.
     for scheme_path in ("platlib", "purelib"):

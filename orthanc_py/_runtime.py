@@ -18,9 +18,9 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from . import _capi, _logging, _paths
+from . import _capi, _events, _logging, _paths
 
 log = logging.getLogger("orthanc_py")
 
@@ -92,22 +92,22 @@ def require_setup(what: str) -> None:
 class Settings:
     """The options orthanc_py reads from Orthanc's configuration."""
 
-    script: Optional[str]
+    script: str | None
     """Absolute path of the script to run, or ``None`` to stay idle."""
     script_option: str = ""
     """The option the script came from, and how it was written there."""
     base_folder: str = ""
     """The folder a relative script path was resolved from."""
     verbose: bool = False
-    offload_workers: Optional[int] = None
+    offload_workers: int | None = None
     """``Python.OffloadWorkers``: size of the pool of offloaded routes (default: the number of cores)."""
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     """``Python.ShutdownGrace``: seconds the script's threads and offloaded work get when Orthanc stops."""
-    shutdown_events_timeout: Optional[float] = None
+    shutdown_events_timeout: float | None = None
     """``Python.ShutdownEventsTimeout``: the longest wait for queued change events at stop (``None``: all)."""
 
     @classmethod
-    def from_configuration(cls, config: dict[str, Any], config_path: Optional[str]) -> "Settings":
+    def from_configuration(cls, config: dict[str, Any], config_path: str | None) -> Settings:
         """Reads ``PythonScript``/``Python.Path`` and ``PythonVerbose``/``Python.Verbose``.
 
         A relative script path is relative to the folder of the configuration
@@ -141,7 +141,9 @@ class Settings:
             verbose = verbose or value
         workers = section.get("OffloadWorkers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise ConfigurationError(f'"Python.OffloadWorkers" must be a whole number of at least 1, not {json.dumps(workers)}')
+            raise ConfigurationError(
+                f'"Python.OffloadWorkers" must be a whole number of at least 1, not {json.dumps(workers)}'
+            )
         timing = {name: _seconds(section, name) for name in ("ShutdownGrace", "ShutdownEventsTimeout")}
         grace = timing["ShutdownGrace"]
         common: dict[str, Any] = dict(
@@ -161,7 +163,7 @@ class Settings:
         return cls(script=resolved, script_option=f'"{option}": "{script}"', base_folder=base, **common)
 
 
-def _seconds(section: dict[str, Any], name: str) -> Optional[float]:
+def _seconds(section: dict[str, Any], name: str) -> float | None:
     value = section.get(name)
     if value is None:
         return None
@@ -188,7 +190,6 @@ def start(context_address: int, loader_path: str) -> bool:
     :returns: ``True`` when Orthanc may go on starting.
     """
     global phase, settings, _stop_announced
-    from . import _events
 
     _capi.attach(context_address)
     _capi.use_loader(loader_path)
@@ -197,7 +198,7 @@ def start(context_address: int, loader_path: str) -> bool:
         forget()
     for registered in (_after_load, _when_stopping, _on_stop):
         registered.clear()
-    _events.new_run()
+    _events.new_run(require_setup, orthanc_stopped)
     _stop_announced = False
     phase = Phase.IDLE
     try:
@@ -287,7 +288,7 @@ def _run_script(path: str) -> bool:
 _stop_announced = False
 
 
-def orthanc_stopped(events_timeout: Optional[float] = None) -> None:
+def orthanc_stopped(events_timeout: float | None = None) -> None:
     """Orthanc announced its stop (``ORTHANC_STOPPED``), while its REST API still works.
 
     Called on Orthanc's thread from the on-change callback, which Orthanc
@@ -298,7 +299,6 @@ def orthanc_stopped(events_timeout: Optional[float] = None) -> None:
     every thread but Orthanc's own.
     """
     global phase, _stop_announced
-    from . import _events
 
     if _stop_announced:
         return
@@ -336,7 +336,6 @@ def stop() -> None:
     interpreter stays for the next run of the same process.
     """
     global phase
-    from . import _events
 
     if not _stop_announced and phase is not Phase.IDLE:
         # Orthanc's REST API may be gone already: the events get the grace only.

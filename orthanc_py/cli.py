@@ -9,8 +9,9 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 from . import _paths, server
 from ._paths import install_source, plugin_path, reinstall_command
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``orthanc-py`` command."""
     args = build_parser().parse_args(argv)
     try:
@@ -171,7 +172,9 @@ def _port_taken(port: int, flag: str) -> str:
     if flag == "--http-port":
         version = server.orthanc_answering(port)
         if version is not None:
-            holder = f" by an Orthanc{' ' + version if version else ''} (Debian's orthanc service listens on 8042 and 4242)"
+            holder = (
+                f" by an Orthanc{' ' + version if version else ''} (Debian's orthanc service listens on 8042 and 4242)"
+            )
     kind = "HTTP" if flag == "--http-port" else "DICOM"
     return f"the {kind} port {port} is already in use{holder}; choose another with {flag} N"
 
@@ -185,7 +188,7 @@ DELIBERATE_EXCLUSIONS = {
 
 
 # SDK functions that a function of the `orthanc` module with another name
-# calls: reachable, through that function (checked against _callbacks.py and
+# calls: reachable, through that function (checked against _official/ and
 # _capi.py, which make the calls).
 COVERED_BY = {
     # orthanc.RegisterRestCallback registers through the no-lock service, so
@@ -221,7 +224,7 @@ def sdk_coverage() -> int:
     return 1 if missing else 0
 
 
-def doctor(configuration: Optional[str] = None) -> int:
+def doctor(configuration: str | None = None) -> int:
     """Checks the installation (and an Orthanc configuration); prints one line per check and what to fix."""
     problems = 0
 
@@ -275,7 +278,9 @@ def doctor(configuration: Optional[str] = None) -> int:
         report(False, "Orthanc not found", str(error))
     else:
         version = server.orthanc_version(binary)
-        new_enough = version == "mainline" or (minimum is not None and _version_tuple(version) >= _version_tuple(minimum))
+        new_enough = version == "mainline" or (
+            minimum is not None and _version_tuple(version) >= _version_tuple(minimum)
+        )
         report(
             new_enough,
             f"Orthanc {version} at {binary}" + (f" (orthanc_py needs {minimum} or newer)" if minimum else ""),

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, ClassVar, TypeVar
 
-from . import _calls, _capi, _runtime, _sdk
-from ._enums import ResourceType
+from . import _calls, _capi, _events, _runtime, _sdk
+from ._enums import ChangeType, ResourceType
 
 __all__ = [
     "CLAIM_METADATA", "DEFAULT_LEASE", "RETRIES", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "every",
@@ -518,12 +518,15 @@ def every(seconds: float, once_per_cluster: bool = False, lease: float | None = 
 
         _periodic.append(start)
         if _capi.is_attached() and len(_periodic) == 1:  # one start-up handler starts every job
-            from .events import on_startup
-
-            on_startup(_start_periodic)
+            _events.changes.add(_start_periodic_when_started, "@every")
         return function
 
     return decorator
+
+
+def _start_periodic_when_started(change_type: int, resource_type: int, resource_id: str | None) -> None:
+    if change_type == ChangeType.ORTHANC_STARTED:
+        _start_periodic()
 
 
 def _start_periodic() -> None:

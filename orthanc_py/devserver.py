@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,8 +13,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Mapping, Optional
+from typing import IO, Any
 
 from . import server
 
@@ -46,10 +48,8 @@ def watched_files(script: Path) -> dict[Path, float]:
         for name in files:
             if name.endswith(".py") or Path(root, name) == script:
                 path = Path(root, name)
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     found[path] = path.stat().st_mtime
-                except FileNotFoundError:
-                    pass
     return found
 
 
@@ -57,8 +57,8 @@ class LogWatcher:
     """Passes Orthanc's output through unchanged and remembers what the closing line needs."""
 
     def __init__(self) -> None:
-        self.traceback: Optional[list[str]] = None  # the lines of a load failure, once seen
-        self.port_in_use: Optional[str] = None  # "HTTP" or "DICOM"
+        self.traceback: list[str] | None = None  # the lines of a load failure, once seen
+        self.port_in_use: str | None = None  # "HTTP" or "DICOM"
         self._in_traceback = False
         self._threads: list[threading.Thread] = []
 
@@ -134,7 +134,7 @@ class DevServer:
         self.configuration = dict(configuration)
         self.verbose = verbose
         self.reload = reload
-        self.child: Optional[subprocess.Popen[bytes]] = None
+        self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -197,7 +197,7 @@ class DevServer:
             "instance (--stable-age N changes it)")
         say("log     Orthanc's log follows on this terminal; Ctrl-C stops it")
 
-    def _wait(self, snapshot: dict[Path, float]) -> Optional[int]:
+    def _wait(self, snapshot: dict[Path, float]) -> int | None:
         """Waits for Orthanc to exit (its code) or, with reload, for a change (``None``, Orthanc stopped)."""
         assert self.child is not None
         while True:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, TypeVar, overload
 
-from . import _calls, _capi, _events, _runtime, _sdk
+from . import _calls, _capi, _events, _runtime, _sdk, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
@@ -36,18 +36,18 @@ class Change:
     """What happened (``NEW_STUDY``, ``STABLE_SERIES``, ``ORTHANC_STARTED``...)."""
     resource_type: ResourceType
     """The level of the resource it happened to (``NONE`` for changes about no resource)."""
-    resource_id: Optional[str]
+    resource_id: str | None
     """The Orthanc ID of the resource, or ``None`` for changes about no resource."""
 
 
 @overload
 def on_change(function: F, /) -> F: ...
 @overload
-def on_change(*change_types: Union[ChangeType, int], once_per_cluster: bool = False,
-              lease: Optional[float] = None) -> Callable[[F], F]: ...
+def on_change(*change_types: ChangeType | int, once_per_cluster: bool = False,
+              lease: float | None = None) -> Callable[[F], F]: ...
 
 
-def on_change(*change_types: Any, once_per_cluster: bool = False, lease: Optional[float] = None) -> Any:
+def on_change(*change_types: Any, once_per_cluster: bool = False, lease: float | None = None) -> Any:
     """Calls the decorated ``handler(change)`` for each change of the given types (all without).
 
     Used bare (``@on_change``) or with types (``@on_change(ChangeType.NEW_STUDY,
@@ -72,17 +72,15 @@ def on_change(*change_types: Any, once_per_cluster: bool = False, lease: Optiona
 
 
 def _add_change_handler(function: F, wanted: frozenset[int], once_per_cluster: bool = False,
-                        lease: Optional[float] = None) -> F:
+                        lease: float | None = None) -> F:
     if not callable(function):
         raise TypeError(f"on_change: the handler must be callable, not {type(function).__name__}")
     handler: Callable[[Change], Any] = function
     if once_per_cluster:
-        from . import cluster
-
         handler = cluster.once_per_cluster(function, cluster.DEFAULT_LEASE if lease is None else lease)
 
     @functools.wraps(function)
-    def deliver(change_type: int, resource_type: int, resource_id: Optional[str]) -> None:
+    def deliver(change_type: int, resource_type: int, resource_id: str | None) -> None:
         if not wanted or change_type in wanted:
             handler(Change(ChangeType(change_type), ResourceType(resource_type), resource_id))
 
@@ -107,7 +105,7 @@ def _add_lifecycle_handler(function: Callable[[], Any], change_type: int, what: 
         raise TypeError(f"{what}: the handler must be callable, not {type(function).__name__}")
 
     @functools.wraps(function)
-    def deliver(kind: int, resource_type: int, resource_id: Optional[str]) -> None:
+    def deliver(kind: int, resource_type: int, resource_id: str | None) -> None:
         if kind == change_type:
             function()
 
@@ -123,7 +121,7 @@ class StoredInstance(_capi.Borrowed):
     values read during the handler stay available.
     """
 
-    def _expire(self, message: Optional[str] = None) -> None:
+    def _expire(self, message: str | None = None) -> None:
         self._instance._expire(message or (
             f"this StoredInstance ({self.id}) was used after its handler returned, and Orthanc has freed it: "
             "read what you need (instance.data, instance.simplified_json...) while the handler runs"
@@ -169,7 +167,7 @@ class StoredInstance(_capi.Borrowed):
         """The transfer syntax UID of the DICOM file."""
         return self._call("GetInstanceTransferSyntaxUid") or ""
 
-    def metadata(self, name: str) -> Optional[str]:
+    def metadata(self, name: str) -> str | None:
         """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
         value = self._call("GetInstanceMetadata", name)
         return None if value is None else str(value)
@@ -235,14 +233,14 @@ def on_received_instance(function: F) -> F:
     if not callable(function):
         raise TypeError(f"@on_received_instance: the handler must be callable, not {type(function).__name__}")
     if not _received_handlers:
-        from ._callbacks import RegisterReceivedInstanceCallback
+        from ._compat import RegisterReceivedInstanceCallback
 
         RegisterReceivedInstanceCallback(_run_received_handlers)
     _received_handlers.append(function)
     return function
 
 
-def _run_received_handlers(data: bytes, origin: int) -> tuple[int, Optional[bytes]]:
+def _run_received_handlers(data: bytes, origin: int) -> tuple[int, bytes | None]:
     action = _sdk.OrthancPluginReceivedInstanceAction
     current, changed = data, False
     for handler in _received_handlers:

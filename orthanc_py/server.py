@@ -18,7 +18,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from typing import IO, Any, Callable, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import IO, Any, Callable
 
 from ._paths import plugin_path
 
@@ -42,7 +43,7 @@ class OrthancNotFoundError(FileNotFoundError):
     """
 
 
-def find_orthanc(binary: Optional[str] = None) -> str:
+def find_orthanc(binary: str | None = None) -> str:
     """The path of the ``Orthanc`` binary.
 
     Looked for, in order: ``binary`` when given, else the ``ORTHANC_BINARY``
@@ -94,7 +95,7 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def orthanc_answering(port: int) -> Optional[str]:
+def orthanc_answering(port: int) -> str | None:
     """The version of the Orthanc whose REST API answers on loopback ``port``, if one does."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/system", timeout=2) as answer:
@@ -132,12 +133,12 @@ def read_orthanc_json(path: str) -> dict[str, JsonValue]:
 
 
 def build_configuration(
-    script: Optional[str],
+    script: str | None,
     storage: str,
     http_port: int,
     dicom_port: int,
-    base: Optional[Mapping[str, JsonValue]] = None,
-    plugin: Optional[str] = None,
+    base: Mapping[str, JsonValue] | None = None,
+    plugin: str | None = None,
 ) -> dict[str, JsonValue]:
     """An Orthanc configuration that loads orthanc_py with ``script``.
 
@@ -162,7 +163,7 @@ def build_configuration(
             "DicomPort": dicom_port,
             "StorageDirectory": storage,
             "IndexDirectory": storage,
-            "Plugins": plugins + [loader],
+            "Plugins": [*plugins, loader],
         }
     )
     if script is not None:
@@ -208,15 +209,15 @@ class OrthancServer:
     def __init__(
         self,
         workdir: str,
-        script: Optional[str] = None,
-        config: Optional[Mapping[str, JsonValue]] = None,
-        plugin: Optional[str] = None,
-        binary: Optional[str] = None,
-        http_port: Optional[int] = None,
-        dicom_port: Optional[int] = None,
+        script: str | None = None,
+        config: Mapping[str, JsonValue] | None = None,
+        plugin: str | None = None,
+        binary: str | None = None,
+        http_port: int | None = None,
+        dicom_port: int | None = None,
         verbose: bool = False,
-        env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[str] = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> None:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -236,8 +237,8 @@ class OrthancServer:
             base=config,
             plugin=plugin,
         )
-        self.process: Optional[subprocess.Popen[bytes]] = None
-        self._log_file: Optional[IO[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -246,7 +247,7 @@ class OrthancServer:
 
     # --- life cycle ---------------------------------------------------------
 
-    def start(self, wait: bool = True, timeout: float = 60.0) -> "OrthancServer":
+    def start(self, wait: bool = True, timeout: float = 60.0) -> OrthancServer:
         """Writes the configuration and starts Orthanc.
 
         :param wait: wait until ``/system`` answers.
@@ -254,7 +255,7 @@ class OrthancServer:
         """
         with open(self.config_path, "w", encoding="utf-8") as out:
             json.dump(self.configuration, out, indent=2)
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - Orthanc's stdout until stop() closes it
         command = [self.binary, self.config_path] + (["--verbose"] if self.verbose else [])
         self.process = subprocess.Popen(
             command,
@@ -316,7 +317,7 @@ class OrthancServer:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         if self.process is None:
             self.start()
         return self
@@ -337,7 +338,9 @@ class OrthancServer:
 
     def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         """Waits until a line of the log matches the regular expression ``pattern``."""
-        match: re.Match[str] = self.wait_until(lambda: re.search(pattern, self.log, re.M), timeout, f"log line /{pattern}/")
+        match: re.Match[str] = self.wait_until(
+            lambda: re.search(pattern, self.log, re.M), timeout, f"log line /{pattern}/"
+        )
         return match
 
     def wait_until(self, condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -355,8 +358,8 @@ class OrthancServer:
         self,
         method: str,
         path: str,
-        body: Union[bytes, str, None] = None,
-        headers: Optional[Mapping[str, str]] = None,
+        body: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
     ) -> HttpAnswer:
         """Sends one HTTP request to this Orthanc; any status comes back as an answer."""
@@ -372,7 +375,7 @@ class OrthancServer:
         """GETs ``path``; see :meth:`request`."""
         return self.request("GET", path, **kwargs)
 
-    def post(self, path: str, body: Union[bytes, str, None] = b"", **kwargs: Any) -> HttpAnswer:
+    def post(self, path: str, body: bytes | str | None = b"", **kwargs: Any) -> HttpAnswer:
         """POSTs ``body`` to ``path``; see :meth:`request`."""
         return self.request("POST", path, body, **kwargs)
 
@@ -390,7 +393,7 @@ class OrthancServer:
             raise AssertionError(f"POST {path} answered {answer.status}: {answer.text}")
         return answer.json()
 
-    def upload(self, dicom: Union[bytes, str, "os.PathLike[str]"]) -> JsonValue:
+    def upload(self, dicom: bytes | str | os.PathLike[str]) -> JsonValue:
         """Stores a DICOM file (its bytes, or its path) through ``/instances``.
 
         :returns: Orthanc's answer: ``ID``, ``ParentStudy``, ``Status``...

@@ -39,8 +39,9 @@ import contextlib
 import shutil
 import tempfile
 import textwrap
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable
 
 import pytest
 
@@ -84,7 +85,7 @@ def _skip(error: OrthancNotFoundError) -> None:
     pytest.skip(str(error))
 
 
-def _from_ini(config: pytest.Config, name: str) -> Optional[Path]:
+def _from_ini(config: pytest.Config, name: str) -> Path | None:
     value = config.getini(name)
     if not value:
         return None
@@ -106,7 +107,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
     find_orthanc()  # a missing Orthanc skips the test (see pytest_runtest_setup)
     servers: list[OrthancServer] = []
 
-    def start(script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,
+    def start(script: str | Path | None = None, config: Mapping[str, Any] | None = None,
               start: bool = True, **options: Any) -> OrthancServer:
         workdir = tmp_path_factory.mktemp("orthanc")
         if isinstance(script, str) and "\n" in script:
@@ -123,10 +124,8 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
 
     yield start
     for server in servers:
-        try:
+        with contextlib.suppress(Exception):  # a server a test already killed: nothing to stop
             server.stop(timeout=60)
-        except Exception:  # a server a test already killed: nothing to stop
-            pass
 
 
 @pytest.fixture
@@ -145,7 +144,7 @@ def orthanc(orthanc_factory: OrthancFactory, request: pytest.FixtureRequest) -> 
     return orthanc_factory(script, config=config)
 
 
-def _script_file(script: Union[str, Path, None], folder: Path) -> Optional[str]:
+def _script_file(script: str | Path | None, folder: Path) -> str | None:
     """``script`` as a path: Python source (a ``str`` holding a newline) is written to a file first."""
     if isinstance(script, str) and "\n" in script:
         path = folder / "script.py"
@@ -155,8 +154,8 @@ def _script_file(script: Union[str, Path, None], folder: Path) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def orthanc_cluster(nodes: int = 2, script: Union[str, Path, None] = None, config: Optional[Mapping[str, Any]] = None,
-                    balancer: bool = True, workdir: Union[str, Path, None] = None,
+def orthanc_cluster(nodes: int = 2, script: str | Path | None = None, config: Mapping[str, Any] | None = None,
+                    balancer: bool = True, workdir: str | Path | None = None,
                     **options: Any) -> Iterator[OrthancCluster]:
     """A running :class:`~orthanc_py.cluster_server.OrthancCluster`: PostgreSQL, ``nodes`` Orthanc nodes, nginx.
 
@@ -184,7 +183,7 @@ def orthanc_cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     find_orthanc()  # a missing Orthanc skips the test (see pytest_runtest_setup)
     with contextlib.ExitStack() as stack:
 
-        def start(script: Union[str, Path, None] = None, nodes: int = 2, config: Optional[Mapping[str, Any]] = None,
+        def start(script: str | Path | None = None, nodes: int = 2, config: Mapping[str, Any] | None = None,
                   balancer: bool = True, **options: Any) -> OrthancCluster:
             return stack.enter_context(orthanc_cluster(nodes, script, config, balancer,
                                                        workdir=tmp_path_factory.mktemp("cluster"), **options))

@@ -24,8 +24,9 @@ import select
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, NoReturn, TypeVar, Union
 
 from . import _calls, _capi, _runtime, _sdk
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
@@ -65,8 +66,8 @@ class Request:
     complete copy).
     """
 
-    def __init__(self, view: Optional[_capi.HttpRequestView], path: str, path_params: dict[str, Any],
-                 method: Optional[str] = None) -> None:
+    def __init__(self, view: _capi.HttpRequestView | None, path: str, path_params: dict[str, Any],
+                 method: str | None = None) -> None:
         self._view = view
         self.path = path
         """The path of the request, without the query string."""
@@ -74,10 +75,10 @@ class Request:
         """The values taken from the path by the rule's ``<converters>``."""
         self.method = method or (view.method if view is not None else "GET")
         """``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``."""
-        self._args: Optional[dict[str, str]] = None
-        self._headers: Optional[Headers] = None
-        self._body: Optional[bytes] = None
-        self._groups: Optional[tuple[str, ...]] = None
+        self._args: dict[str, str] | None = None
+        self._headers: Headers | None = None
+        self._body: bytes | None = None
+        self._groups: tuple[str, ...] | None = None
 
     def _from_view(self) -> _capi.HttpRequestView:
         if self._view is None:
@@ -124,7 +125,7 @@ class Request:
         except ValueError as error:
             raise HTTPError(400, f"the body is not valid JSON: {error}") from None
 
-    def detached(self) -> "Request":
+    def detached(self) -> Request:
         """A complete copy that outlives the handler (and pickles)."""
         copy = Request(None, self.path, self.path_params, self.method)
         copy._args, copy._headers, copy._body, copy._groups = self.args, self.headers, self.body, self.groups
@@ -156,9 +157,9 @@ class Response:
         to add headers of its own (header injection).
     """
 
-    def __init__(self, body: Union[str, bytes, dict[str, Any], list[Any], None] = b"", status: int = 200,
-                 headers: Union[Mapping[str, str], Iterable[tuple[str, str]], None] = None,
-                 content_type: Optional[str] = None) -> None:
+    def __init__(self, body: str | bytes | dict[str, Any] | list[Any] | None = b"", status: int = 200,
+                 headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+                 content_type: str | None = None) -> None:
         if isinstance(body, (dict, list)):
             data, default_type = json.dumps(body).encode("utf-8"), "application/json"
         elif isinstance(body, str):
@@ -188,7 +189,7 @@ class HTTPError(Exception):
     :ivar message: the message of the JSON body, or ``None``.
     """
 
-    def __init__(self, status: int, message: Optional[str] = None) -> None:
+    def __init__(self, status: int, message: str | None = None) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
@@ -199,7 +200,7 @@ class HTTPError(Exception):
         return Response(body, self.status)
 
 
-def abort(status: int, message: Optional[str] = None) -> NoReturn:
+def abort(status: int, message: str | None = None) -> NoReturn:
     """Stops the handler and answers ``status`` with a small JSON body ``{"status", "message"}``."""
     raise HTTPError(status, message)
 
@@ -240,7 +241,7 @@ def _checked_header_value(name: str, value: Any) -> str:
     return value
 
 
-def _checked_headers(headers: Union[Mapping[str, Any], Iterable[tuple[str, Any]]]) -> dict[str, str]:
+def _checked_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, str]:
     """A copy of ``headers`` whose names and values are safe to send; raises otherwise."""
     try:
         pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
@@ -260,7 +261,7 @@ def _checked_headers(headers: Union[Mapping[str, Any], Iterable[tuple[str, Any]]
     return checked
 
 
-def _pop_content_type(headers: dict[str, str]) -> Optional[str]:
+def _pop_content_type(headers: dict[str, str]) -> str | None:
     """Removes every ``Content-Type`` of ``headers``, whatever its case; returns the last one."""
     found = None
     for name in [n for n in headers if n.lower() == "content-type"]:
@@ -331,7 +332,7 @@ def _sdk_call(name: str, output: int, *args: Any) -> None:
 
 # --- offloading to worker processes -------------------------------------------
 
-_pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
@@ -485,7 +486,7 @@ def _stop_pool() -> None:
 _POOL_STOP_SECONDS = 5.0
 
 
-def run_in_worker(function: Callable[..., Any], *args: Any, executor: Optional[concurrent.futures.Executor] = None,
+def run_in_worker(function: Callable[..., Any], *args: Any, executor: concurrent.futures.Executor | None = None,
                   **kwargs: Any) -> Any:
     """Runs ``function(*args, **kwargs)`` in orthanc_py's pool of worker processes; returns its result.
 
@@ -601,11 +602,15 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
     if not callable(handler):
         raise TypeError(f"add_route({rule!r}): the handler must be callable, not {type(handler).__name__}")
     if isinstance(methods, str):
-        raise TypeError(f"add_route({rule!r}): methods must be a list such as ['GET', 'POST'], not the string {methods!r}")
+        raise TypeError(
+            f"add_route({rule!r}): methods must be a list such as ['GET', 'POST'], not the string {methods!r}"
+        )
     wanted = [m.upper() for m in methods]
     for method in wanted:
         if method not in METHODS:
-            raise RuleError(f"route {rule!r}: method {method!r} is not one Orthanc hands to plugins ({', '.join(METHODS)})")
+            raise RuleError(
+                f"route {rule!r}: method {method!r} is not one Orthanc hands to plugins ({', '.join(METHODS)})"
+            )
     if not (offload is False or offload is True or isinstance(offload, concurrent.futures.Executor)):
         raise TypeError(f"route {rule!r}: offload must be True, False or a concurrent.futures.Executor")
     compiled = compile_path(rule)
@@ -695,14 +700,14 @@ def http_filter(function: F) -> F:
     if not callable(function):
         raise TypeError(f"@http_filter: the handler must be callable, not {type(function).__name__}")
     if not _filters:
-        from ._callbacks import RegisterIncomingHttpRequestFilter
+        from ._compat import RegisterIncomingHttpRequestFilter
 
         RegisterIncomingHttpRequestFilter(_run_filters)
     _filters.append(function)
     return function
 
 
-def _run_filters(uri: str, method: int, ip: str, headers: dict[str, str], get: Optional[dict[str, str]] = None) -> bool:
+def _run_filters(uri: str, method: int, ip: str, headers: dict[str, str], get: dict[str, str] | None = None) -> bool:
     request = FilterRequest(
         _METHOD_NAMES.get(method, "GET"), uri, ip, Headers(headers.items()),
         {k: urllib.parse.unquote_plus(v) for k, v in (get or {}).items()},

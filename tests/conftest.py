@@ -41,3 +41,4 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 from .fixtures_dicom import storescp  # noqa: E402,F401  (the DCMTK C-STORE receiver fixture)
+from .official import plugin  # noqa: E402,F401  (the tests that run a script in orthanc_py and in the official plugin)

@@ -9,10 +9,10 @@ Nothing is downloaded: every file is built here, with real pixel data
 from __future__ import annotations
 
 import io
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -30,9 +30,9 @@ def gradient_pixels(rows: int, cols: int) -> bytes:
 def make_dicom(
     patient_id: str = "PATIENT-1",
     patient_name: str = "Doe^John",
-    study_uid: Optional[str] = None,
-    series_uid: Optional[str] = None,
-    sop_uid: Optional[str] = None,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
     study_date: str = "20240101",
     modality: str = "CT",
     rows: int = 8,
@@ -101,7 +101,7 @@ def make_study(
     patient_id: str = "PATIENT-1",
     patient_name: str = "Doe^John",
     study_date: str = "20240101",
-    study_uid: Optional[str] = None,
+    study_uid: str | None = None,
     **kwargs: object,
 ) -> tuple[str, list[bytes]]:
     """One study of ``instances`` images in one series: its StudyInstanceUID and the files."""

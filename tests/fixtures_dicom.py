@@ -14,8 +14,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 
@@ -28,14 +28,14 @@ _AFTER_STORE = re.compile(r"Association Release|Association Aborted|Received Sto
 class StoreScp:
     """One running ``storescp``: its AE title, port, output folder and log."""
 
-    def __init__(self, directory: Path, log_path: Path, aet: str = "STORESCP", port: Optional[int] = None) -> None:
+    def __init__(self, directory: Path, log_path: Path, aet: str = "STORESCP", port: int | None = None) -> None:
         self.directory = directory
         self.log_path = log_path
         self.aet = aet
         self.port = port or free_port()
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> "StoreScp":
+    def start(self, timeout: float = 10.0) -> StoreScp:
         """Starts ``storescp`` and waits until it accepts TCP connections."""
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
@@ -58,7 +58,9 @@ class StoreScp:
                     return self
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"storescp did not listen on port {self.port} within {timeout:g} s:\n{self.log}")
+                    raise RuntimeError(
+                        f"storescp did not listen on port {self.port} within {timeout:g} s:\n{self.log}"
+                    ) from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -108,7 +110,8 @@ class StoreScp:
                 raise RuntimeError(f"storescp exited with code {self.process.returncode}:\n{self.log}")
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"storescp received {self._complete_files()} of {count} files within {timeout:g} s; its log:\n{self.log}"
+                    f"storescp received {self._complete_files()} of {count} files within {timeout:g} s; "
+                    f"its log:\n{self.log}"
                 )
             time.sleep(0.05)
 

@@ -441,15 +441,23 @@ def test_every_image_size_is_checked_before_orthanc_reads(server):
         assert result["error"] == "ValueError", (name, result)
     assert "buffer holds 100 bytes, but 64 rows of pitch 64 need 4096 bytes" in seen["jpeg_short"]["message"]
     assert "buffer holds 15 bytes, but 4 rows of pitch 4 need 16 bytes" in seen["png_short_last_row"]["message"]
-    assert "pitch is 4 bytes, less than a row of 4 pixels of 3 byte(s) (12 bytes)" in seen["png_pitch_below_row"]["message"]
+    assert (
+        "pitch is 4 bytes, less than a row of 4 pixels of 3 byte(s) (12 bytes)"
+        in seen["png_pitch_below_row"]["message"]
+    )
     assert "format 6 is not a pixel format whose size is known" in seen["png_unknown_format"]["message"]
-    assert "argument 'pitch' is -4, out of the range of its C type uint32_t" in seen["from_buffer_negative_pitch"]["message"]
+    assert (
+        "argument 'pitch' is -4, out of the range of its C type uint32_t"
+        in seen["from_buffer_negative_pitch"]["message"]
+    )
     assert "buffer holds 15 bytes" in seen["from_buffer_short"]["message"]
     assert "buffer holds 10 bytes, but 8 rows of pitch 8 need 64 bytes" in seen["accessor_short"]["message"]
     assert "argument 'width' is 4294967296, out of the range of its C type uint32_t: 0 to 4294967295" in (
         seen["width_2_32"]["message"])
     assert "argument 'width' is -1" in seen["negative_width"]["message"]
-    assert "argument 'quality' is 300, out of the range of its C type uint8_t: 0 to 255" in seen["quality_300"]["message"]
+    assert (
+        "argument 'quality' is 300, out of the range of its C type uint8_t: 0 to 255" in seen["quality_300"]["message"]
+    )
     assert "argument 'body' holds 4294967296 bytes" in seen["rest_post_huge"]["message"]
 
 

@@ -33,8 +33,12 @@ def test_in_ci_a_skip_fails_the_run_and_says_why(pytester, monkeypatch):
     result = run(pytester, monkeypatch, "true", SUITE)
     result.assert_outcomes(passed=1, skipped=1, xfailed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["CI is set: 1 skipped test(s) fail the run *: test_in_ci_a_skip_fails_the_run_and_says_why.py::test_skips",
-                                 "SKIPPED *wrk is not installed"])
+    result.stdout.fnmatch_lines(
+        [
+            "CI is set: 1 skipped test(s) fail the run *: test_in_ci_a_skip_fails_the_run_and_says_why.py::test_skips",
+            "SKIPPED *wrk is not installed",
+        ]
+    )
 
 
 def test_in_ci_without_skips_the_run_passes(pytester, monkeypatch):

@@ -15,7 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -24,6 +26,14 @@ from orthanc_py.server import free_port
 
 from .conftest import EXAMPLES
 from .dicom import make_dicom
+
+
+@pytest.fixture
+def run_log(tmp_path: Path) -> Iterator[IO[str]]:
+    """The file ``orthanc-py run`` writes its output to, closed after the test (read it with ``seek(0)``)."""
+    with open(tmp_path / "run.log", "w+") as log:
+        yield log
+
 
 CLI = shutil.which("orthanc-py", path=os.path.dirname(sys.executable)) or "orthanc-py"
 
@@ -60,7 +70,7 @@ def test_doctor_finds_this_installation_healthy():
     assert result.returncode == 0, result.stdout
     assert "PROBLEM" not in result.stdout
     assert f"venv {sys.prefix}" in result.stdout
-    assert "built for Python %d.%d" % sys.version_info[:2] in result.stdout
+    assert "built for Python {}.{}".format(*sys.version_info[:2]) in result.stdout
     assert "all good" in result.stdout
 
 
@@ -158,10 +168,10 @@ def wait_for_system(port: int, process: subprocess.Popen, timeout: float = 60) -
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, stop_signal):
+def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, run_log, stop_signal):
     http, dicom = free_port(), free_port()
     storage = tmp_path / "storage"
-    log = open(tmp_path / "run.log", "w+")
+    log = run_log
     process = subprocess.Popen(
         [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
          "--dicom-port", str(dicom), "--storage", str(storage)],
@@ -188,12 +198,12 @@ def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, stop_sig
     assert (storage / "index").exists()
 
 
-def test_run_keeps_a_users_configuration(tmp_path):
+def test_run_keeps_a_users_configuration(tmp_path, run_log):
     http, dicom = free_port(), free_port()
     config = tmp_path / "mine.json"
     config.write_text('{\n  // comments are allowed, as Orthanc allows them\n  "Name": "MyOrthanc", /* here too */\n'
                       '  "DicomAet": "MYAET",\n  "StableAge": 7\n}\n')
-    log = open(tmp_path / "run.log", "w+")
+    log = run_log
     process = subprocess.Popen(
         [CLI, "run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(http),
          "--dicom-port", str(dicom), "--storage", str(tmp_path / "s"), "--config", str(config)],
@@ -221,11 +231,11 @@ def stable(change):
 """
 
 
-def test_run_makes_studies_stable_after_a_few_seconds_and_says_so(tmp_path):
+def test_run_makes_studies_stable_after_a_few_seconds_and_says_so(tmp_path, run_log):
     http, dicom = free_port(), free_port()
     script = tmp_path / "stable.py"
     script.write_text(STABLE)
-    log = open(tmp_path / "run.log", "w+")
+    log = run_log
     process = subprocess.Popen(
         [CLI, "run", str(script), "--http-port", str(http), "--dicom-port", str(dicom),
          "--storage", str(tmp_path / "s"), "--stable-age", "1"],
@@ -237,7 +247,7 @@ def test_run_makes_studies_stable_after_a_few_seconds_and_says_so(tmp_path):
         with urllib.request.urlopen(request, timeout=30) as answer:
             study = json.load(answer)["ParentStudy"]
         deadline = time.monotonic() + 20
-        while f"stable study {study}" not in open(tmp_path / "run.log").read():
+        while f"stable study {study}" not in (tmp_path / "run.log").read_text():
             assert time.monotonic() < deadline, "no STABLE_STUDY within 20 s with --stable-age 1"
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
@@ -245,7 +255,7 @@ def test_run_makes_studies_stable_after_a_few_seconds_and_says_so(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    output = open(tmp_path / "run.log").read()
+    output = (tmp_path / "run.log").read_text()
     assert "orthanc-py: stable  StableAge 1 s: STABLE_PATIENT/STUDY/SERIES fire 1 s after the last instance" in output
     # Without the flag, development's default; zero is refused by name.
     default = cli("run", str(script), "--stable-age", "0")
@@ -264,17 +274,24 @@ def test_run_names_the_flag_when_a_port_is_in_use(tmp_path, make_orthanc):
         on_dicom = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(free_port()),
                        "--dicom-port", str(busy_dicom), "--storage", str(tmp_path / "s"))
     assert on_http.returncode == 3
-    assert on_http.stderr == (f"orthanc-py: error: the HTTP port {taken.http_port} is already in use by an Orthanc 1.10.1 "
-                              "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n")
+    assert on_http.stderr == (
+        f"orthanc-py: error: the HTTP port {taken.http_port} is already in use by an Orthanc 1.10.1 "
+        "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n"
+    )
     assert on_dicom.returncode == 3
-    assert on_dicom.stderr == f"orthanc-py: error: the DICOM port {busy_dicom} is already in use; choose another with --dicom-port N\n"
+    assert (
+        on_dicom.stderr
+        == f"orthanc-py: error: the DICOM port {busy_dicom} is already in use; choose another with --dicom-port N\n"
+    )
     # An Orthanc that asks for a password (as a configured service may) is still recognised.
     guarded = make_orthanc(script=None, config={"AuthenticationEnabled": True, "RegisteredUsers": {"alice": "secret"}})
     on_guarded = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(guarded.http_port),
                      "--dicom-port", str(free_port()), "--storage", str(tmp_path / "s"))
     assert on_guarded.returncode == 3
-    assert on_guarded.stderr == (f"orthanc-py: error: the HTTP port {guarded.http_port} is already in use by an Orthanc "
-                                 "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n")
+    assert on_guarded.stderr == (
+        f"orthanc-py: error: the HTTP port {guarded.http_port} is already in use by an Orthanc "
+        "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n"
+    )
 
 
 def test_run_ends_a_failed_load_with_one_line_naming_the_error_and_the_users_line(tmp_path):
@@ -285,8 +302,10 @@ def test_run_ends_a_failed_load_with_one_line_naming_the_error_and_the_users_lin
     assert result.returncode != 0
     assert "ZeroDivisionError: division by zero" in result.stderr  # the traceback, from Orthanc's log
     last = result.stderr.rstrip("\n").splitlines()[-1]
-    assert last == (f"orthanc-py: the script app.py failed to load: ZeroDivisionError: division by zero (helper.py, line 2); "
-                    f"Orthanc stopped with exit code {result.returncode}")
+    assert last == (
+        f"orthanc-py: the script app.py failed to load: ZeroDivisionError: division by zero (helper.py, line 2); "
+        f"Orthanc stopped with exit code {result.returncode}"
+    )
 
 
 def test_run_with_remote_access_keeps_orthancs_authentication(tmp_path):
@@ -316,7 +335,9 @@ def test_run_with_remote_access_keeps_orthancs_authentication(tmp_path):
                 assert time.monotonic() < deadline, "Orthanc did not answer"
                 time.sleep(0.2)
         assert status == 401, "a request without credentials must be refused"
-        authorized = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()})
+        authorized = urllib.request.Request(
+            url, headers={"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+        )
         with urllib.request.urlopen(authorized, timeout=10) as answer:
             assert json.load(answer)["HttpPort"] == http
         process.send_signal(signal.SIGTERM)
@@ -326,13 +347,15 @@ def test_run_with_remote_access_keeps_orthancs_authentication(tmp_path):
             process.kill()
 
 
-def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
+def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path, run_log):
     http, dicom = free_port(), free_port()
     script = tmp_path / "app.py"
     helper = tmp_path / "words.py"
     helper.write_text("WORD = 'one'\n")
-    script.write_text("from orthanc_py import route\nimport words\n\n@route('/v')\ndef v(request):\n    return words.WORD\n")
-    log = open(tmp_path / "run.log", "w+")
+    script.write_text(
+        "from orthanc_py import route\nimport words\n\n@route('/v')\ndef v(request):\n    return words.WORD\n"
+    )
+    log = run_log
     process = subprocess.Popen(
         [CLI, "run", str(script), "--reload", "--http-port", str(http), "--dicom-port", str(dicom),
          "--storage", str(tmp_path / "storage")],
@@ -350,7 +373,7 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
         deadline = time.monotonic() + timeout
         while not condition():
             assert process.poll() is None, f"orthanc-py exited while waiting for {what}"
-            assert time.monotonic() < deadline, f"{what} not seen; output:\n{open(tmp_path / 'run.log').read()}"
+            assert time.monotonic() < deadline, f"{what} not seen; output:\n{(tmp_path / 'run.log').read_text()}"
             time.sleep(0.2)
 
     try:
@@ -358,8 +381,8 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
         helper.write_text("WORD = 'two'\n")  # a module beside the script changes
         wait_for(lambda: answer() == "two", "the module's new version")
         script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request:\n    return 'x'\n")
-        wait_for(lambda: "app.py failed to load" in open(tmp_path / "run.log").read(), "the failure")
-        assert "SyntaxError" in open(tmp_path / "run.log").read()
+        wait_for(lambda: "app.py failed to load" in (tmp_path / "run.log").read_text(), "the failure")
+        assert "SyntaxError" in (tmp_path / "run.log").read_text()
         script.write_text("from orthanc_py import route\n\n@route('/v')\ndef v(request):\n    return 'three'\n")
         wait_for(lambda: answer() == "three", "the fixed version")
         process.send_signal(signal.SIGTERM)
@@ -367,7 +390,7 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    output = open(tmp_path / "run.log").read()
+    output = (tmp_path / "run.log").read_text()
     assert "change detected: restarting Orthanc" in output
     assert f"orthanc-py: the script {script} failed to load: SyntaxError: " in output
     assert "; waiting for a change to restart" in output

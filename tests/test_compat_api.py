@@ -23,8 +23,11 @@ API = json.loads((Path(__file__).resolve().parent / "data" / "official-plugin-4.
 
 PLUGINS = [
     pytest.param(None, id="ours"),
-    pytest.param(OFFICIAL_PLUGIN, id="official",
-                 marks=pytest.mark.skipif(not Path(OFFICIAL_PLUGIN).exists(), reason="Debian's orthanc-python is not installed")),
+    pytest.param(
+        OFFICIAL_PLUGIN,
+        id="official",
+        marks=pytest.mark.skipif(not Path(OFFICIAL_PLUGIN).exists(), reason="Debian's orthanc-python is not installed"),
+    ),
 ]
 
 
@@ -73,10 +76,10 @@ def test_the_whole_sdk_is_reachable_except_what_is_listed():
 def test_enum_values_come_from_the_sdk_header():
     from orthanc_py import _sdk
 
-    assert orthanc.ChangeType.STABLE_STUDY == _sdk.OrthancPluginChangeType.StableStudy
-    assert orthanc.ResourceType.NONE == _sdk.OrthancPluginResourceType.None_
-    assert orthanc.ErrorCode.UNKNOWN_RESOURCE == _sdk.OrthancPluginErrorCode.UnknownResource
-    assert orthanc.PixelFormat.SIGNED_GRAYSCALE16 == _sdk.OrthancPluginPixelFormat.SignedGrayscale16
+    assert _sdk.OrthancPluginChangeType.StableStudy == orthanc.ChangeType.STABLE_STUDY
+    assert _sdk.OrthancPluginResourceType.None_ == orthanc.ResourceType.NONE
+    assert _sdk.OrthancPluginErrorCode.UnknownResource == orthanc.ErrorCode.UNKNOWN_RESOURCE
+    assert _sdk.OrthancPluginPixelFormat.SignedGrayscale16 == orthanc.PixelFormat.SIGNED_GRAYSCALE16
 
 
 def test_outside_orthanc_logging_works_and_sdk_calls_explain_themselves():
@@ -86,7 +89,7 @@ def test_outside_orthanc_logging_works_and_sdk_calls_explain_themselves():
         orthanc.RestApiGet("/system")
 
 
-PROBE = '''
+PROBE = """
 import json
 import orthanc
 
@@ -123,7 +126,8 @@ def Probe(output, uri, **request):
     orthanc.SetGlobalProperty(5000, "stored value")
     r["property"] = [orthanc.GetGlobalProperty(5000, "default"), orthanc.GetGlobalProperty(5001, "default")]
     packed = orthanc.BufferCompression(b"abc" * 100, orthanc.CompressionType.ZLIB_WITH_SIZE, 0)
-    r["compression"] = [len(packed) < 300, orthanc.BufferCompression(packed, orthanc.CompressionType.ZLIB_WITH_SIZE, 1).decode()]
+    unpacked = orthanc.BufferCompression(packed, orthanc.CompressionType.ZLIB_WITH_SIZE, 1)
+    r["compression"] = [len(packed) < 300, unpacked.decode()]
     pixels = bytes(range(12))
     image = orthanc.CreateImageFromBuffer(orthanc.PixelFormat.GRAYSCALE8, 4, 3, 4, pixels)
     r["image"] = [image.GetImageWidth(), image.GetImageHeight(), image.GetImagePitch(),
@@ -140,7 +144,7 @@ def Probe(output, uri, **request):
 orthanc.RegisterOnStoredInstanceCallback(OnStored)
 orthanc.RegisterRestCallback("/probe", Probe)
 orthanc.RegisterRestCallback("/stored/(.*)", Stored)
-'''
+"""
 
 
 def make_dicom(patient_id: str) -> bytes:

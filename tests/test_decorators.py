@@ -285,7 +285,7 @@ def test_startup_runs_once_orthanc_serves(app):
 
 
 def test_change_handlers_filter_and_keep_order(app):
-    study = "1.2.3.4.%d" % time.time_ns()
+    study = f"1.2.3.4.{time.time_ns()}"
     first = app.post("/instances", make_dicom(patient_id="EV-1", study_uid=study)).json()
     app.post("/instances", make_dicom(patient_id="EV-1", study_uid=study))
     study_id = first["ParentStudy"]

@@ -101,7 +101,9 @@ def test_orthanc_still_serves_after_the_fuzzing(fuzz_server):
 
 def test_non_utf8_uris_reach_both_apis_without_harm(fuzz_server):
     for target in (b"/legacy/\xff\xfe%ff%fe", b"/modern/\xc3\x28?x=\xff", b"/modern/%C3%28?%ff=%fe"):
-        answer = raw_request(fuzz_server.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = raw_request(
+            fuzz_server.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         assert answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), target
 
 
@@ -195,7 +197,9 @@ def test_a_change_handler_failing_on_every_event_leaves_orthanc_serving(misbehav
 
     for n in range(3):
         assert misbehaving.post("/instances", make_dicom(patient_id=f"FAIL-{n}")).status == 200
-    misbehaving.wait_until(lambda: misbehaving.log.count("RuntimeError: every change fails") >= 4, what="logged failures")
+    misbehaving.wait_until(
+        lambda: misbehaving.log.count("RuntimeError: every change fails") >= 4, what="logged failures"
+    )
     assert misbehaving.get("/fine").text == "fine"
 
 

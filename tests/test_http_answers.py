@@ -105,7 +105,7 @@ def test_a_301_goes_through_orthancs_redirect_and_the_dropped_headers_are_logged
 
 
 def test_a_status_orthanc_cannot_send_is_a_500_with_the_reason_in_the_log(server):
-    code, headers, _ = fetch(server, "/redirect/308")
+    code, _headers, _ = fetch(server, "/redirect/308")
     assert code == 500
     server.wait_for_log(r"ValueError: Orthanc 1\.\S+ cannot send the HTTP status 308; choose another")
     assert fetch(server, "/status/429")[0] == 500

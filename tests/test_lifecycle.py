@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -72,10 +73,9 @@ def get_in_background(server: OrthancServer, path: str) -> None:
     """Sends ``GET path`` from a thread, not waiting for (nor minding) the answer."""
 
     def get() -> None:
-        try:
+        # The server stops or is killed while the request waits: expected.
+        with contextlib.suppress(Exception):
             server.request("GET", path, timeout=130)
-        except Exception:  # the server stops or is killed while the request waits: expected
-            pass
 
     threading.Thread(target=get, daemon=True).start()
 

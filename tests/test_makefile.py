@@ -82,6 +82,8 @@ def test_make_run_on_a_taken_port_says_how_to_pick_others(tmp_path):
         result = make(tmp_path, "-o", "run-deps", "-o", f"{sys.prefix}/.installed", "run", f"VENV={sys.prefix}",
                       f"HTTP_PORT={port}", f"DICOM_PORT={free_port()}")
     assert result.returncode != 0
-    assert f"orthanc-py: error: the HTTP port {port} is already in use; choose another with --http-port N" in result.stderr
+    assert (
+        f"orthanc-py: error: the HTTP port {port} is already in use; choose another with --http-port N" in result.stderr
+    )
     assert ("make run: pick free ports, e.g. make run HTTP_PORT=8043 DICOM_PORT=4243 (Debian's orthanc service "
             "takes 8042 and 4242: sudo systemctl stop orthanc frees them)") in result.stdout

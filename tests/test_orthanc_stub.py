@@ -26,7 +26,7 @@ GENERATOR = ROOT / "tools" / "gen_orthanc_stub.py"
 # The seed's REST and pydicom samples with annotations, plus calls whose types
 # the stub states: results of SDK functions, DicomInstance and Image methods,
 # enum values, a hand-written function, OrthancException's arguments.
-GOOD_SCRIPT = '''
+GOOD_SCRIPT = """
 import io
 import pprint
 from typing import Any
@@ -73,7 +73,9 @@ orthanc.RegisterOnStoredInstanceCallback(OnStored)
 orthanc.RegisterIncomingCStoreInstanceFilter(Filter)
 system: bytes = orthanc.RestApiGet("/system")
 found: bytes = orthanc.RestApiPost("/tools/find", '{"Level": "Study", "Query": {}}')
-body, headers, status = orthanc.HttpClient(orthanc.HttpMethod.GET, "http://localhost/", {}, b"", None, None, 10, "", "", "", 0)
+body, headers, status = orthanc.HttpClient(
+    orthanc.HttpMethod.GET, "http://localhost/", {}, b"", None, None, 10, "", "", "", 0
+)
 answer: bytes = body + headers
 code: int = status
 png: orthanc.Image = orthanc.UncompressImage(system, orthanc.ImageFormat.PNG)
@@ -83,7 +85,7 @@ try:
     orthanc.RestApiDelete("/nothing")
 except orthanc.OrthancException as error:
     orthanc.LogError(f"{error.args[0] + 1} {error.args[1].upper()}")
-'''
+"""
 
 # One wrong use a line; the expected mypy error code of each.
 WRONG_SCRIPT = """

@@ -62,7 +62,9 @@ def test_dist_builds_an_sdist_and_a_wheel_that_twine_accepts(dist: Path) -> None
 def test_the_pages_name_the_archive_of_this_version() -> None:
     # The install commands name the release archive: they must name this one.
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
-    named = {(page.name, name) for page in pages for name in re.findall(r"orthanc_py-[\w.]+?\.tar\.gz", page.read_text())}
+    named = {
+        (page.name, name) for page in pages for name in re.findall(r"orthanc_py-[\w.]+?\.tar\.gz", page.read_text())
+    }
     assert {page for page, _ in named} >= {"README.md", "quickstart.rst", "deployment.rst", "migration.rst"}
     assert {name for _, name in named} == {f"orthanc_py-{VERSION}.tar.gz"}, named
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from orthanc_py._routing import RuleError, allow_header, compile_path
 
-segment = st.text(alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+segment = st.text(
+    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), min_size=1, max_size=20
+)
 
 
 def match(rule: str, path: str):

@@ -76,7 +76,9 @@ def test_print_stderr_and_logging_reach_orthancs_log_at_their_level(make_orthanc
         ("E", "sdk error"),
         ("W", "from a thread"),
     ]:
-        assert re.search(rf"^{level}\d{{4}} .*\] (\(plugins\) )?{re.escape(text)}$", log, re.M), f"{level} {text!r} not in log"
+        assert re.search(rf"^{level}\d{{4}} .*\] (\(plugins\) )?{re.escape(text)}$", log, re.M), (
+            f"{level} {text!r} not in log"
+        )
 
 
 def test_script_path_is_relative_to_the_configuration_folder(make_orthanc, tmp_path):
@@ -112,7 +114,10 @@ def test_missing_script_stops_orthanc_with_the_resolved_path(make_orthanc):
     "source, expected",
     [
         ("x = 1\ndef broken(:\n    pass\n", [r"line 2", r"SyntaxError"]),
-        ("import orthanc\n\nvalue = 1 / 0\n", [r'File ".*script\.py", line 3, in <module>', r"ZeroDivisionError: division by zero"]),
+        (
+            "import orthanc\n\nvalue = 1 / 0\n",
+            [r'File ".*script\.py", line 3, in <module>', r"ZeroDivisionError: division by zero"],
+        ),
         ("import no_such_module_anywhere\n", [r"ModuleNotFoundError: No module named 'no_such_module_anywhere'"]),
         ("import sys\nsys.exit(3)\n", [r"SystemExit: 3"]),
     ],

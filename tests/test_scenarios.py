@@ -21,9 +21,10 @@ import os
 import subprocess
 import threading
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable
 
 import pydicom
 import pytest
@@ -46,7 +47,7 @@ MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
 
 @pytest.fixture
-def start_scenario(make_orthanc: Callable[..., OrthancServer], plugin: Optional[str]) -> Callable[..., OrthancServer]:  # noqa: F811
+def start_scenario(make_orthanc: Callable[..., OrthancServer], plugin: str | None) -> Callable[..., OrthancServer]:  # noqa: F811
     """Factory: ``start_scenario("purge_old_studies", config={...})`` starts Orthanc with that script."""
 
     def start(name: str, **kwargs: Any) -> OrthancServer:
@@ -55,7 +56,7 @@ def start_scenario(make_orthanc: Callable[..., OrthancServer], plugin: Optional[
     return start
 
 
-def dcmtk(*command: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess[str]:
+def dcmtk(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Runs one DCMTK tool to its end; its output is in the answer, whatever its exit code."""
     return subprocess.run(list(command), capture_output=True, text=True, timeout=60, cwd=cwd)
 
@@ -93,7 +94,9 @@ def responses(folder: Path) -> list[pydicom.Dataset]:
 # --- 1. auto-forwarding of stable studies ---------------------------------------------
 
 
-def test_stable_studies_go_to_the_modality_and_the_peer_then_are_deleted(start_scenario, make_orthanc, storescp: StoreScp):
+def test_stable_studies_go_to_the_modality_and_the_peer_then_are_deleted(
+    start_scenario, make_orthanc, storescp: StoreScp
+):
     peer = make_orthanc(None)
     server = start_scenario("forward_stable_studies", config={
         "DicomModalities": {"destination": storescp.modality()},
@@ -185,7 +188,7 @@ class AuthorizationService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            def do_POST(self) -> None:  # the name http.server calls
                 question = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 service.questions.append(question)
                 body = json.dumps({"granted": question["token"] == service.TOKEN}).encode()

@@ -48,7 +48,7 @@ needs_header = pytest.mark.skipif(
 def load_sdk() -> types.ModuleType:
     """Import ``orthanc_py/_sdk.py`` from its file path (see LOAD_SNIPPET)."""
     namespace: dict[str, object] = {}
-    exec(LOAD_SNIPPET, namespace)  # noqa: S102 - our own fixed snippet
+    exec(LOAD_SNIPPET, namespace)  # our own fixed snippet
     return namespace["module"]  # type: ignore[return-value]
 
 
@@ -489,7 +489,7 @@ def test_every_assignment_source_names_something_real(sdk: types.ModuleType) -> 
         if function.direct_params is not None:
             assert function.params is None, name
             sources.append(function.direct_params)
-        for field, source in function.assignments:
+        for field, _source in function.assignments:
             assert field.split(".")[0] in fields, f"{name}: no field {field}"
         for source in sources:
             assert SOURCE.fullmatch(source), f"{name}: {source!r}"

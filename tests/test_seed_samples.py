@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pydicom
 import pytest
@@ -37,17 +37,20 @@ COMPUTATION_ANSWER = re.compile(rb"computation done in \d+\.\d{3} seconds\n")
 
 
 @pytest.fixture(params=["ours", "official"])
-def plugin(request: pytest.FixtureRequest) -> Optional[str]:
+def plugin(request: pytest.FixtureRequest) -> str | None:
     """The Python plugin to load: orthanc_py's loader (``None``) or the official plugin's library."""
     if request.param == "official":
         if not os.path.exists(OFFICIAL_PLUGIN):
-            pytest.skip(f"the official Python plugin is not installed ({OFFICIAL_PLUGIN}; Debian: apt-get install orthanc-python)")
+            pytest.skip(
+                f"the official Python plugin is not installed ({OFFICIAL_PLUGIN}; "
+                "Debian: apt-get install orthanc-python)"
+            )
         return OFFICIAL_PLUGIN
     return None
 
 
 @pytest.fixture
-def start_sample(make_orthanc: Callable[..., OrthancServer], plugin: Optional[str]) -> Callable[..., OrthancServer]:
+def start_sample(make_orthanc: Callable[..., OrthancServer], plugin: str | None) -> Callable[..., OrthancServer]:
     """Factory: ``start_sample("rest", config={...})`` starts Orthanc with ``examples/seed/rest.py``."""
 
     def start(name: str, **kwargs: Any) -> OrthancServer:
@@ -184,7 +187,10 @@ def test_thumbnail_sample_answers_a_small_jpeg(start_sample):
     assert thumbnail.size == (64, 48)  # 128x96 downsized to fit 64x64
     # the DICOM's gradient: dark top-left, bright bottom-right
     gray = thumbnail.convert("L")
-    assert gray.getpixel((0, 0)) < 40 and gray.getpixel((63, 47)) > 200, (gray.getpixel((0, 0)), gray.getpixel((63, 47)))
+    assert gray.getpixel((0, 0)) < 40 and gray.getpixel((63, 47)) > 200, (
+        gray.getpixel((0, 0)),
+        gray.getpixel((63, 47)),
+    )
     assert_method_not_allowed(server.post(f"/pydicom/{instance}", b""), "GET")
 
 
@@ -224,7 +230,9 @@ def test_find_metadata_sample_filters_studies_by_a_metadata_regex(start_sample):
         return answer.json()
 
     assert find({"Level": "Study", "Query": {}, "Metadata": {"Reviewer": "^ali"}}) == [alice]
-    assert sorted(find({"Level": "Study", "Query": {}, "Metadata": {"Reviewer": "^(alice|bob)$"}})) == sorted([alice, bob])
+    assert sorted(find({"Level": "Study", "Query": {}, "Metadata": {"Reviewer": "^(alice|bob)$"}})) == sorted(
+        [alice, bob]
+    )
     assert find({"Level": "Study", "Query": {}, "Metadata": {"LastUpdate": "^2019.*$"}}) == []
     assert find({"Level": "Study", "Query": {"PatientID": "FIND-B"}}) == [bob]
 

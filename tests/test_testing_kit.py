@@ -32,10 +32,16 @@ def test_without_orthanc_the_tests_skip_and_say_how_to_install_it(pytester, monk
     pytester.makeini("[pytest]\northanc_script = script.py\n")
     pytester.makepyfile(script="print('hi')\n")
     pytester.makepyfile("def test_needs_orthanc(orthanc):\n    pass\n")
-    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider", "test_without_orthanc_the_tests_skip_and_say_how_to_install_it.py")
+    result = pytester.runpytest_subprocess(
+        "-rs", "-p", "no:cacheprovider", "test_without_orthanc_the_tests_skip_and_say_how_to_install_it.py"
+    )
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
-                                 "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
+            "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"
+        ]
+    )
 
 
 def test_a_server_started_by_the_test_itself_skips_too(pytester, monkeypatch):
@@ -63,8 +69,12 @@ def test_a_server_started_by_the_test_itself_skips_too(pytester, monkeypatch):
     )
     result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=3)
-    result.stdout.fnmatch_lines(["SKIPPED [[]3[]] *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
-                                 "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]3[]] *ORTHANC_BINARY names /nowhere/Orthanc, which is not an executable file; "
+            "install it (Debian/Ubuntu: apt-get install orthanc) or set ORTHANC_BINARY to its path"
+        ]
+    )
 
 
 def test_a_forgotten_orthanc_script_option_is_explained(pytester):

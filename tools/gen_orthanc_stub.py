@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Generate ``orthanc/__init__.pyi``: type stubs of the ``orthanc`` module.
 
-Most of ``orthanc`` is assembled at import time from the SDK facts
-(``orthanc_py._compat``), so editors and type checkers cannot read it from the
-source. This script imports it (which works outside Orthanc) and writes a stub
+Most of ``orthanc`` is assembled at import time (``orthanc_py._compat``) from
+the SDK facts and the families of ``orthanc_py._official``, so editors and
+type checkers cannot read it from the source. This script imports it (which works outside Orthanc) and writes a stub
 with every name of ``orthanc.__all__``:
 
 - functions and methods built from an SDK function get the types that
@@ -120,7 +120,7 @@ def result_type(compiled: Any) -> str:
     """The Python type an SDK-built function returns (see ``_Compiled.__call__``)."""
     fn = compiled.fn
     if fn.returns.startswith("local:"):
-        base, stars, const = _calls._base_type(compiled.locals[fn.returns[6:]])
+        base, stars, _const = _calls._base_type(compiled.locals[fn.returns[6:]])
         if stars == 0:
             return "int"  # integers and enums
         if base == "char":
@@ -187,10 +187,19 @@ def annotated_signature(function: Callable[..., Any], method: bool) -> tuple[lis
     for index, parameter in enumerate(inspect.signature(function).parameters.values()):
         if previous is parameter.POSITIONAL_ONLY and parameter.kind is not previous and parameters:
             parameters.append("/")
-        if parameter.kind is parameter.KEYWORD_ONLY and previous not in (parameter.KEYWORD_ONLY, parameter.VAR_POSITIONAL):
+        if parameter.kind is parameter.KEYWORD_ONLY and previous not in (
+            parameter.KEYWORD_ONLY,
+            parameter.VAR_POSITIONAL,
+        ):
             parameters.append("*")
         previous = parameter.kind
-        stars = "*" if parameter.kind is parameter.VAR_POSITIONAL else "**" if parameter.kind is parameter.VAR_KEYWORD else ""
+        stars = (
+            "*"
+            if parameter.kind is parameter.VAR_POSITIONAL
+            else "**"
+            if parameter.kind is parameter.VAR_KEYWORD
+            else ""
+        )
         text = parameter.name if method and index == 0 else f"{stars}{parameter.name}: {render(hints[parameter.name])}"
         parameters.append(text if parameter.default is parameter.empty else f"{text} = ...")
     if previous is inspect.Parameter.POSITIONAL_ONLY and parameters:

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -199,7 +198,8 @@ def module_level():
                 and not name.startswith("_")):
             methods = [m for m in dir(cls) if not m.startswith("_") and callable(getattr(cls, m))
                        and not m.isupper() and wanted(name + "." + m)]
-            if any(not m.isupper() for m in methods) and not all(m.isupper() for m in vars(cls) if not m.startswith("_")):
+            public = [m for m in vars(cls) if not m.startswith("_")]
+            if any(not m.isupper() for m in methods) and not all(m.isupper() for m in public):
                 RESULT["classes"].setdefault(name, {m: {"arity": "not reached"} for m in methods})
     save()
 
@@ -226,7 +226,9 @@ def unreached(output, uri, **request):
                 name, type(error).__name__, error)
             save()
             continue
-        RESULT["reached"][name] = "no callback hands one out: orthanc.%s(0, True), a NULL object, probed for arity only" % name
+        RESULT["reached"][name] = (
+            f"no callback hands one out: orthanc.{name}(0, True), a NULL object, probed for arity only"
+        )
         for method in methods:
             methods[method] = {"arity": arity(getattr(obj, method))}
             if methods[method]["arity"] == 0:
@@ -275,7 +277,7 @@ orthanc.RegisterOnStoredInstanceCallback(stored)
 STUB = ROOT / "orthanc" / "__init__.pyi"
 
 
-def kind(annotation: str) -> Optional[str]:
+def kind(annotation: str) -> str | None:
     """The kind of value an annotation of the stub asks for: ``"bytes | str"`` -> ``"bytes"``."""
     parts = {part.strip() for part in annotation.split("|")} - {"None"}
     if "bytes" in parts:
@@ -287,9 +289,9 @@ def kind(annotation: str) -> Optional[str]:
     return None
 
 
-def hypotheses() -> dict[str, list[Optional[str]]]:
+def hypotheses() -> dict[str, list[str | None]]:
     """The argument kinds orthanc_py's stub gives each function and method, as ``{"Class.Method": kinds}``."""
-    found: dict[str, list[Optional[str]]] = {}
+    found: dict[str, list[str | None]] = {}
 
     def add(name: str, function: ast.FunctionDef) -> None:
         arguments = function.args.posonlyargs + function.args.args
@@ -307,7 +309,7 @@ def hypotheses() -> dict[str, list[Optional[str]]]:
     return found
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"where to write the table (default: {OUTPUT})")
     parser.add_argument("--orthanc-py", action="store_true",
@@ -326,9 +328,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         dicom = make_dicom()
         (work / "query.dcm").write_bytes(dicom)
         (work / "probe.dcm").write_bytes(dicom)
-        server = OrthancServer(str(work / "orthanc"), script=str(work / "probe.py"), plugin=None if args.orthanc_py else OFFICIAL_PLUGIN,
-                               config={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowFindWorklist": True,
-                                       "DicomAlwaysAllowStore": True})
+        server = OrthancServer(
+            str(work / "orthanc"),
+            script=str(work / "probe.py"),
+            plugin=None if args.orthanc_py else OFFICIAL_PLUGIN,
+            config={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowFindWorklist": True, "DicomAlwaysAllowStore": True},
+        )
         server.start()
         try:
             server.get("/probe")  # the probe answers more than once: whatever the status

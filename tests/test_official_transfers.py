@@ -137,7 +137,7 @@ def test_a_chunked_upload_reaches_the_reader_chunk_by_chunk(make_orthanc):
     server = start(make_orthanc, CHUNKED)
     count, size = 5, 500_000
     expected = hashlib.sha256(b"".join(pieces(count, size))).hexdigest()
-    status, headers, body = send(server, "POST", "/chunked/big?x=1", pieces(count, size),
+    status, _headers, body = send(server, "POST", "/chunked/big?x=1", pieces(count, size),
                                  {"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"})
     assert status == 200, body
     answer = json.loads(body)

@@ -1,11 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Jobs whose callbacks give values Orthanc cannot take: a clear error or log line, never a crash.
+"""The jobs of the ``orthanc`` module: created, submitted, unserialized.
 
-Orthanc parses a job's content and saved state as JSON objects and writes its
-progress into JSON answers. Each case here once took Orthanc down (SIGSEGV
-when a refused job was collected, an abort when the content turned into plain
-text) or broke ``GET /jobs`` for every client (NaN progress). The official
-plugin 4.0 has no ``CreateJob``, so these run in orthanc_py only.
+Jobs whose callbacks give values Orthanc cannot take get a clear error or log
+line, never a crash. Orthanc parses a job's content and saved state as JSON
+objects and writes its progress into JSON answers. Each such case here once
+took Orthanc down (SIGSEGV when a refused job was collected, an abort when the
+content turned into plain text) or broke ``GET /jobs`` for every client (NaN
+progress).
+
+Each test that takes ``plugin`` loads the same script into a real Orthanc
+twice: with orthanc_py and with the official Python plugin (when installed),
+and checks what a user sees over HTTP and DICOM. The others use functions the
+official plugin 4.0 does not have, and run in orthanc_py only. What a callback
+received is read back through a REST route of the script.
 """
 
 from __future__ import annotations
@@ -17,12 +24,126 @@ from typing import Any
 
 import pytest
 
+from orthanc_py import _compat
 from orthanc_py.server import OrthancServer
+
+from .official import (
+    recorded,
+    start,
+    wait_for_job,
+)
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+JOBS = """
+import threading
+
+class Counter:
+    def __init__(self, target, name):
+        self.count = 0
+        self.target = target
+        self.name = name
+        self.stopped = []
+
+    def step(self):
+        if self.name == "raise":
+            raise ValueError("job step failed")
+        self.count += 1
+        return orthanc.JobStepStatus.SUCCESS if self.count >= self.target else orthanc.JobStepStatus.CONTINUE
+
+    def progress(self):
+        return self.count / self.target
+
+    def content(self):
+        return {"name": self.name, "count": self.count, "stopped": self.stopped}
+
+    def serialized(self):
+        return {"name": self.name, "count": self.count, "target": self.target}
+
+    def stop(self, reason):
+        self.stopped.append(reason)
+        RECORDED.setdefault("stops", {})[self.name] = self.stopped
+
+def Create(counter):
+    return orthanc.CreateJob("PythonCounter", counter.step, progress=counter.progress, content=counter.content,
+                             serialized=counter.serialized, stop=counter.stop)
+
+def Submit(output, uri, **request):
+    body = json.loads(request["body"])
+    job = Create(Counter(body["target"], body["name"]))
+    RECORDED["type"] = type(job).__name__
+    job_id = job.SubmitJob(body.get("priority", 0))
+    try:
+        job.SubmitJob(0)
+    except ValueError as error:
+        RECORDED["resubmit"] = str(error)
+    output.AnswerBuffer(json.dumps({"ID": job_id}), "application/json")
+
+def Unserialize(jobType, serialized):
+    RECORDED.setdefault("unserialized", []).append([jobType, json.loads(serialized)])
+    if jobType != "PythonCounter":
+        return None
+    state = json.loads(serialized)
+    counter = Counter(state["target"], state["name"])
+    counter.count = state["count"]
+    return Create(counter)
+
+def Abandon(output, uri, **request):
+    # Never submitted: collected by Python, freed by Orthanc through FreeJob.
+    job = orthanc.CreateJob("Abandoned", lambda: orthanc.JobStepStatus.SUCCESS)
+    del job
+    output.AnswerBuffer("ok", "text/plain")
+
+orthanc.RegisterRestCallback("/submit", Submit)
+orthanc.RegisterRestCallback("/abandon", Abandon)
+orthanc.RegisterJobsUnserializer(Unserialize)
+"""
+
+
+def test_python_job_runs_to_success_with_its_content(make_orthanc):
+    server = start(make_orthanc, None, JOBS)
+    answer = server.post("/submit", json.dumps({"target": 5, "name": "five"}))
+    assert answer.status == 200, answer.text
+    job = wait_for_job(server, answer.json()["ID"])
+    assert job["State"] == "Success", job
+    assert job["Type"] == "PythonCounter"
+    assert job["Progress"] == 100
+    assert job["Content"] == {"name": "five", "count": 5, "stopped": [_compat.JobStopReason.SUCCESS]}
+    seen = recorded(server)
+    assert seen["type"] == "Job"
+    assert "closed" in seen["resubmit"], "a submitted job belongs to Orthanc: the Python object is closed"
+    assert seen["stops"]["five"] == [_compat.JobStopReason.SUCCESS]
+
+
+def test_failing_job_step_fails_the_job_and_is_logged(make_orthanc):
+    server = start(make_orthanc, None, JOBS)
+    job = wait_for_job(server, server.post("/submit", json.dumps({"target": 3, "name": "raise"})).json()["ID"])
+    assert job["State"] == "Failure"
+    assert "job step failed" in server.log
+    assert server.get("/abandon").status == 200
+    assert server.get("/system").status == 200
+
+
+def test_saved_jobs_come_back_through_the_unserializer(make_orthanc):
+    server = start(make_orthanc, None, JOBS, config={"SaveJobs": True})
+    job_id = server.post("/submit", json.dumps({"target": 2, "name": "saved"})).json()["ID"]
+    assert wait_for_job(server, job_id)["State"] == "Success"
+    server.stop()
+    server.start()
+    unserialized = recorded(server).get("unserialized", [])
+    # Orthanc saves the object serialized() returned, with its own "Type" added.
+    assert ["PythonCounter", {"Type": "PythonCounter", "name": "saved", "count": 2, "target": 2}] in unserialized
+    job = server.get_json(f"/jobs/{job_id}")
+    assert job["Type"] == "PythonCounter"
+    assert job["Content"]["name"] == "saved"
+
+
+# --- values Orthanc cannot take ---------------------------------------------------------------
 
 # Jobs whose callbacks read STATE, which POST /change sets; /submit/<kind>
 # answers the job's ID or the exception SubmitJob raised, after the job
 # object has been dropped and collected.
-JOBS = """
+CHANGING_JOBS = """
 import gc, json, math, time
 import orthanc
 
@@ -61,7 +182,7 @@ orthanc.RegisterRestCallback("/change", Change)
 
 @pytest.fixture
 def jobs(make_orthanc: Callable[..., OrthancServer]) -> OrthancServer:
-    return make_orthanc(JOBS, config={"SaveJobs": True})
+    return make_orthanc(CHANGING_JOBS, config={"SaveJobs": True})
 
 
 def submit(server: OrthancServer, kind: str) -> dict[str, Any]:
@@ -124,7 +245,9 @@ def test_a_job_whose_values_go_bad_later_keeps_its_last_good_ones(jobs):
         assert expanded.status == 200, expanded.text
     # A state change makes Orthanc save its jobs, asking for the serialized state.
     assert jobs.post(f"/jobs/{job_id}/pause").status == 200
-    jobs.wait_for_log(r"the serialized callback .* returned list \[2\], not a dict .*Orthanc keeps the last valid state")
+    jobs.wait_for_log(
+        r"the serialized callback .* returned list \[2\], not a dict .*Orthanc keeps the last valid state"
+    )
     jobs.wait_until(lambda: jobs.get_json(f"/jobs/{job_id}")["State"] == "Paused", 10, "the job paused")
     assert jobs.post(f"/jobs/{job_id}/resume").status == 200
 
@@ -163,10 +286,10 @@ def test_a_progress_out_of_range_is_clamped_and_nan_keeps_the_last_one(jobs):
 REFUSED_BY_ORTHANC = """
 import gc, json, math
 import orthanc
-from orthanc_py import _callbacks
+from orthanc_py._official import jobs as jobs_family
 
-_callbacks._check_before_submit = lambda state, what: None
-_callbacks._job_json = lambda value: json.dumps(value).encode("utf-8")
+jobs_family._check_before_submit = lambda state, what: None
+jobs_family._job_json = lambda value: json.dumps(value).encode("utf-8")
 
 def Submit(output, uri, **request):
     job = orthanc.CreateJob("Refused", lambda: orthanc.JobStepStatus.SUCCESS, content=lambda: {"ratio": math.nan})
@@ -180,7 +303,7 @@ def Submit(output, uri, **request):
         answer["again"] = str(error)
     del job
     gc.collect()
-    answer["jobs alive"] = len(_callbacks._jobs)
+    answer["jobs alive"] = len(jobs_family._jobs)
     output.AnswerBuffer(json.dumps(answer), "application/json")
 
 orthanc.RegisterRestCallback("/submit", Submit)

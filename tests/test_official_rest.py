@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 import urllib.parse
 from pathlib import Path
@@ -206,7 +205,9 @@ def test_query_strings_and_headers_come_back_intact(server, query, header):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(segment=st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Sm", "Sc", "Pd")), min_size=1, max_size=40))
+@given(
+    segment=st.text(alphabet=st.characters(whitelist_categories=("L", "N", "Sm", "Sc", "Pd")), min_size=1, max_size=40)
+)
 def test_non_ascii_path_groups_come_back_intact(server, segment):
     # Letters of any script, digits, symbols: Orthanc's HTTP server normalises
     # dots, slashes and backslashes in paths before any plugin sees them.

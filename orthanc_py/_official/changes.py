@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Changes and stored instances: the events Orthanc reports, and the instances it stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import _calls, _capi, _events
+from .._calls import Handle
+from .registration import (
+    _call,
+    _handler_name,
+)
+
+__all__ = [
+    "DicomInstance",
+    "RegisterOnChangeCallback",
+    "RegisterOnStoredInstanceCallback",
+]
+
+
+class DicomInstance(Handle):
+    """A DICOM instance: received, stored, or created from a buffer."""
+
+    c_type_name = "OrthancPluginDicomInstance"
+    after_callback = ("copy what you need while the callback runs: GetInstanceData() (the DICOM file), "
+                      "GetInstanceSimplifiedJson()...")
+
+    def HasInstanceMetadata(self, metadata: str) -> int:
+        """Returns 1 if the instance has the metadata ``metadata``, 0 otherwise."""
+        return int(_calls.sdk_function("OrthancPluginHasInstanceMetadata", raw=True)(self, metadata) != 0)
+
+    def HasInstancePixelData(self) -> int:
+        """Returns 1 if the instance has pixel data, 0 otherwise."""
+        return int(_calls.sdk_function("OrthancPluginHasInstancePixelData", raw=True)(self) != 0)
+
+    def GetInstanceData(self) -> bytes:
+        """Returns the DICOM file of the instance, as bytes."""
+        lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
+        try:
+            address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
+            return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+        finally:
+            if lease is not None:
+                lease.release()
+
+
+def RegisterOnChangeCallback(callback: Callable[[int, int, str | None], None]) -> None:
+    """Registers ``callback(changeType, level, resourceId)`` for every change in Orthanc.
+
+    Changes are delivered in order on a thread of orthanc_py's, never on
+    Orthanc's own, so the callback may call the REST API. Several callbacks
+    may be registered; each is called in registration order.
+    """
+    _events.changes.add(callback, "orthanc.RegisterOnChangeCallback()")
+
+
+def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], None]) -> None:
+    """Registers ``callback(dicom, instanceId)``, called each time Orthanc stores an instance.
+
+    ``dicom`` (:class:`DicomInstance`) is valid during the call only. Several
+    callbacks may be registered; each is called in registration order, and
+    one that raises is logged without stopping the others.
+    """
+    if not callable(callback):
+        raise TypeError(
+            f"RegisterOnStoredInstanceCallback() argument 'callback' must be callable, not {type(callback).__name__}"
+        )
+
+    def deliver(address: int, instance_id: str) -> None:
+        instance = DicomInstance.lent(address)
+        try:
+            callback(instance, instance_id)
+        finally:
+            _capi.expire(instance)  # lent by Orthanc for this call only
+
+    _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _handler_name(callback))

@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""REST and answers: :func:`RegisterRestCallback` and :class:`RestOutput`, the answer to a request."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .. import _calls, _capi, _runtime
+from .._calls import Handle
+from .registration import _handler_name, _SdkMethod
+
+__all__ = [
+    "RegisterRestCallback",
+    "RestOutput",
+]
+
+
+class RestOutput(Handle):
+    """The answer to an HTTP request, given to a REST callback (valid during the call only)."""
+
+    c_type_name = "OrthancPluginRestOutput"
+    after_callback = ("answer the request before the callback returns (output.AnswerBuffer(), "
+                      "output.SendHttpStatusCode()...); for work that takes longer, answer first and then start it")
+
+    def __init__(self, address: int, owned: bool = False) -> None:
+        super().__init__(address, owned)
+        self.answered = False
+
+    def AnswerBuffer(self, answer: bytes | str, mimeType: str) -> None:
+        """Answers the request with ``answer`` (bytes, or str sent as UTF-8) and its MIME type."""
+        if isinstance(answer, str):
+            answer = answer.encode("utf-8")
+        elif not isinstance(answer, bytes):
+            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
+        # The same few types on every request: each is checked once.
+        mime = _MIME_TYPES.get(mimeType) if type(mimeType) is str else None
+        if mime is None:
+            if not isinstance(mimeType, str):
+                raise TypeError(f"AnswerBuffer() argument 'mimeType' must be str, not {type(mimeType).__name__}")
+            mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
+            if len(_MIME_TYPES) < 64:
+                _MIME_TYPES[mimeType] = mime
+        if self._owner == threading.get_ident():
+            # The callback's thread: no lease needed. The property checks the
+            # object again only when it looks closed or expired.
+            _capi.answer_buffer(self._address or self.address, answer, mime)
+        else:
+            lease = self._take_lease()
+            try:
+                _capi.answer_buffer(self.address, answer, mime)
+            finally:
+                if lease is not None:
+                    lease.release()
+        self.answered = True
+
+
+_MIME_TYPES: dict[str, bytes] = {}
+
+
+def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
+    """Registers ``callback(output, uri, **request)`` for the URIs matching a regular expression.
+
+    ``request`` holds ``method`` (``"GET"``, ``"POST"``...), ``groups`` (the
+    regular expression's groups), ``headers`` (lower-case names) and, for GET,
+    ``get`` (query arguments, still percent-encoded as Orthanc gives them) or,
+    for POST and PUT, ``body`` (bytes) — the keys the official plugin passes. The callback
+    answers through ``output`` (:class:`RestOutput`). When it raises, or
+    returns without answering, the client gets HTTP 500 and the reason goes to
+    Orthanc's log.
+    """
+    if not isinstance(pathRegularExpression, str):
+        raise TypeError(
+            "RegisterRestCallback() argument 'pathRegularExpression' must be str, "
+            f"not {type(pathRegularExpression).__name__}"
+        )
+    if not callable(callback):
+        raise TypeError(f"RegisterRestCallback() argument 'callback' must be callable, not {type(callback).__name__}")
+    if not _capi.is_attached():
+        return  # a worker process re-running the script: nothing to serve
+    _runtime.require_setup("orthanc.RegisterRestCallback()")
+    where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
+
+    lend = _lend_output
+    success, failure = int(_capi.ErrorCode.Success), int(_capi.ErrorCode.Plugin)
+
+    # On every request's path: the request comes read in one pass (plain Python
+    # data, nothing to expire); only the answer object is Orthanc's.
+    def handle(output_address: int, uri: str, kwargs: dict[str, Any]) -> int:
+        output = lend(output_address)
+        try:
+            callback(output, uri, **kwargs)
+        except BaseException:
+            _capi.report_exception(where)
+            return failure
+        finally:
+            output._expire()  # Orthanc's answer object is gone once we return
+        if not output.answered:
+            _capi.log_error(
+                f"orthanc_py: {where} returned without answering {kwargs['method']} {uri}; the client gets "
+                "HTTP 500 (answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
+            )
+            return failure
+        return success
+
+    _capi.register_eager_rest_callback(pathRegularExpression, handle, where)
+
+
+class _LentRestOutput(RestOutput):
+    """The :class:`RestOutput` a REST callback receives: the same class to the script, made faster.
+
+    ``RestOutput``'s methods are method descriptors, as in a C extension (the
+    official plugin's introspection sample lists them as such); each call
+    through one pays a Python-level ``__get__``. Here they are plain
+    functions, bound by Python itself, and the object is made without
+    running ``__init__``: both are on every request's path.
+    """
+
+    __qualname__ = "RestOutput"
+    answered = False
+    _owned = False
+
+
+_LentRestOutput.__name__ = "RestOutput"
+_LentRestOutput.__module__ = "orthanc"
+
+
+def flatten_lent_output() -> None:
+    """Copies ``RestOutput``'s methods onto the lent class as plain functions.
+
+    Called once the ``orthanc`` module is assembled: the methods built from
+    the SDK are put on ``RestOutput`` after this module is imported.
+    """
+    for _name, _member in list(vars(RestOutput).items()):
+        if isinstance(_member, _SdkMethod):
+            setattr(_LentRestOutput, _name, _member.function)
+
+
+_new_output = object.__new__
+_get_ident = threading.get_ident
+
+
+def _lend_output(address: int) -> RestOutput:
+    """A :class:`RestOutput` lent for the running callback (as ``RestOutput.lent``, without ``__init__``)."""
+    output: RestOutput = _new_output(_LentRestOutput)
+    output._address = address
+    output._owner = _get_ident()
+    return output

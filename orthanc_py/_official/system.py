@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Orthanc itself: versions, errors, the DICOM dictionary, its log and its metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import _capi, _runtime, _sdk
+from .registration import (
+    Service,
+    _call,
+    _check_callable,
+    _name,
+    _register,
+)
+
+__all__ = [
+    "CheckVersion",
+    "CheckVersionAdvanced",
+    "GetErrorDescription",
+    "LogError",
+    "LogInfo",
+    "LogWarning",
+    "LookupDictionary",
+    "RegisterRefreshMetricsCallback",
+]
+
+
+def CheckVersionAdvanced(expectedMajor: int, expectedMinor: int, expectedRevision: int) -> int:
+    """Returns 1 if the running Orthanc is at least the given version (or a development build), else 0."""
+    running = _capi.orthanc_version()
+    if running == "mainline":
+        return 1
+    try:
+        have = tuple(int(part) for part in running.split(".")[:3])
+    except ValueError:
+        return 0
+    return int(have >= (int(expectedMajor), int(expectedMinor), int(expectedRevision)))
+
+
+def CheckVersion() -> int:
+    """Returns 1 if the running Orthanc is at least the version of the SDK orthanc_py was built from, else 0."""
+    return CheckVersionAdvanced(*_sdk.SDK_VERSION)
+
+
+def GetErrorDescription(error: int) -> str:
+    """Returns Orthanc's description of an error code."""
+    return _capi.error_description(int(error))
+
+
+def LookupDictionary(name: str) -> dict[str, int]:
+    """Looks a DICOM tag up in Orthanc's dictionary by name (``"PatientName"``) or number (``"0010,0010"``).
+
+    :returns: ``{"Group", "Element", "ValueRepresentation", "MinMultiplicity", "MaxMultiplicity"}``.
+    :raises OrthancException: for an unknown tag.
+    """
+    entry = _call("OrthancPluginLookupDictionary", name)
+    return {
+        "Group": entry["group"],
+        "Element": entry["element"],
+        "ValueRepresentation": entry["vr"],
+        "MinMultiplicity": entry["minMultiplicity"],
+        "MaxMultiplicity": entry["maxMultiplicity"],
+    }
+
+
+def _log(log: Callable[[str], None], level: int, message: str) -> None:
+    try:
+        log(str(message))
+    except _capi.NotInOrthancError:
+        # In a worker process there is no Orthanc log: use Python's logging.
+        logging.getLogger("orthanc").log(level, "%s", message)
+
+
+def LogInfo(message: str) -> None:
+    """Writes an information line to Orthanc's log (shown when Orthanc runs with ``--verbose``)."""
+    _log(_capi.log_info, logging.INFO, message)
+
+
+def LogWarning(message: str) -> None:
+    """Writes a warning line to Orthanc's log."""
+    _log(_capi.log_warning, logging.WARNING, message)
+
+
+def LogError(message: str) -> None:
+    """Writes an error line to Orthanc's log."""
+    _log(_capi.log_error, logging.ERROR, message)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+RefreshMetricsCallback = Callable[[], Any]
+
+_metrics_callbacks: list[RefreshMetricsCallback] = []
+_metrics_lock = threading.Lock()
+_runtime.on_new_run(_metrics_callbacks.clear)
+
+
+def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:
+    """Registers ``callback()``, called each time Orthanc refreshes its metrics.
+
+    Orthanc refreshes them when a monitoring tool reads them (``GET
+    /tools/metrics-prometheus``, ``GET /tools/metrics``); the callback sets
+    the values it is in charge of with :func:`orthanc.SetMetricsValue`. That
+    suits values that are costly to compute: they are computed only when
+    asked for. Several callbacks may be registered; each is called in
+    registration order, and one that raises is logged (with its traceback)
+    without stopping the others. The return value is ignored.
+
+    :param callback: the function to call, with no argument.
+    :raises TypeError: when ``callback`` is not callable.
+    """
+    function = "RegisterRefreshMetricsCallback"
+    _check_callable(function, "callback", callback)
+    if not _capi.is_attached():
+        return
+    _runtime.require_setup(f"orthanc.{function}()")
+    with _metrics_lock:
+        first = not _metrics_callbacks
+        _metrics_callbacks.append(callback)
+    if not first:
+        return  # the C callback registered with the first one calls them all
+
+    def c_refresh() -> None:
+        for each in _metrics_callbacks[:]:  # a snapshot: registrations may come from other threads
+            try:
+                each()
+            except BaseException:  # logged; the other callbacks still run
+                _capi.report_exception(f"the refresh-metrics callback {_name(each)}")
+
+    params = _sdk._OrthancPluginRegisterRefreshMetricsCallback()
+    params.callback = _capi.trampoline(
+        _sdk.OrthancPluginRefreshMetricsCallback, "the refresh-metrics callbacks", on_error=None  # type: ignore[arg-type]
+    )(c_refresh)
+    try:
+        _register(Service.RegisterRefreshMetricsCallback, params, function)
+    except _capi.OrthancError:
+        with _metrics_lock:
+            _metrics_callbacks.clear()
+        raise
