@@ -10,13 +10,14 @@ built with :func:`trampoline`, so that no Python exception ever reaches C.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, TypeVar
 
 from . import _sdk
 
@@ -71,7 +72,7 @@ class _Context:
         self.orthanc_version = version.decode("utf-8", "replace") if version else "unknown"
 
 
-_context: Optional[_Context] = None
+_context: _Context | None = None
 _context_lock = threading.Lock()
 # Set once Orthanc has announced that it stops (ORTHANC_STOPPED delivered):
 # only Orthanc's own threads may still call in, since Orthanc goes on to tear
@@ -216,7 +217,7 @@ def _set_out_pointer(params: ctypes.Structure, field: str, target: Any) -> None:
     setattr(params, field, ctypes.cast(ctypes.pointer(target), field_type))
 
 
-def take_string(pointer: ctypes.c_void_p) -> Optional[str]:
+def take_string(pointer: ctypes.c_void_p) -> str | None:
     """Copies a string that Orthanc allocated for us, then frees it."""
     if not pointer.value:
         return None
@@ -238,7 +239,7 @@ def free(address: int) -> None:
 _STRING_AT_LIMIT = 1 << 31
 
 
-def copy_memory(address: Optional[int], size: int) -> bytes:
+def copy_memory(address: int | None, size: int) -> bytes:
     """Copies ``size`` bytes that Orthanc owns (and keeps) into a ``bytes``; ``b""`` for NULL."""
     if not address or size <= 0:
         return b""
@@ -261,7 +262,7 @@ def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, 
         ctypes.memmove(target + row * target_pitch, source[start:start + row_size], row_size)
 
 
-def retrieve_dynamic_string(service: Service, argument: Optional[bytes] = None) -> Optional[str]:
+def retrieve_dynamic_string(service: Service, argument: bytes | None = None) -> str | None:
     """Calls a service of the ``_OrthancPluginRetrieveDynamicString`` family."""
     result = ctypes.c_void_p()
     params = _sdk._OrthancPluginRetrieveDynamicString()
@@ -306,7 +307,7 @@ def get_configuration() -> str:
     return retrieve_dynamic_string(Service.GetConfiguration) or "{}"
 
 
-def get_configuration_path() -> Optional[str]:
+def get_configuration_path() -> str | None:
     """The configuration file (or folder of files) Orthanc was started with."""
     return retrieve_dynamic_string(Service.GetConfigurationPath)
 
@@ -334,12 +335,12 @@ class Borrowed:
 
     __slots__ = ()
 
-    def _expire(self, message: Optional[str] = None) -> None:
+    def _expire(self, message: str | None = None) -> None:
         """Makes every later use raise :class:`ExpiredError` (with ``message`` when given)."""
         raise NotImplementedError
 
 
-def expire(*borrowed: Optional[Borrowed]) -> None:
+def expire(*borrowed: Borrowed | None) -> None:
     """Ends the loan of each object: call it when the callback that received them returns."""
     for each in borrowed:
         if each is not None:
@@ -388,21 +389,19 @@ def report_exception(where: str) -> None:
     try:
         text = "".join(traceback.format_exception(*sys.exc_info())).rstrip()
         message = f"orthanc_py: exception in {where}:\n{text}"
-    except BaseException:  # noqa: BLE001 - even formatting may fail (MemoryError...)
+    except BaseException:  # even formatting may fail (MemoryError...)
         message = f"orthanc_py: exception in {where} (its traceback could not be formatted)"
     try:
         log_error(message)
         return
-    except BaseException:  # noqa: BLE001 - fall back on standard error
+    except BaseException:  # fall back on standard error
         pass
-    try:
+    with contextlib.suppress(BaseException):  # nowhere left to report; the caller still returns its code
         _original_stderr().write(message + "\n")
-    except BaseException:  # noqa: BLE001 - nowhere left to report; the caller still returns its code
-        pass
 
 
 _thread = threading.local()
-_pin: Optional[Callable[[], int]] = None
+_pin: Callable[[], int] | None = None
 
 
 def use_loader(path: str) -> None:
@@ -447,10 +446,8 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
                     _enter_thread()
                 return function(*args)
             except BaseException:
-                try:
+                with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
                     report_exception(where)
-                except BaseException:  # noqa: BLE001 - the error code must reach Orthanc regardless
-                    pass
                 return on_error
 
         return keep_alive(c_type(guarded))
@@ -458,7 +455,7 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
     return wrap
 
 
-def register_on_change(callback: Callable[[int, int, Optional[bytes]], int]) -> None:
+def register_on_change(callback: Callable[[int, int, bytes | None], int]) -> None:
     """Registers the process-wide on-change callback (once, during start-up)."""
     c_callback = trampoline(_sdk.OrthancPluginOnChangeCallback, "the on-change callback")(callback)
     params = keep_alive(_sdk._OrthancPluginOnChangeCallback())
@@ -574,14 +571,14 @@ class HttpRequestView(Borrowed):
     request under it.
     """
 
-    __slots__ = ("_request", "_owner", "_lease")
+    __slots__ = ("_lease", "_owner", "_request")
 
     def __init__(self, request: Any) -> None:
         self._request = request
         self._owner = threading.get_ident()
-        self._lease: Optional[threading.Lock] = None
+        self._lease: threading.Lock | None = None
 
-    def _expire(self, message: Optional[str] = None) -> None:
+    def _expire(self, message: str | None = None) -> None:
         # The structure is replaced first, so that reads from now on refuse;
         # then a read another thread is making is waited for.
         self._request = _Expired(message or _REQUEST_OVER)
@@ -641,7 +638,7 @@ _HttpRequestRaw = _raw_layout(_HttpRequest)
 _CStringArray = ctypes.c_char_p * (1 << 24)
 
 
-def _texts(address: Optional[int], count: int) -> list[str]:
+def _texts(address: int | None, count: int) -> list[str]:
     """``count`` C strings from an array at ``address``, decoded (NULL items as ``""``)."""
     if not address:
         return []
@@ -687,7 +684,7 @@ def register_eager_rest_callback(path_regex: str, handler: Callable[[int, str, d
     regex = _rest_regex(path_regex, where)
     read = read_official_request
 
-    def callback(output: int, url: Optional[bytes], request: int) -> int:
+    def callback(output: int, url: bytes | None, request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
         depth = getattr(_nesting, "depth", 0)
         if depth >= MAX_REST_NESTING:
@@ -717,7 +714,7 @@ def _too_deep(where: str, depth: int, uri: str) -> int:
     return int(ErrorCode.Plugin)
 
 
-def _register_raw_rest_callback(regex: bytes, callback: Callable[[int, Optional[bytes], int], int],
+def _register_raw_rest_callback(regex: bytes, callback: Callable[[int, bytes | None, int], int],
                                 where: str) -> None:
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.
@@ -739,7 +736,7 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
     """
     regex = _rest_regex(path_regex, where)
 
-    def callback(output: int, url: Optional[bytes], request: int) -> int:
+    def callback(output: int, url: bytes | None, request: int) -> int:
         uri = url.decode("utf-8", "replace") if url else ""
         depth = getattr(_nesting, "depth", 0)
         if depth >= MAX_REST_NESTING:
@@ -762,7 +759,7 @@ def register_rest_callback(path_regex: str, handler: RestHandler, where: str) ->
 def register_on_stored_instance(handler: Callable[[int, str], int], where: str) -> None:
     """Registers ``handler(instance_address, instance_id)`` for each stored instance."""
 
-    def callback(instance: Any, instance_id: Optional[bytes]) -> int:
+    def callback(instance: Any, instance_id: bytes | None) -> int:
         address = ctypes.cast(instance, ctypes.c_void_p).value or 0
         return handler(address, instance_id.decode("utf-8", "replace") if instance_id else "")
 
