@@ -10,9 +10,12 @@ package ``wrk``), all in one run so that the ratios compare like with like:
 - the same routes under the official plugin, when Debian's orthanc-python is installed;
 - one CPU-bound offloaded call against two at once (``offload=True``).
 
-Each configuration is measured in ``--rounds`` interleaved rounds (three by
-default) and the median is printed, with the ratios to the official plugin
-measured in the same run, the number of cores and the load average.
+All servers start first and stay up. Each of ``--rounds`` rounds (five by
+default) measures every route of every configuration, one after the other,
+``--seconds`` each; the medians are printed, and each ratio to the official
+plugin is the median of the ratios within each round (paired: taken seconds
+apart, so a change in the machine's speed falls on both sides), with the
+number of cores and the load average.
 
 Both plugins run on the same Python build by default: the official plugin is
 linked to Debian's ``libpython3.11``, so orthanc_py is measured from a venv of
@@ -21,13 +24,14 @@ bench`` makes). Another build of the same version (pyenv's, say, compiled
 without profile-guided optimisation) runs Python code more slowly, and that
 would be measured instead of the plugins.
 
-Usage: ``.venv/bin/python bench/http_bench.py [--seconds 10] [--connections 8] [--rounds 3] [--venv DIR]``
+Usage: ``.venv/bin/python bench/http_bench.py [--seconds 5] [--connections 8] [--rounds 5] [--venv DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
@@ -107,22 +111,20 @@ def venv_loader(venv: Path) -> tuple[str, str]:
     return lines[0], f"Python {lines[1]} ({venv})"
 
 
-def measure_routes(workdir: Path, name: str, script: str, plugin: str | None, args: argparse.Namespace,
-                   post: Path, with_system: bool = False, offload: bool = False) -> dict[str, float]:
-    (workdir / f"{name}.py").write_text(script)
-    server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
-    server.start()
-    try:
-        results = {}
-        if with_system:
-            results["system"] = wrk(server.url + "/system", args.seconds, args.connections)
-        results["hello"] = wrk(server.url + "/hello", args.seconds, args.connections)
-        results["echo"] = wrk(server.url + "/echo", args.seconds, args.connections, post)
-        if offload:
-            results.update(measure_offload(server))
-        return results
-    finally:
-        server.stop()
+# What each configuration serves; "system" is Orthanc's own route, measured on the decorators' server.
+ROUTES = {"decorators": ("system", "hello", "echo"), "module": ("hello", "echo"), "official": ("hello", "echo")}
+PATHS = {"system": "/system", "hello": "/hello", "echo": "/echo"}
+
+
+def measure_round(servers: dict[str, OrthancServer], args: argparse.Namespace, post: Path) -> dict[str, float]:
+    """One wrk run of every route of every configuration, one after the other; ``"config/route"`` -> requests/s."""
+    results = {}
+    for route in PATHS:
+        for name, server in servers.items():
+            if route in ROUTES[name]:
+                script = post if route == "echo" else None
+                results[f"{name}/{route}"] = wrk(server.url + PATHS[route], args.seconds, args.connections, script)
+    return results
 
 
 def measure_offload(server: OrthancServer, seconds: float = 1.0) -> dict[str, float]:
@@ -145,9 +147,9 @@ def measure_offload(server: OrthancServer, seconds: float = 1.0) -> dict[str, fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run (default: 10)")
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run (default: 5)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, of which the median (default: 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, of which the median (default: 5)")
     parser.add_argument("--venv", type=Path, default=None,
                         help="the venv whose orthanc_py is measured (default: .venv-debian when it exists, "
                              "else this interpreter's)")
@@ -159,48 +161,59 @@ def main() -> int:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     official_installed = os.path.exists(OFFICIAL_PLUGIN)
-    runs: dict[str, list[dict[str, float]]] = {"decorators": [], "module": [], "official": []}
-    with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder:
+    configurations = {"decorators": (DECORATORS, loader), "module": (ORTHANC_MODULE, loader)}
+    if official_installed:
+        configurations["official"] = (ORTHANC_MODULE, OFFICIAL_PLUGIN)
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder, contextlib.ExitStack() as stack:
         workdir = Path(folder)
         post = workdir / "post.lua"
         post.write_text(POST_LUA)
-        # Interleaved rounds: a change in the machine's load during the run
-        # falls on every configuration alike, and the median drops an odd round.
+        servers = {}
+        for name, (script, plugin) in configurations.items():
+            (workdir / f"{name}.py").write_text(script)
+            server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
+            servers[name] = stack.enter_context(server.start())
+        offload = measure_offload(servers["decorators"])
+        for server in servers.values():  # warm up: first connections, first imports
+            wrk(server.url + "/hello", 1, args.connections)
+        # Every server stays up and idle while another is measured; each round
+        # measures every route of every configuration within seconds of one
+        # another, so a change in the machine's speed falls on all of them
+        # alike, and ratios are taken within a round before the median.
         for round_ in range(args.rounds):
-            runs["decorators"].append(measure_routes(workdir, f"decorators{round_}", DECORATORS, loader, args, post,
-                                                     with_system=True, offload=round_ == 0))
-            runs["module"].append(measure_routes(workdir, f"module{round_}", ORTHANC_MODULE, loader, args, post))
-            if official_installed:
-                runs["official"].append(measure_routes(workdir, f"official{round_}", ORTHANC_MODULE,
-                                                       OFFICIAL_PLUGIN, args, post))
-            print(f"round {round_ + 1}/{args.rounds}: " + "; ".join(
-                f"{name} " + ", ".join(f"{key} {value:.0f}" for key, value in results[-1].items()
-                                       if not key.startswith("offload"))
-                for name, results in runs.items() if results), flush=True)
+            rounds.append(measure_round(servers, args, post))
+            print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+                f"{key} {value:.0f}" for key, value in rounds[-1].items()), flush=True)
 
-    def median(name: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[name])
+    def median(key: str) -> float:
+        return statistics.median(each[key] for each in rounds)
 
-    ours = {key: median("decorators", key) for key in ("system", "hello", "echo")}
-    module = {key: median("module", key) for key in ("hello", "echo")}
-    official = {key: median("official", key) for key in ("hello", "echo")} if official_installed else None
-    offload = runs["decorators"][0]
+    def ratio(key: str, base: str) -> str:
+        if not official_installed:
+            return "n/a"
+        return f"{statistics.median(each[key] / each[base] for each in rounds):.2f}x"
 
-    print(f"\nrequests/s, median of {args.rounds} interleaved rounds, wrk -c{args.connections}, "
+    ours = {key: median(f"decorators/{key}") for key in ("system", "hello", "echo")}
+    module = {key: median(f"module/{key}") for key in ("hello", "echo")}
+    official = {key: median(f"official/{key}") for key in ("hello", "echo")} if official_installed else None
+
+    print(f"\nrequests/s, median of {args.rounds} rounds (ratios: median of each round's ratio), "
+          f"wrk -c{args.connections}, "
           f"{args.seconds} s each, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"load average before: {load_before}")
     official_on = "its own libpython" if official_installed else "(not installed)"
     print(f"orthanc_py on {interpreter}; official plugin on {official_on}")
     print(f"{'route':<8} {'decorators':>11} {'orthanc module':>15} {'official':>10} "
           f"{'decorators/official':>20} {'module/official':>16}")
+    system_ratio = statistics.median(each["decorators/hello"] / each["decorators/system"] for each in rounds)
     print(f"{'/system':<8} {ours['system']:>11.0f}   (Orthanc built in, no Python; "
-          f"decorators hello = {ours['hello'] / ours['system']:.2f}x of it)")
+          f"decorators hello = {system_ratio:.2f}x of it)")
     for route in ("hello", "echo"):
-        base = official[route] if official else None
-        ratio = f"{ours[route] / base:.2f}x" if base else "n/a"
-        module_ratio = f"{module[route] / base:.2f}x" if base else "n/a"
-        print(f"{'/' + route:<8} {ours[route]:>11.0f} {module[route]:>15.0f} "
-              f"{(f'{base:.0f}' if base else 'n/a'):>10} {ratio:>20} {module_ratio:>16}")
+        base = f"{official[route]:.0f}" if official else "n/a"
+        print(f"{'/' + route:<8} {ours[route]:>11.0f} {module[route]:>15.0f} {base:>10} "
+              f"{ratio(f'decorators/{route}', f'official/{route}'):>20} "
+              f"{ratio(f'module/{route}', f'official/{route}'):>16}")
     print(f"offload: one CPU-bound call {offload['offload_one_s']:.2f} s, two at once {offload['offload_two_s']:.2f} s "
           f"({offload['offload_two_s'] / offload['offload_one_s']:.2f}x of one)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")

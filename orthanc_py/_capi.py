@@ -581,7 +581,7 @@ class HttpRequestView(Borrowed):
     def _expire(self, message: str | None = None) -> None:
         # The structure is replaced first, so that reads from now on refuse;
         # then a read another thread is making is waited for.
-        self._request = _Expired(message or _REQUEST_OVER)
+        self._request = _Expired(message) if message else _EXPIRED_REQUEST
         lease = self._lease
         if lease is not None:
             with lease:
@@ -681,21 +681,24 @@ def register_eager_rest_callback(path_regex: str, handler: Callable[[int, str, d
 
     :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
-    regex = _rest_regex(path_regex, where)
-    read = read_official_request
+    _register_raw_rest_callback(_rest_regex(path_regex, where), handler, read_official_request, False, where)
 
-    def callback(output: int, url: bytes | None, request: int) -> int:
-        uri = url.decode("utf-8", "replace") if url else ""
-        depth = getattr(_nesting, "depth", 0)
-        if depth >= MAX_REST_NESTING:
-            return _too_deep(where, depth, uri)
-        _nesting.depth = depth + 1
-        try:
-            return handler(output, uri, read(request))
-        finally:
-            _nesting.depth = depth
 
-    _register_raw_rest_callback(regex, callback, where)
+def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
+    """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
+
+    ``request`` is an :class:`HttpRequestView`, expired when the handler
+    returns. Uses the no-lock registration: Orthanc then runs callbacks of
+    several requests at once, and Python's GIL is released whenever the
+    handler waits (on the REST API, on I/O, on a worker process).
+
+    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
+    """
+    _register_raw_rest_callback(_rest_regex(path_regex, where), handler, _view_of, True, where)
+
+
+def _view_of(request: int) -> HttpRequestView:
+    return HttpRequestView(_HttpRequest.from_address(request))
 
 
 def _rest_regex(path_regex: str, where: str) -> bytes:
@@ -714,46 +717,45 @@ def _too_deep(where: str, depth: int, uri: str) -> int:
     return int(ErrorCode.Plugin)
 
 
-def _register_raw_rest_callback(regex: bytes, callback: Callable[[int, bytes | None, int], int],
-                                where: str) -> None:
+def _register_raw_rest_callback(regex: bytes, handler: Callable[[int, str, Any], int], read: Callable[[int], Any],
+                                lent: bool, where: str) -> None:
+    """Registers the C callback of a REST route: ``handler(output_address, uri, read(request_address))``.
+
+    What :func:`trampoline` does (the thread's first entry, every exception
+    caught and logged) is written out here, with the nesting guard, in one
+    Python function: it runs on every request. With ``lent``, what ``read``
+    returns is a :class:`Borrowed` view, expired when the handler returns.
+    """
+    failure = int(ErrorCode.Plugin)
+
+    def callback(output: int, url: bytes | None, request: int) -> int:
+        try:
+            if not getattr(_thread, "entered", False):
+                _enter_thread()
+            uri = url.decode("utf-8", "replace") if url else ""
+            depth = getattr(_nesting, "depth", 0)
+            if depth >= MAX_REST_NESTING:
+                return _too_deep(where, depth, uri)
+            _nesting.depth = depth + 1
+            argument = read(request)
+            try:
+                return handler(output, uri, argument)
+            finally:
+                _nesting.depth = depth
+                if lent:
+                    argument._expire()  # Orthanc frees the request once we return
+        except BaseException:
+            with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
+                report_exception(where)
+            return failure
+
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.
-    c_callback = trampoline(_RawRestCallback, where)(callback)
+    c_callback = keep_alive(_RawRestCallback(callback))
     params = keep_alive(_sdk._OrthancPluginRestCallback())
     params.pathRegularExpression = regex
     params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
     invoke(Service.RegisterRestCallbackNoLock, params)
-
-
-def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
-    """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
-
-    Uses the no-lock registration: Orthanc then runs callbacks of several
-    requests at once, and Python's GIL is released whenever the handler
-    waits (on the REST API, on I/O, on a worker process).
-
-    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
-    """
-    regex = _rest_regex(path_regex, where)
-
-    def callback(output: int, url: bytes | None, request: int) -> int:
-        uri = url.decode("utf-8", "replace") if url else ""
-        depth = getattr(_nesting, "depth", 0)
-        if depth >= MAX_REST_NESTING:
-            return _too_deep(where, depth, uri)
-        _nesting.depth = depth + 1
-        view = HttpRequestView(_HttpRequest.from_address(request))
-        try:
-            return handler(output, uri, view)
-        finally:
-            _nesting.depth = depth
-            # view._expire(), inlined (every request passes here): Orthanc frees the request now.
-            view._request = _EXPIRED_REQUEST
-            if view._lease is not None:
-                with view._lease:  # a read another thread is making
-                    pass
-
-    _register_raw_rest_callback(regex, callback, where)
 
 
 def register_on_stored_instance(handler: Callable[[int, str], int], where: str) -> None:

@@ -66,6 +66,13 @@ class Request:
     complete copy).
     """
 
+    # What was read from Orthanc so far: class-level until read, so that
+    # making a Request (once per request) sets only what every one has.
+    _args: dict[str, str] | None = None
+    _headers: Headers | None = None
+    _body: bytes | None = None
+    _groups: tuple[str, ...] | None = None
+
     def __init__(self, view: _capi.HttpRequestView | None, path: str, path_params: dict[str, Any],
                  method: str | None = None) -> None:
         self._view = view
@@ -75,10 +82,6 @@ class Request:
         """The values taken from the path by the rule's ``<converters>``."""
         self.method = method or (view.method if view is not None else "GET")
         """``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``."""
-        self._args: dict[str, str] | None = None
-        self._headers: Headers | None = None
-        self._body: bytes | None = None
-        self._groups: tuple[str, ...] | None = None
 
     def _from_view(self) -> _capi.HttpRequestView:
         if self._view is None:
