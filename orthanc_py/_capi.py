@@ -50,7 +50,6 @@ class NotInOrthancError(RuntimeError):
     """
 
 
-_InvokeHoldingGil = ctypes.PYFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p)
 _InvokeRaw = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p)
 
 
@@ -64,10 +63,9 @@ class _Context:
         self.free = contents.Free
         version = contents.orthancVersion
         self.address = address
-        # The same function, called with plain addresses (no conversions), with
-        # and without releasing the GIL for the call: see answer_buffer().
+        # The same function, called with plain addresses: no argument
+        # conversion on the REST answer's path (see answer_buffer()).
         function = ctypes.cast(contents.InvokeService, ctypes.c_void_p).value or 0
-        self.invoke_holding_gil = _InvokeHoldingGil(function)
         self.invoke_raw = _InvokeRaw(function)
         self.orthanc_version = version.decode("utf-8", "replace") if version else "unknown"
 
@@ -502,25 +500,15 @@ def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
         raise ValueError(f"the answer holds {size} bytes, more than Orthanc can send in one piece "
                          f"({MAX_ANSWER_SIZE} bytes: its size is a 32-bit field)")
     params = _AnswerBufferRaw(output, body, size, mime_type)
-    if size <= HOLD_GIL_ANSWER_SIZE:
-        code = context.invoke_holding_gil(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
-    else:
-        code = context.invoke_raw(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
+    # A CFUNCTYPE call releases the GIL: Orthanc may wait on the socket here
+    # (a client that does not read its answers), and that must not stop
+    # every other Python callback meanwhile.
+    code = context.invoke_raw(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
     if code:
         raise OrthancError(code, error_description(code))
 
 
 _ANSWER_BUFFER = int(Service.AnswerBuffer)
-HOLD_GIL_ANSWER_SIZE = 16384
-"""Answers up to this size are handed to Orthanc without releasing the GIL.
-
-Orthanc copies such an answer into the connection's socket buffer and
-returns at once; releasing the GIL for that would hand it to another HTTP
-thread and make this one wait to take it back, two thread switches per
-request, which cost more than the Python code of a small route (measured with
-8 connections on 2 cores). Larger answers may wait for a slow client, so the
-GIL is released for them."""
-
 HTTP_METHODS = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
 
 
