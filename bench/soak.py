@@ -685,6 +685,30 @@ def run_dicom_buffers(workdir: Path, calls: int = 10_000, rows: int = 2048, cols
     return outcome
 
 
+def upload_studies(client: Client, maker: InstanceMaker, study_size: int, stop: threading.Event,
+                   uploaded: list[str], errors: list[str], studies: set[str] | None = None) -> None:
+    """Uploads studies of ``study_size`` instances until ``stop`` is set; records each ID or error, then closes."""
+    try:
+        while not stop.is_set():
+            new_instance = maker.study()
+            for _ in range(study_size):
+                if stop.is_set():
+                    return
+                try:
+                    status, body = client.request("POST", "/instances", new_instance())
+                    answer = json.loads(body) if status == 200 else {"body": body[:200].decode("utf-8", "replace")}
+                except Exception as error:
+                    status, answer = 0, {"error": repr(error)}
+                if status != 200 or answer.get("Status") != "Success":
+                    errors.append(f"{status} {answer}")
+                else:
+                    uploaded.append(answer["ID"])
+                    if studies is not None:
+                        studies.add(answer["ParentStudy"])
+    finally:
+        client.close()
+
+
 def run_mixed(workdir: Path, seconds: float = 120, connections: int = 64, study_size: int = 100,
               log: Callable[[str], None] = _quiet) -> Outcome:
     """wrk on Python routes, one thread uploading, change and stored-instance handlers recording all."""
@@ -698,24 +722,7 @@ def run_mixed(workdir: Path, seconds: float = 120, connections: int = 64, study_
     stop = threading.Event()
 
     def upload() -> None:
-        client = Client(server)
-        try:
-            while not stop.is_set():
-                new_instance = maker.study()
-                for _ in range(study_size):
-                    if stop.is_set():
-                        return
-                    try:
-                        status, body = client.request("POST", "/instances", new_instance())
-                        answer = json.loads(body) if status == 200 else {"body": body[:200].decode("utf-8", "replace")}
-                    except Exception as error:
-                        status, answer = 0, {"error": repr(error)}
-                    if status != 200 or answer.get("Status") != "Success":
-                        upload_errors.append(f"{status} {answer}")
-                    else:
-                        uploaded.append(answer["ID"])
-        finally:
-            client.close()
+        upload_studies(Client(server), maker, study_size, stop, uploaded, upload_errors)
 
     try:
         log(f"mixed: {seconds:g} s of wrk -c{connections} on 3 Python routes, uploads, change handlers")
@@ -847,26 +854,7 @@ def run_mixed_cluster(workdir: Path, seconds: float = 120, connections: int = 64
         front = Endpoint(cluster.url, cluster.balancer.port)
 
         def upload() -> None:
-            client = Client(front)  # type: ignore[arg-type]
-            try:
-                while not stop.is_set():
-                    new_instance = maker.study()
-                    for _ in range(study_size):
-                        if stop.is_set():
-                            return
-                        try:
-                            status, body = client.request("POST", "/instances", new_instance())
-                            answer = (json.loads(body) if status == 200
-                                      else {"body": body[:200].decode("utf-8", "replace")})
-                        except Exception as error:
-                            status, answer = 0, {"error": repr(error)}
-                        if status != 200 or answer.get("Status") != "Success":
-                            upload_errors.append(f"{status} {answer}")
-                        else:
-                            uploaded.append(answer["ID"])
-                            studies.add(answer["ParentStudy"])
-            finally:
-                client.close()
+            upload_studies(Client(front), maker, study_size, stop, uploaded, upload_errors, studies)  # type: ignore[arg-type]
 
         log(f"mixed-cluster: {seconds:g} s of wrk -c{connections} through nginx on {nodes} nodes, uploads, "
             "change handlers, a once_per_cluster STABLE_STUDY handler")
