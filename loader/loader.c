@@ -3,9 +3,11 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
- * This file only starts and stops the interpreter. Everything else (reading
- * the configuration, running the user's script, every SDK call) lives in the
- * Python package, reached through orthanc_py._runtime.start()/stop().
+ * This file starts and stops the interpreter, and carries each request to a
+ * Python route into it (the hottest path, see "REST routes"). Everything else
+ * (reading the configuration, running the user's script, every other SDK
+ * call) lives in the Python package, reached through
+ * orthanc_py._runtime.start()/stop().
  *
  * The interpreter is the virtual environment the loader is installed in: the
  * loader finds its own file (dladdr), walks up to the folder that holds
@@ -251,6 +253,178 @@ ORTHANC_PLUGINS_API int orthanc_py_pin_thread(void)
   return 1;
 }
 
+/* --- REST routes -----------------------------------------------------------
+ *
+ * Every request to a Python route goes through here. Python registers the
+ * route with orthanc_py_register_rest(); Orthanc calls one of the slot
+ * functions below, which calls the route's Python callback as
+ * callback(output, url, request), the two pointers as integers. The callback
+ * returns Orthanc's error code, or (code, body, mime type) when it left its
+ * answer to be sent here: the answer is then handed to Orthanc after the GIL
+ * is released, so that the request takes the GIL once, and a client slow to
+ * read its answer holds up its own thread only, never the other callbacks.
+ *
+ * Orthanc's REST callbacks carry no user data, so each route needs a C
+ * function of its own: REST_SLOTS of them are generated below. Python
+ * registers any route beyond them through ctypes instead. */
+
+#define REST_SLOTS 1000
+/* Answers up to this size are copied, and the GIL released before they are
+ * sent; larger ones are sent from the Python object, the GIL released around
+ * the call and taken again to let go of the object. */
+#define ANSWER_COPY_LIMIT (64 * 1024)
+
+typedef struct
+{
+  PyObject *callback;
+  char *where; /* "REST callback hello for /hello", for the log */
+} rest_route;
+
+static rest_route rest_routes[REST_SLOTS];
+static int rest_routes_used = 0;
+
+static OrthancPluginErrorCode send_answer(OrthancPluginRestOutput *output, const void *body, size_t size,
+                                          const char *mime, int slot)
+{
+  _OrthancPluginAnswerBuffer params = {output, body, (uint32_t)size, mime};
+  OrthancPluginErrorCode code = context->InvokeService(context, _OrthancPluginService_AnswerBuffer, &params);
+  if (code != OrthancPluginErrorCode_Success)
+    log_error("orthanc_py: %s: sending its answer (%zu bytes) failed: %s", rest_routes[slot].where, size,
+              OrthancPluginGetErrorDescription(context, code));
+  return code;
+}
+
+/* Sends the answer that the callback returned in `result`, (code, body,
+ * mime); gives up the GIL taken as `gil` on the way. */
+static OrthancPluginErrorCode answer_and_release(int slot, OrthancPluginRestOutput *output, PyObject *result,
+                                                 PyGILState_STATE gil)
+{
+  long code = PyLong_AsLong(PyTuple_GET_ITEM(result, 0));
+  PyObject *mime = PyTuple_GET_ITEM(result, 2);
+  Py_buffer body;
+  if ((code == -1 && PyErr_Occurred()) || !PyBytes_Check(mime) ||
+      PyObject_GetBuffer(PyTuple_GET_ITEM(result, 1), &body, PyBUF_SIMPLE) != 0)
+  {
+    PyErr_Clear();
+    log_error("orthanc_py: %s: the answer handed to the loader is not (code, body, mime type)",
+              rest_routes[slot].where);
+    Py_DECREF(result);
+    PyGILState_Release(gil);
+    return OrthancPluginErrorCode_Plugin;
+  }
+  OrthancPluginErrorCode sent;
+  size_t mime_size = (size_t)PyBytes_GET_SIZE(mime) + 1;
+  size_t size = (size_t)body.len;
+  char *copy = size <= ANSWER_COPY_LIMIT ? malloc(size + mime_size) : NULL;
+  if (copy != NULL)
+  {
+    memcpy(copy, body.buf, size);
+    memcpy(copy + size, PyBytes_AS_STRING(mime), mime_size);
+    PyBuffer_Release(&body);
+    Py_DECREF(result);
+    PyGILState_Release(gil);
+    sent = send_answer(output, copy, size, copy + size, slot);
+    free(copy);
+  }
+  else
+  {
+    Py_BEGIN_ALLOW_THREADS
+    sent = send_answer(output, body.buf, size, PyBytes_AS_STRING(mime), slot);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&body);
+    Py_DECREF(result);
+    PyGILState_Release(gil);
+  }
+  return sent != OrthancPluginErrorCode_Success ? sent : (OrthancPluginErrorCode)code;
+}
+
+static OrthancPluginErrorCode rest_call(int slot, OrthancPluginRestOutput *output, const char *url,
+                                        const OrthancPluginHttpRequest *request)
+{
+  PyGILState_STATE gil = PyGILState_Ensure();
+  PyObject *args[3] = {PyLong_FromVoidPtr(output), NULL, PyLong_FromVoidPtr((void *)request)};
+  if (url != NULL)
+    args[1] = PyBytes_FromString(url);
+  else
+  {
+    Py_INCREF(Py_None);
+    args[1] = Py_None;
+  }
+  PyObject *result = NULL;
+  if (args[0] != NULL && args[1] != NULL && args[2] != NULL)
+    result = PyObject_Vectorcall(rest_routes[slot].callback, args, 3, NULL);
+  for (int i = 0; i < 3; i++)
+    Py_XDECREF(args[i]);
+  if (result != NULL && PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 3)
+    return answer_and_release(slot, output, result, gil);
+  OrthancPluginErrorCode code = OrthancPluginErrorCode_Plugin;
+  if (result != NULL && PyLong_CheckExact(result))
+  {
+    long value = PyLong_AsLong(result);
+    if (value != -1 || !PyErr_Occurred())
+      code = (OrthancPluginErrorCode)value;
+  }
+  if (PyErr_Occurred())
+  {
+    /* The callback catches and logs its handler's exceptions itself: this
+     * is Python failing around it (no memory, say). */
+    PyErr_Print();
+    log_error("orthanc_py: %s failed (traceback above)", rest_routes[slot].where);
+  }
+  Py_XDECREF(result);
+  PyGILState_Release(gil);
+  return code;
+}
+
+/* REST_SLOTS functions rest_slot_1000 ... rest_slot_1999 (the leading 1
+ * keeps the pasted numbers decimal), each calling rest_call(its number - 1000). */
+#define REST_SLOT(n)                                                                                      \
+  static OrthancPluginErrorCode rest_slot_##n(OrthancPluginRestOutput *output, const char *url,         \
+                                              const OrthancPluginHttpRequest *request)                  \
+  {                                                                                                       \
+    return rest_call(n - 1000, output, url, request);                                                    \
+  }
+#define REST_ENTRY(n) rest_slot_##n,
+#define TEN(X, p) X(p##0) X(p##1) X(p##2) X(p##3) X(p##4) X(p##5) X(p##6) X(p##7) X(p##8) X(p##9)
+#define HUNDRED(X, p) TEN(X, p##0) TEN(X, p##1) TEN(X, p##2) TEN(X, p##3) TEN(X, p##4) \
+  TEN(X, p##5) TEN(X, p##6) TEN(X, p##7) TEN(X, p##8) TEN(X, p##9)
+#define THOUSAND(X, p) HUNDRED(X, p##0) HUNDRED(X, p##1) HUNDRED(X, p##2) HUNDRED(X, p##3) \
+  HUNDRED(X, p##4) HUNDRED(X, p##5) HUNDRED(X, p##6) HUNDRED(X, p##7) HUNDRED(X, p##8) HUNDRED(X, p##9)
+
+THOUSAND(REST_SLOT, 1)
+static const OrthancPluginRestCallback rest_slots[REST_SLOTS] = {THOUSAND(REST_ENTRY, 1)};
+
+/* Called through ctypes.PyDLL (the GIL held): registers `callback` for the
+ * URIs matching `regex`, without Orthanc's global lock. Returns 0, or -1 when
+ * every slot is taken (the caller then registers the route itself). */
+ORTHANC_PLUGINS_API int orthanc_py_register_rest(const char *regex, PyObject *callback, const char *where)
+{
+  if (context == NULL || rest_routes_used >= REST_SLOTS)
+    return -1;
+  char *where_copy = strdup(where != NULL ? where : "a REST callback");
+  if (where_copy == NULL)
+    return -1;
+  int slot = rest_routes_used++;
+  Py_INCREF(callback);
+  rest_routes[slot].callback = callback;
+  rest_routes[slot].where = where_copy;
+  OrthancPluginRegisterRestCallbackNoLock(context, regex, rest_slots[slot]);
+  return 0;
+}
+
+/* Orthanc restarting in the process has dropped every route: the script
+ * registers its routes again from the first slot. The GIL is held. */
+static void forget_rest_routes(void)
+{
+  for (int slot = 0; slot < rest_routes_used; slot++)
+  {
+    Py_CLEAR(rest_routes[slot].callback);
+    free(rest_routes[slot].where);
+    rest_routes[slot].where = NULL;
+  }
+  rest_routes_used = 0;
+}
+
 /* Python's own exit functions (the script's atexit hooks, multiprocessing's
  * clean-up) run when the process exits, as they would in `python script.py`.
  * The interpreter is not finalized: threads the script left running keep it
@@ -358,6 +532,7 @@ ORTHANC_PLUGINS_API int32_t OrthancPluginInitialize(OrthancPluginContext *c)
     return -1;
 
   PyGILState_STATE state = PyGILState_Ensure();
+  forget_rest_routes();
   PyObject *args = Py_BuildValue("(Ks)", (unsigned long long)(uintptr_t)c, loader);
   PyObject *result = args ? call_runtime("start", args) : NULL;
   Py_XDECREF(args);

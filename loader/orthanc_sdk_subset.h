@@ -3,8 +3,9 @@
  *
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
- * The loader only starts Python; every other SDK call is made from Python
- * through the context's InvokeService. So building it needs no SDK header:
+ * The loader starts Python and carries the REST routes' calls into it; every
+ * other SDK call is made from Python through the context's InvokeService.
+ * So building it needs no SDK header:
  * these declarations keep the SDK's own names, layouts and numbers (SDK
  * 1.10.1), and tests/test_sdk_bindings.py compiles one probe against this file
  * and against the real header and compares what each prints.
@@ -43,6 +44,9 @@ typedef enum
   _OrthancPluginService_LogInfo = 1,
   _OrthancPluginService_LogWarning = 2,
   _OrthancPluginService_LogError = 3,
+  _OrthancPluginService_GetErrorDescription = 17,
+  _OrthancPluginService_RegisterRestCallbackNoLock = 1004,
+  _OrthancPluginService_AnswerBuffer = 2000,
   _OrthancPluginService_INTERNAL = 0x7fffffff
 } _OrthancPluginService;
 
@@ -77,6 +81,56 @@ static inline void OrthancPluginLogWarning(OrthancPluginContext *context, const 
 static inline void OrthancPluginLogInfo(OrthancPluginContext *context, const char *message)
 {
   context->InvokeService(context, _OrthancPluginService_LogInfo, message);
+}
+
+/* The REST route: the loader registers the C functions Orthanc calls for the
+ * routes of Python scripts, and sends their answers. Orthanc's objects are
+ * only handled through pointers here, hence the incomplete types. */
+typedef struct _OrthancPluginRestOutput_t OrthancPluginRestOutput;
+typedef struct _OrthancPluginHttpRequest_t OrthancPluginHttpRequest;
+
+typedef OrthancPluginErrorCode (*OrthancPluginRestCallback)(OrthancPluginRestOutput *output,
+                                                            const char *url,
+                                                            const OrthancPluginHttpRequest *request);
+
+typedef struct
+{
+  const char *pathRegularExpression;
+  OrthancPluginRestCallback callback;
+} _OrthancPluginRestCallback;
+
+static inline void OrthancPluginRegisterRestCallbackNoLock(OrthancPluginContext *context,
+                                                           const char *pathRegularExpression,
+                                                           OrthancPluginRestCallback callback)
+{
+  _OrthancPluginRestCallback params = {pathRegularExpression, callback};
+  context->InvokeService(context, _OrthancPluginService_RegisterRestCallbackNoLock, &params);
+}
+
+typedef struct
+{
+  OrthancPluginRestOutput *output;
+  const void *answer;
+  uint32_t answerSize;
+  const char *mimeType;
+} _OrthancPluginAnswerBuffer;
+
+typedef struct
+{
+  const char **target;
+  OrthancPluginErrorCode error;
+} _OrthancPluginGetErrorDescription;
+
+/* Orthanc's text for an error code (a static string), or "Unknown error code". */
+static inline const char *OrthancPluginGetErrorDescription(OrthancPluginContext *context,
+                                                           OrthancPluginErrorCode error)
+{
+  const char *description = NULL;
+  _OrthancPluginGetErrorDescription params = {&description, error};
+  if (context->InvokeService(context, _OrthancPluginService_GetErrorDescription, &params) !=
+          OrthancPluginErrorCode_Success || description == NULL)
+    return "Unknown error code";
+  return description;
 }
 
 /* 1 when the running Orthanc is at least major.minor.revision, else 0.

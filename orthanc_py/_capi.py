@@ -400,15 +400,19 @@ def report_exception(where: str) -> None:
 
 _thread = threading.local()
 _pin: Callable[[], int] | None = None
+_register_rest: Callable[[bytes, Any, bytes], int] | None = None
 
 
 def use_loader(path: str) -> None:
-    """Reaches the loader's own functions (the thread-state pinning)."""
-    global _pin
-    loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the function expects
+    """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry)."""
+    global _pin, _register_rest
+    loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the functions expect
     pin = loader.orthanc_py_pin_thread
     pin.restype, pin.argtypes = ctypes.c_int, []
     _pin = pin
+    register = loader.orthanc_py_register_rest
+    register.restype, register.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.py_object, ctypes.c_char_p]
+    _register_rest = register
 
 
 def _enter_thread() -> None:
@@ -461,289 +465,11 @@ def register_on_change(callback: Callable[[int, int, bytes | None], int]) -> Non
     invoke(Service.RegisterOnChangeCallback, params)
 
 
-# --- REST callbacks ------------------------------------------------------------
+# --- strings Orthanc passes ---------------------------------------------------
 
-def _raw_layout(struct: Any, data_fields: tuple[str, ...] = ()) -> Any:
-    """The same layout as a generated struct, with plain pointers.
-
-    Pointers to Orthanc objects become ``c_void_p`` (set from an address with
-    no ctypes cast) and ``data_fields`` become ``c_char_p`` (set from bytes):
-    the REST answer path sets these on every request.
-    """
-    fields = []
-    for name, c_type in struct._fields_:
-        if name in data_fields:
-            c_type = ctypes.c_char_p
-        elif hasattr(c_type, "contents") or c_type is ctypes.c_void_p:
-            c_type = ctypes.c_void_p
-        fields.append((name, c_type))
-    return type(struct.__name__ + "Raw", (ctypes.Structure,), {"_fields_": fields})
-
-
-_AnswerBufferRaw = _raw_layout(_sdk._OrthancPluginAnswerBuffer, ("answer",))
-
-
-MAX_ANSWER_SIZE = 0xFFFFFFFF
-"""The largest body ``AnswerBuffer`` can send: its size is a 32-bit field."""
-
-
-def answer_buffer(output: int, body: bytes, mime_type: bytes) -> None:
-    """``OrthancPluginAnswerBuffer``, written out: it is on every REST answer's path.
-
-    :raises ValueError: when ``body`` is larger than a 32-bit size (ctypes would cut the size).
-    """
-    context = _context
-    if context is None or _closing:
-        context = _require("AnswerBuffer")
-    size = len(body)
-    if size > MAX_ANSWER_SIZE:
-        raise ValueError(f"the answer holds {size} bytes, more than Orthanc can send in one piece "
-                         f"({MAX_ANSWER_SIZE} bytes: its size is a 32-bit field)")
-    params = _AnswerBufferRaw(output, body, size, mime_type)
-    # A CFUNCTYPE call releases the GIL: Orthanc may wait on the socket here
-    # (a client that does not read its answers), and that must not stop
-    # every other Python callback meanwhile.
-    code = context.invoke_raw(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
-    if code:
-        raise OrthancError(code, error_description(code))
-
-
-_ANSWER_BUFFER = int(Service.AnswerBuffer)
-HTTP_METHODS = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
-
-
-def _c_strings(array: Any, count: int) -> list[str]:
+def c_strings(array: Any, count: int) -> list[str]:
     return [(array[i] or b"").decode("utf-8", "replace") for i in range(count)]
 
-
-_REQUEST_OVER = (
-    "this HTTP request (orthanc_py.Request) was used after its handler returned: Orthanc has freed it. "
-    "Read what you need while the handler runs, or call request.detached() there: the copy it returns "
-    "outlives the handler (and pickles, for another thread or process)"
-)
-
-
-def _method_of(r: Any) -> str:
-    return HTTP_METHODS.get(r.method, "GET")
-
-
-def _groups_of(r: Any) -> tuple[str, ...]:
-    return tuple(_c_strings(r.groups, r.groupsCount))
-
-
-def _get_of(r: Any) -> list[tuple[str, str]]:
-    return list(zip(_c_strings(r.getKeys, r.getCount), _c_strings(r.getValues, r.getCount)))
-
-
-def _headers_of(r: Any) -> list[tuple[str, str]]:
-    return list(zip(_c_strings(r.headersKeys, r.headersCount), _c_strings(r.headersValues, r.headersCount)))
-
-
-def _body_of(r: Any) -> bytes:
-    return copy_memory(r.body, r.bodySize)
-
-
-_VIEW_LEASES = threading.Lock()
-
-
-class HttpRequestView(Borrowed):
-    """The request Orthanc passes to a REST callback, read lazily.
-
-    Valid only while the callback runs: Orthanc owns the memory behind it,
-    and once the callback returns every property raises :class:`ExpiredError`.
-    Each property reads the C structure when first asked, so a handler that
-    looks at nothing pays for nothing.
-
-    A thread other than the callback's reads under a lease, and the end of
-    the callback waits for a read in progress: Orthanc never frees the
-    request under it.
-    """
-
-    __slots__ = ("_lease", "_owner", "_request")
-
-    def __init__(self, request: Any) -> None:
-        self._request = request
-        self._owner = threading.get_ident()
-        self._lease: threading.Lock | None = None
-
-    def _expire(self, message: str | None = None) -> None:
-        # The structure is replaced first, so that reads from now on refuse;
-        # then a read another thread is making is waited for.
-        self._request = _Expired(message) if message else _EXPIRED_REQUEST
-        lease = self._lease
-        if lease is not None:
-            with lease:
-                pass
-
-    def _read(self, read: Callable[[Any], Any]) -> Any:
-        if self._owner == threading.get_ident():
-            return read(self._request)  # the callback's thread: the request cannot end meanwhile
-        lease = self._lease
-        if lease is None:
-            with _VIEW_LEASES:
-                lease = self._lease
-                if lease is None:
-                    lease = self._lease = threading.Lock()
-        with lease:
-            return read(self._request)
-
-    @property
-    def method(self) -> str:
-        return self._read(_method_of)  # type: ignore[no-any-return]
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return self._read(_groups_of)  # type: ignore[no-any-return]
-
-    @property
-    def get(self) -> list[tuple[str, str]]:
-        return self._read(_get_of)  # type: ignore[no-any-return]
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return self._read(_headers_of)  # type: ignore[no-any-return]
-
-    @property
-    def body(self) -> bytes:
-        return self._read(_body_of)  # type: ignore[no-any-return]
-
-
-RestHandler = Callable[[int, str, HttpRequestView], int]
-MAX_REST_NESTING = 6
-"""How many REST callbacks may be nested on one thread (routes calling routes through the REST API).
-
-Each level costs Orthanc's HTTP threads a deep slice of their C stack: about ten crashed Orthanc 1.10
-in our measurements, so six leaves a margin for handlers that use more."""
-_nesting = threading.local()
-_RawRestCallback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
-_HttpRequest = _sdk.OrthancPluginHttpRequest
-_EXPIRED_REQUEST = _Expired(_REQUEST_OVER)
-
-
-# The request with plain addresses for its arrays: reading a field then makes an int, not a pointer object.
-_HttpRequestRaw = _raw_layout(_HttpRequest)
-# A view of any array of C strings Orthanc passes (never read past the count it gives).
-_CStringArray = ctypes.c_char_p * (1 << 24)
-
-
-def _texts(address: int | None, count: int) -> list[str]:
-    """``count`` C strings from an array at ``address``, decoded (NULL items as ``""``)."""
-    if not address:
-        return []
-    items: list[Any] = _CStringArray.from_address(address)[:count]
-    try:
-        return [text.decode("utf-8", "replace") for text in items]
-    except AttributeError:  # a NULL item (None), which Orthanc does not send
-        return [(text or b"").decode("utf-8", "replace") for text in items]
-
-
-def read_official_request(address: int) -> dict[str, Any]:
-    """The whole request at ``address`` as the official plugin's keyword arguments, read at once.
-
-    ``method``, ``groups``, ``headers``, and ``get`` for GET or ``body`` for
-    POST and PUT. Everything is copied: nothing of Orthanc's outlives the call.
-    """
-    r = _HttpRequestRaw.from_address(address)
-    method = HTTP_METHODS.get(r.method, "GET")
-    # Empty arrays are common (no groups, no query string): they cost no call.
-    count = r.groupsCount
-    groups = tuple(_texts(r.groups, count)) if count else ()
-    count = r.headersCount
-    headers = dict(zip(_texts(r.headersKeys, count), _texts(r.headersValues, count))) if count else {}
-    if method == "GET":
-        count = r.getCount
-        get = dict(zip(_texts(r.getKeys, count), _texts(r.getValues, count))) if count else {}
-        return {"method": method, "groups": groups, "headers": headers, "get": get}
-    if method == "POST" or method == "PUT":
-        return {"method": method, "groups": groups, "headers": headers, "body": copy_memory(r.body, r.bodySize)}
-    return {"method": method, "groups": groups, "headers": headers}
-
-
-def register_eager_rest_callback(path_regex: str, handler: Callable[[int, str, dict[str, Any]], int],
-                                 where: str) -> None:
-    """Registers ``handler(output_address, uri, request)``, ``request`` read at once (:func:`read_official_request`).
-
-    For the official plugin's callbacks, which receive the whole request as
-    keyword arguments: no view of Orthanc's memory reaches the handler, so
-    none has to be expired.
-
-    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
-    """
-    _register_raw_rest_callback(_rest_regex(path_regex, where), handler, read_official_request, False, where)
-
-
-def register_rest_callback(path_regex: str, handler: RestHandler, where: str) -> None:
-    """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
-
-    ``request`` is an :class:`HttpRequestView`, expired when the handler
-    returns. Uses the no-lock registration: Orthanc then runs callbacks of
-    several requests at once, and Python's GIL is released whenever the
-    handler waits (on the REST API, on I/O, on a worker process).
-
-    :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
-    """
-    _register_raw_rest_callback(_rest_regex(path_regex, where), handler, _view_of, True, where)
-
-
-def _view_of(request: int) -> HttpRequestView:
-    return HttpRequestView(_HttpRequest.from_address(request))
-
-
-def _rest_regex(path_regex: str, where: str) -> bytes:
-    regex = path_regex.encode("utf-8")
-    if b"\0" in regex:
-        raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
-    return regex
-
-
-def _too_deep(where: str, depth: int, uri: str) -> int:
-    # A handler that calls the REST API re-enters Orthanc on this very
-    # thread; one that ends up calling itself would grow the C stack until
-    # the process dies. Past a sane depth, refuse instead.
-    log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
-              f"(a route calling itself through the REST API?); refusing {uri}")
-    return int(ErrorCode.Plugin)
-
-
-def _register_raw_rest_callback(regex: bytes, handler: Callable[[int, str, Any], int], read: Callable[[int], Any],
-                                lent: bool, where: str) -> None:
-    """Registers the C callback of a REST route: ``handler(output_address, uri, read(request_address))``.
-
-    What :func:`trampoline` does (the thread's first entry, every exception
-    caught and logged) is written out here, with the nesting guard, in one
-    Python function: it runs on every request. With ``lent``, what ``read``
-    returns is a :class:`Borrowed` view, expired when the handler returns.
-    """
-    failure = int(ErrorCode.Plugin)
-
-    def callback(output: int, url: bytes | None, request: int) -> int:
-        try:
-            if not getattr(_thread, "entered", False):
-                _enter_thread()
-            uri = url.decode("utf-8", "replace") if url else ""
-            depth = getattr(_nesting, "depth", 0)
-            if depth >= MAX_REST_NESTING:
-                return _too_deep(where, depth, uri)
-            _nesting.depth = depth + 1
-            argument = read(request)
-            try:
-                return handler(output, uri, argument)
-            finally:
-                _nesting.depth = depth
-                if lent:
-                    argument._expire()  # Orthanc frees the request once we return
-        except BaseException:
-            with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
-                report_exception(where)
-            return failure
-
-    # Same ABI as OrthancPluginRestCallback, with the pointers as plain
-    # addresses: ctypes then builds no pointer objects on each request.
-    c_callback = keep_alive(_RawRestCallback(callback))
-    params = keep_alive(_sdk._OrthancPluginRestCallback())
-    params.pathRegularExpression = regex
-    params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
-    invoke(Service.RegisterRestCallbackNoLock, params)
 
 
 def register_on_stored_instance(handler: Callable[[int, str], int], where: str) -> None:

@@ -113,9 +113,16 @@ UNSUPPORTED: dict[str, str] = {}
 """SDK functions not reachable from this module, with the reason (see ``orthanc-py sdk-coverage``)."""
 
 
-def _make_function(compiled: Any, python_name: str, parameters: list[str], answering: bool) -> Callable[..., Any]:
+def _make_function(compiled: Any, python_name: str, parameters: list[str], answering: bool,
+                   errors_logged: bool = False) -> Callable[..., Any]:
     def function(*args: Any) -> Any:
-        result = compiled(*args)
+        try:
+            result = compiled(*args)
+        except _capi.OrthancError as error:
+            if not errors_logged or isinstance(error, _calls.SdkVersionError):
+                raise
+            rest.log_ignored_error(python_name, error)
+            return None
         if answering:
             args[0].answered = True
         return result
@@ -151,7 +158,10 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             continue  # Handle.close() frees
         if owner is not None:
             answering = owner is RestOutput and python_name in _ANSWERING
-            function = _make_function(compiled, python_name, parameters, answering)
+            # The SDK's answer functions return nothing: in the official
+            # plugin, a refusal (a header after the answer) goes unnoticed.
+            errors_logged = owner is RestOutput and fn.result == "void"
+            function = _make_function(compiled, python_name, parameters, answering, errors_logged)
             setattr(owner, python_name, _SdkMethod(function))
         else:
             namespace[python_name] = _make_function(compiled, python_name, parameters, False)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, NoReturn, TypeVar, Union
 
-from . import _calls, _capi, _runtime, _sdk
+from . import _calls, _capi, _capi_rest, _runtime, _sdk
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .rest import RestError
 
@@ -73,7 +73,7 @@ class Request:
     _body: bytes | None = None
     _groups: tuple[str, ...] | None = None
 
-    def __init__(self, view: _capi.HttpRequestView | None, path: str, path_params: dict[str, Any],
+    def __init__(self, view: _capi_rest.HttpRequestView | None, path: str, path_params: dict[str, Any],
                  method: str | None = None) -> None:
         self._view = view
         self.path = path
@@ -83,7 +83,7 @@ class Request:
         self.method = method or (view.method if view is not None else "GET")
         """``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``."""
 
-    def _from_view(self) -> _capi.HttpRequestView:
+    def _from_view(self) -> _capi_rest.HttpRequestView:
         if self._view is None:
             raise RuntimeError("this request is over: read it while the handler runs")
         return self._view
@@ -306,7 +306,7 @@ def _send(output: int, response: Response) -> None:
         _sdk_call("SetHttpHeader", output, name, value)
     try:
         if status == 200:
-            _capi.answer_buffer(output, response.body, content_type.encode("utf-8"))
+            _capi_rest.answer_buffer(output, response.body, content_type.encode("utf-8"))
         elif not response.body or status in (204, 304):
             # 204 and 304 have no body in HTTP: one sent anyway would be read
             # by the client as the start of the next answer on the connection.
@@ -523,7 +523,7 @@ class _Endpoint:
         self.handlers: dict[str, tuple[Callable[..., Any], Offload]] = {}
         self.where = f"route {compiled.rule}"
 
-    def handle(self, output: int, uri: str, view: _capi.HttpRequestView) -> int:
+    def handle(self, output: int, uri: str, view: _capi_rest.HttpRequestView) -> int:
         method = view.method
         target = self.handlers.get(method)
         if target is None:
@@ -546,10 +546,10 @@ class _Endpoint:
                 else:
                     result = handler(request, **params)
                 if type(result) is str:  # the common cases, answered without a Response object
-                    _capi.answer_buffer(output, result.encode("utf-8"), _TEXT)
+                    _capi_rest.answer_buffer(output, result.encode("utf-8"), _TEXT)
                     return 0
                 if type(result) is dict or type(result) is list:  # as Response(result) would answer
-                    _capi.answer_buffer(output, json.dumps(result).encode("utf-8"), _JSON)
+                    _capi_rest.answer_buffer(output, json.dumps(result).encode("utf-8"), _JSON)
                     return 0
                 response = make_response(result)
             except HTTPError as error:
@@ -630,7 +630,7 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
     if endpoint is None:
         endpoint = _endpoints[compiled.regex] = _Endpoint(compiled)
         if _capi.is_attached():
-            _capi.register_rest_callback(compiled.regex, endpoint.handle, endpoint.where)
+            _capi_rest.register_rest_callback(compiled.regex, endpoint.handle, endpoint.where)
     for method in wanted:
         endpoint.handlers[method] = (handler, offload)
 

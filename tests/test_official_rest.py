@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from orthanc_py.server import OrthancServer
 
+from .official import recorded, start
+
 SCRIPT = """
 import json
 import orthanc
@@ -274,3 +276,93 @@ def test_sdk_errors_raise_orthanc_exception_with_code_and_description(make_ortha
         """
     )
     assert server.get("/missing").text == "True Unknown resource"
+
+
+# --- the order of the calls on an answer, side by side with the official plugin -------------------
+# The loader sends a callback's answer after the callback has returned (one GIL
+# take per request); what a client and the script see must stay what they are
+# when each call goes to Orthanc at once, as in the official plugin.
+
+ORDER = """
+def AnswerThenHeader(output, uri, **request):
+    output.AnswerBuffer("first", "text/plain")
+    try:
+        output.SetHttpHeader("X-Late", "yes")
+        RECORDED["header"] = "accepted"
+    except Exception as error:
+        RECORDED["header"] = str(error)
+
+def AnswerTwice(output, uri, **request):
+    output.AnswerBuffer("first", "text/plain")
+    try:
+        output.AnswerBuffer("second", "text/plain")
+        RECORDED["twice"] = "accepted"
+    except Exception as error:
+        RECORDED["twice"] = str(error)
+
+def AnswerThenRaise(output, uri, **request):
+    output.AnswerBuffer("answered before the error", "text/plain")
+    raise ValueError("raised after answering")
+
+def Inner(output, uri, **request):
+    output.SetHttpHeader("X-Inner", "yes")
+    output.AnswerBuffer("inner " + request["groups"][0], "text/plain")
+
+def Outer(output, uri, **request):
+    output.SetHttpHeader("X-Outer", "yes")
+    inner = orthanc.RestApiGetAfterPlugins("/inner/" + request["groups"][0])
+    output.AnswerBuffer(b"outer, " + inner, "text/plain")
+
+orthanc.RegisterRestCallback("/answer-then-header", AnswerThenHeader)
+orthanc.RegisterRestCallback("/answer-twice", AnswerTwice)
+orthanc.RegisterRestCallback("/answer-then-raise", AnswerThenRaise)
+orthanc.RegisterRestCallback("/inner/(.*)", Inner)
+orthanc.RegisterRestCallback("/outer/(.*)", Outer)
+"""
+
+
+def test_calls_after_an_answer_see_it_sent_as_in_the_official_plugin(make_orthanc, plugin):
+    server = start(make_orthanc, plugin, ORDER)
+    late_header = server.get("/answer-then-header")
+    assert (late_header.status, late_header.text) == (200, "first")
+    assert "x-late" not in late_header.headers
+    twice = server.get("/answer-twice")
+    assert (twice.status, twice.text) == (200, "first")
+    # The SDK's answer functions return nothing in C: the official plugin's
+    # scripts never see Orthanc refuse them, and go on.
+    assert recorded(server) == {"header": "accepted", "twice": "accepted"}
+    if plugin is None:
+        assert "RestOutput.SetHttpHeader() was refused by Orthanc: Bad sequence of calls" in server.log
+        assert "RestOutput.AnswerBuffer() was refused by Orthanc: Bad sequence of calls" in server.log
+    raised = server.get("/answer-then-raise")
+    assert (raised.status, raised.text) == (200, "answered before the error")
+    server.wait_until(lambda: "raised after answering" in server.log, timeout=10, what="the traceback in the log")
+    assert server.get("/system").status == 200
+
+
+def test_a_route_calling_another_route_gets_its_answer_and_gives_its_own(make_orthanc, plugin):
+    server = start(make_orthanc, plugin, ORDER)
+    for name in ("a", "b" * 5000):
+        answer = server.get(f"/outer/{name}")
+        assert (answer.status, answer.text) == (200, f"outer, inner {name}")
+        assert answer.headers.get("x-outer") == "yes"
+        assert "x-inner" not in answer.headers
+
+
+MANY_ROUTES = 1010  # more than the loader's 1000 C entry points: the last ones are registered through ctypes
+
+MANY = f"""
+def Numbered(output, uri, **request):
+    output.AnswerBuffer("route " + request["groups"][0], "text/plain")
+
+for number in range({MANY_ROUTES}):
+    orthanc.RegisterRestCallback(f"/numbered/({{number}})", Numbered)
+"""
+
+
+def test_a_thousand_routes_and_more_all_answer(make_orthanc, plugin):
+    server = start(make_orthanc, plugin, MANY)
+    for number in (0, 1, 998, 999, 1000, 1001, MANY_ROUTES - 1):
+        answer = server.get(f"/numbered/{number}")
+        assert (answer.status, answer.text) == (200, f"route {number}")
+    assert server.get(f"/numbered/{MANY_ROUTES}").status == 404

@@ -601,12 +601,28 @@ SUBSET_PROBE = r"""
 static int last_service = -1;
 static const void *last_params = NULL;
 
+static const char *description = "probe description";
+static OrthancPluginErrorCode answer = OrthancPluginErrorCode_Success;
+
 static OrthancPluginErrorCode record(OrthancPluginContext *context, _OrthancPluginService service,
                                      const void *params)
 {
   (void)context;
   last_service = (int)service;
   last_params = params;
+  if (service == _OrthancPluginService_GetErrorDescription)
+  {
+    const _OrthancPluginGetErrorDescription *p = params;
+    printf("GetErrorDescription of %d\n", (int)p->error);
+    *p->target = description;
+  }
+  return answer;
+}
+
+static OrthancPluginErrorCode route(OrthancPluginRestOutput *output, const char *url,
+                                    const OrthancPluginHttpRequest *request)
+{
+  (void)output, (void)url, (void)request;
   return OrthancPluginErrorCode_Success;
 }
 
@@ -639,6 +655,31 @@ int main(void)
   printf("LogWarning -> service %d, message passed %d\n", last_service, last_params == message);
   OrthancPluginLogError(&context, message);
   printf("LogError -> service %d, message passed %d\n", last_service, last_params == message);
+
+  printf("service GetErrorDescription %d RegisterRestCallbackNoLock %d AnswerBuffer %d\n",
+         (int)_OrthancPluginService_GetErrorDescription, (int)_OrthancPluginService_RegisterRestCallbackNoLock,
+         (int)_OrthancPluginService_AnswerBuffer);
+  printf("AnswerBuffer size %zu offsets %zu %zu %zu %zu\n", sizeof(_OrthancPluginAnswerBuffer),
+         offsetof(_OrthancPluginAnswerBuffer, output), offsetof(_OrthancPluginAnswerBuffer, answer),
+         offsetof(_OrthancPluginAnswerBuffer, answerSize), offsetof(_OrthancPluginAnswerBuffer, mimeType));
+  printf("RestCallback size %zu offsets %zu %zu\n", sizeof(_OrthancPluginRestCallback),
+         offsetof(_OrthancPluginRestCallback, pathRegularExpression),
+         offsetof(_OrthancPluginRestCallback, callback));
+  printf("GetErrorDescription size %zu offsets %zu %zu\n", sizeof(_OrthancPluginGetErrorDescription),
+         offsetof(_OrthancPluginGetErrorDescription, target), offsetof(_OrthancPluginGetErrorDescription, error));
+  OrthancPluginRegisterRestCallbackNoLock(&context, "/probe", route);
+  const _OrthancPluginRestCallback *rest = last_params;
+  printf("RegisterRestCallbackNoLock -> service %d, regex %s, callback passed %d\n", last_service,
+         rest->pathRegularExpression, rest->callback == route);
+  printf("GetErrorDescription -> %s\n", OrthancPluginGetErrorDescription(&context, OrthancPluginErrorCode_Plugin));
+  description = NULL;
+  printf("GetErrorDescription, none -> %s\n",
+         OrthancPluginGetErrorDescription(&context, OrthancPluginErrorCode_Plugin));
+  description = "probe description";
+  answer = OrthancPluginErrorCode_Plugin;
+  printf("GetErrorDescription, refused -> %s\n",
+         OrthancPluginGetErrorDescription(&context, OrthancPluginErrorCode_Success));
+  answer = OrthancPluginErrorCode_Success;
 
   for (size_t v = 0; v < sizeof(versions) / sizeof(versions[0]); v++)
   {
@@ -673,3 +714,7 @@ def test_the_loaders_sdk_declarations_agree_with_the_header(tmp_path: Path) -> N
     assert "Orthanc mainline, needs 2.0.0 -> 1" in ours
     assert "Orthanc 1.10.0, needs 1.10.1 -> 0" in ours
     assert "Orthanc garbage, needs 0.0.0 -> 0" in ours
+    assert "service GetErrorDescription 17 RegisterRestCallbackNoLock 1004 AnswerBuffer 2000" in ours
+    assert "RegisterRestCallbackNoLock -> service 1004, regex /probe, callback passed 1" in ours
+    assert "GetErrorDescription -> probe description" in ours
+    assert "GetErrorDescription, refused -> Unknown error code" in ours

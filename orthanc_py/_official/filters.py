@@ -68,7 +68,7 @@ def RegisterIncomingHttpRequestFilter(callback: HttpRequestFilter) -> None:
         return
     where = f"the incoming-HTTP-request filter {_name(callback)}"
     get_method = int(_sdk.OrthancPluginHttpMethod.Get)
-    c_strings = _capi._c_strings
+    c_strings = _capi.c_strings
 
     def c_filter(method: int, uri: bytes | None, ip: bytes | None, headers_count: int, headers_keys: Any,
                  headers_values: Any, get_count: int, get_keys: Any, get_values: Any) -> int:

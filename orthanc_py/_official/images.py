@@ -226,7 +226,7 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
     if not _claim(function, "transcoder"):
         return
     where = f"the transcoder {_name(callback)}"
-    c_strings = _capi._c_strings
+    c_strings = _capi.c_strings
 
     def c_transcode(transcoded: Any, dicom: int | None, size: int, syntaxes: Any, count: int,
                     allow_new_sop_instance_uid: int) -> int:

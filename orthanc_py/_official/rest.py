@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from .. import _calls, _capi, _runtime
+from .. import _calls, _capi, _capi_rest, _runtime
 from .._calls import Handle
 from .registration import _handler_name, _SdkMethod
 
@@ -27,12 +27,24 @@ class RestOutput(Handle):
         super().__init__(address, owned)
         self.answered = False
 
+    @property
+    def address(self) -> int:
+        """The C pointer, as an integer; an answer given before is sent first.
+
+        ``AnswerBuffer`` leaves the callback's answer to be sent once it
+        returns: any other call on the object (a header, a second answer)
+        reads this property, and must reach Orthanc after that answer.
+        """
+        address = super().address
+        _capi_rest.flush_answer(address)
+        return address
+
     def AnswerBuffer(self, answer: bytes | str, mimeType: str) -> None:
         """Answers the request with ``answer`` (bytes, or str sent as UTF-8) and its MIME type."""
         if isinstance(answer, str):
             answer = answer.encode("utf-8")
         elif not isinstance(answer, bytes):
-            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi.MAX_ANSWER_SIZE)
+            answer = _calls._to_bytes(answer, "AnswerBuffer() argument 'answer'", _capi_rest.MAX_ANSWER_SIZE)
         # The same few types on every request: each is checked once.
         mime = _MIME_TYPES.get(mimeType) if type(mimeType) is str else None
         if mime is None:
@@ -41,21 +53,37 @@ class RestOutput(Handle):
             mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
             if len(_MIME_TYPES) < 64:
                 _MIME_TYPES[mimeType] = mime
-        if self._owner == threading.get_ident():
-            # The callback's thread: no lease needed. The property checks the
-            # object again only when it looks closed or expired.
-            _capi.answer_buffer(self._address or self.address, answer, mime)
-        else:
-            lease = self._take_lease()
-            try:
-                _capi.answer_buffer(self.address, answer, mime)
-            finally:
-                if lease is not None:
-                    lease.release()
+        try:
+            if self._owner == threading.get_ident():
+                # The callback's thread: no lease needed. The property checks the
+                # object again only when it looks closed or expired.
+                _capi_rest.answer_buffer(self._address or self.address, answer, mime)
+            else:
+                lease = self._take_lease()
+                try:
+                    _capi_rest.answer_buffer(self.address, answer, mime)
+                finally:
+                    if lease is not None:
+                        lease.release()
+        except _capi.OrthancError as error:
+            log_ignored_error("AnswerBuffer", error)
         self.answered = True
 
 
 _MIME_TYPES: dict[str, bytes] = {}
+
+
+def log_ignored_error(method: str, error: _capi.OrthancError) -> None:
+    """Logs Orthanc's refusal of a ``RestOutput`` call whose SDK function returns nothing, instead of raising.
+
+    Such functions (``OrthancPluginAnswerBuffer``, ``OrthancPluginSetHttpHeader``...)
+    cannot report an error in C, so scripts written for the official plugin
+    never see one: a header set after the answer is simply lost there. The
+    script goes on here too, and the log says what was lost.
+    """
+    _capi.log_warning(f"orthanc_py: RestOutput.{method}() was refused by Orthanc: {error.description} "
+                      f"(error {error.code}); the script goes on, as with the official plugin "
+                      "(a header or a second answer after the answer is not sent)")
 
 
 def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., None]) -> None:
@@ -103,7 +131,7 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
             return failure
         return success
 
-    _capi.register_eager_rest_callback(pathRegularExpression, handle, where)
+    _capi_rest.register_eager_rest_callback(pathRegularExpression, handle, where)
 
 
 class _LentRestOutput(RestOutput):

@@ -276,7 +276,7 @@ def RegisterStorageCommitmentScpCallback(factory: StorageCommitmentFactory,
     _check_callable(function, "lookup", lookup)
     if not _claim(function, "storage commitment SCP"):
         return
-    c_strings = _capi._c_strings
+    c_strings = _capi.c_strings
     lookup_where = f"the storage commitment lookup callback {_name(lookup)}"
 
     def c_factory(handler: Any, job_id: bytes | None, transaction_uid: bytes | None, sop_class_uids: Any,

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _capi, _runtime, _sdk
+from .. import _calls, _capi, _capi_rest, _runtime, _sdk
 from .registration import (
     PLUGIN_ERROR,
     SUCCESS,
@@ -61,7 +61,7 @@ _upload_ids = itertools.count(1)
 _uploads_lock = threading.Lock()
 
 
-def _rest_request(request: _capi.HttpRequestView) -> dict[str, Any]:
+def _rest_request(request: _capi_rest.HttpRequestView) -> dict[str, Any]:
     """The keyword arguments of a REST handler, as :func:`orthanc.RegisterRestCallback` gives them (no body)."""
     return {
         "method": request.method,
@@ -72,17 +72,17 @@ def _rest_request(request: _capi.HttpRequestView) -> dict[str, Any]:
 
 
 def _nested(where: str, uri: str, call: Callable[[], int]) -> int:
-    """Runs ``call()`` one REST nesting level deeper; refuses past :data:`_capi.MAX_REST_NESTING`."""
-    depth = getattr(_capi._nesting, "depth", 0)
-    if depth >= _capi.MAX_REST_NESTING:
+    """Runs ``call()`` one REST nesting level deeper; refuses past :data:`_capi_rest.MAX_REST_NESTING`."""
+    depth = getattr(_capi_rest._nesting, "depth", 0)
+    if depth >= _capi_rest.MAX_REST_NESTING:
         _capi.log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
                         f"(a route calling itself through the REST API?); refusing {uri}")
         return PLUGIN_ERROR
-    _capi._nesting.depth = depth + 1
+    _capi_rest._nesting.depth = depth + 1
     try:
         return call()
     finally:
-        _capi._nesting.depth = depth
+        _capi_rest._nesting.depth = depth
 
 
 def _answered(output: Any, where: str, method: str, uri: str) -> int:
@@ -165,7 +165,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_handler(output_address: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            request = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
+            request = _capi_rest.HttpRequestView(_capi_rest._HttpRequest.from_address(request_address or 0))
 
             def call() -> int:
                 output = RestOutput.lent(output_address or 0)
@@ -193,7 +193,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_factory(target: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            view = _capi.HttpRequestView(_capi._HttpRequest.from_address(request_address or 0))
+            view = _capi_rest.HttpRequestView(_capi_rest._HttpRequest.from_address(request_address or 0))
             try:
                 request = _rest_request(view)
             finally:
@@ -420,7 +420,7 @@ def RegisterWebDavCollection(uri: str, isExistingFolder: Callable[[WebDavPath], 
     if not _capi.is_attached():
         return
     _runtime.require_setup(f"orthanc.{function}()")
-    c_strings = _capi._c_strings
+    c_strings = _capi.c_strings
 
     def where(name: str, callback: Callable[..., Any] | None) -> str:
         return f"the WebDAV callback {name} {_name(callback) if callback else ''} of {uri}".replace("  ", " ")
