@@ -367,8 +367,10 @@ static OrthancPluginErrorCode rest_call(int slot, OrthancPluginRestOutput *outpu
   if (PyErr_Occurred())
   {
     /* The callback catches and logs its handler's exceptions itself: this
-     * is Python failing around it (no memory, say). */
-    PyErr_Print();
+     * is Python failing around it (no memory, say). Written as unraisable,
+     * to sys.stderr (Orthanc's log): PyErr_Print() would end the process
+     * on a SystemExit. */
+    PyErr_WriteUnraisable(rest_routes[slot].callback);
     log_error("orthanc_py: %s failed (traceback above)", rest_routes[slot].where);
   }
   Py_XDECREF(result);
