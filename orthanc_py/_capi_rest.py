@@ -37,6 +37,7 @@ from ._capi import (
 
 _thread = _capi._thread  # what _enter_thread() learnt of this thread
 
+
 def _raw_layout(struct: Any, data_fields: tuple[str, ...] = ()) -> Any:
     """The same layout as a generated struct, with plain pointers.
 
