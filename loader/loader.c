@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "orthanc_sdk_subset.h"
@@ -253,6 +254,343 @@ ORTHANC_PLUGINS_API int orthanc_py_pin_thread(void)
   return 1;
 }
 
+/* --- Python on a stack of its own ------------------------------------------
+ *
+ * Orthanc's HTTP threads have 100 KiB stacks, while CPython 3.11 to 3.13 let
+ * a thread nest 1000 Python calls, and C code such as json.loads() recurse
+ * as deep, counting on the megabytes of a main thread: a client's 2 KB of
+ * nested JSON overflowed such a stack and ended Orthanc. So every entry of
+ * an Orthanc thread with a small stack into Python (a REST route through
+ * rest_call(), any other callback through _orthanc_py_loader.call()) runs on
+ * a stack of PYTHON_STACK_SIZE that the loader maps for that thread the
+ * first time, and unmaps when the thread ends. Python then has the depth it
+ * has in `python script.py` and raises RecursionError where it would there.
+ * Orthanc's own code that Python calls (the REST API, a storage read) runs
+ * on that stack too, so callbacks nested through it share its depth.
+ *
+ * CPython 3.14 measures the machine stack itself; it is told of the switch
+ * (PyUnstable_ThreadState_SetStackProtection, from 3.14.1). Without that
+ * function, Python stays on the thread's stack, where 3.14 raises
+ * RecursionError on its own. */
+
+#define PYTHON_STACK_SIZE ((size_t)8 * 1024 * 1024)
+
+typedef struct
+{
+  char *mapping;      /* the stack's mapping, a guard page at its low end; NULL if none */
+  size_t mapping_size;
+  int checked;        /* whether the thread's own stack size was looked at */
+  int small;          /* whether it is smaller than PYTHON_STACK_SIZE */
+  int active;         /* Python runs on the mapping now: nested entries stay on it */
+  int depth;          /* entries of this thread into Python that have not returned */
+} python_stack;
+
+static __thread python_stack this_thread_stack;
+/* Its destructor unmaps a thread's stack when the thread ends. */
+static pthread_key_t stack_key;
+
+#if PY_VERSION_HEX >= 0x030E0000
+typedef int (*set_stack_protection_fn)(PyThreadState *, void *, size_t);
+typedef void (*reset_stack_protection_fn)(PyThreadState *);
+static set_stack_protection_fn set_stack_protection = NULL;
+static reset_stack_protection_fn reset_stack_protection = NULL;
+#endif
+/* Whether this CPython can run on a stack of ours (see above). */
+static int can_switch_stacks = 0;
+
+/* Calls function(argument) with the stack pointer at `top` (16-byte aligned)
+ * and returns its result. The caller's frame pointer stays in rbp/x29, so
+ * debuggers and unwinders walk back to the thread's own stack. */
+/* Hidden: the loader's own, defined in assembly below. */
+__attribute__((visibility("hidden"))) void *orthanc_py_call_on_stack(void *(*function)(void *), void *argument,
+                                                                        void *top);
+
+#if defined(__x86_64__)
+__asm__(".pushsection .text\n"
+        ".p2align 4\n"
+        ".globl orthanc_py_call_on_stack\n"
+        ".hidden orthanc_py_call_on_stack\n"
+        ".type orthanc_py_call_on_stack, @function\n"
+        "orthanc_py_call_on_stack:\n"
+        ".cfi_startproc\n"
+#if defined(__CET__)
+        "  endbr64\n"
+#endif
+        "  pushq %rbp\n"
+        ".cfi_def_cfa_offset 16\n"
+        ".cfi_offset %rbp, -16\n"
+        "  movq %rsp, %rbp\n"
+        ".cfi_def_cfa_register %rbp\n"
+        "  movq %rdx, %rsp\n"
+        "  movq %rdi, %rax\n"
+        "  movq %rsi, %rdi\n"
+        "  callq *%rax\n"
+        "  movq %rbp, %rsp\n"
+        "  popq %rbp\n"
+        ".cfi_def_cfa %rsp, 8\n"
+        "  retq\n"
+        ".cfi_endproc\n"
+        ".size orthanc_py_call_on_stack, .-orthanc_py_call_on_stack\n"
+        ".popsection\n");
+#define HAVE_CALL_ON_STACK 1
+#elif defined(__aarch64__)
+__asm__(".pushsection .text\n"
+        ".p2align 2\n"
+        ".globl orthanc_py_call_on_stack\n"
+        ".hidden orthanc_py_call_on_stack\n"
+        ".type orthanc_py_call_on_stack, %function\n"
+        "orthanc_py_call_on_stack:\n"
+        ".cfi_startproc\n"
+        "  stp x29, x30, [sp, #-16]!\n"
+        ".cfi_def_cfa_offset 16\n"
+        ".cfi_offset x29, -16\n"
+        ".cfi_offset x30, -8\n"
+        "  mov x29, sp\n"
+        ".cfi_def_cfa_register x29\n"
+        "  mov x3, x0\n"
+        "  mov x0, x1\n"
+        "  mov sp, x2\n"
+        "  blr x3\n"
+        "  mov sp, x29\n"
+        ".cfi_def_cfa_register sp\n"
+        "  ldp x29, x30, [sp], #16\n"
+        ".cfi_def_cfa_offset 0\n"
+        ".cfi_restore x29\n"
+        ".cfi_restore x30\n"
+        "  ret\n"
+        ".cfi_endproc\n"
+        ".size orthanc_py_call_on_stack, .-orthanc_py_call_on_stack\n"
+        ".popsection\n");
+#define HAVE_CALL_ON_STACK 1
+#else
+#define HAVE_CALL_ON_STACK 0
+#endif
+
+#if !HAVE_CALL_ON_STACK || defined(ORTHANC_PY_UCONTEXT_STACKS)
+/* Other processors switch through ucontext (two system calls more per
+ * entry, for the signal mask); ORTHANC_PY_UCONTEXT_STACKS selects it on any
+ * processor, which is how the tests run this path. */
+#include <ucontext.h>
+static __thread struct
+{
+  void *(*function)(void *);
+  void *argument;
+  void *result;
+} ucontext_call;
+
+static void run_ucontext_call(void)
+{
+  ucontext_call.result = ucontext_call.function(ucontext_call.argument);
+}
+
+static void *call_on_mapping(void *(*function)(void *), void *argument, char *low, size_t size)
+{
+  ucontext_t caller, callee;
+  if (getcontext(&callee) != 0)
+    return function(argument);
+  callee.uc_stack.ss_sp = low;
+  callee.uc_stack.ss_size = size;
+  callee.uc_link = &caller;
+  ucontext_call.function = function;
+  ucontext_call.argument = argument;
+  makecontext(&callee, run_ucontext_call, 0);
+  if (swapcontext(&caller, &callee) != 0)
+    return function(argument);
+  return ucontext_call.result;
+}
+#else
+static void *call_on_mapping(void *(*function)(void *), void *argument, char *low, size_t size)
+{
+  uintptr_t top = ((uintptr_t)low + size) & ~(uintptr_t)15;
+  return orthanc_py_call_on_stack(function, argument, (void *)top);
+}
+#endif
+
+static size_t python_stack_mapping_size(void)
+{
+  return PYTHON_STACK_SIZE + (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void unmap_thread_stack(void *mapping)
+{
+  if (mapping != NULL)
+    munmap(mapping, python_stack_mapping_size());
+}
+
+/* The calling thread's own stack (lowest address and size); size 0 when unknown. */
+static size_t own_stack(char **low)
+{
+  pthread_attr_t attributes;
+  size_t size = 0;
+  void *start = NULL;
+  if (pthread_getattr_np(pthread_self(), &attributes) != 0)
+    return 0;
+  if (pthread_attr_getstack(&attributes, &start, &size) != 0)
+    size = 0;
+  pthread_attr_destroy(&attributes);
+  *low = start;
+  return size;
+}
+
+/* Whether Python should run on a stack of ours on this thread, mapping it
+ * the first time. A thread whose own stack is large enough keeps it. */
+static int use_python_stack(python_stack *stack)
+{
+  if (!stack->checked)
+  {
+    stack->checked = 1;
+    char *low;
+    size_t size = own_stack(&low);
+    stack->small = can_switch_stacks && size != 0 && size < PYTHON_STACK_SIZE;
+  }
+  if (!stack->small)
+    return 0;
+  if (stack->mapping == NULL)
+  {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t size = python_stack_mapping_size();
+    /* Pages are only backed by memory once used: a thread that never
+     * recurses costs a few pages. */
+    char *mapping = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK,
+                         -1, 0);
+    if (mapping == MAP_FAILED)
+    {
+      stack->small = 0;
+      log_error("orthanc_py: cannot map a %zu-byte stack for Python on this thread; Python runs on the "
+                "thread's own stack, where deep recursion may end Orthanc", size);
+      return 0;
+    }
+    /* The guard page: an overflow faults here instead of writing below. */
+    mprotect(mapping, page, PROT_NONE);
+    stack->mapping = mapping;
+    stack->mapping_size = size;
+    pthread_setspecific(stack_key, mapping);
+  }
+  return 1;
+}
+
+typedef struct
+{
+  PyObject *callable;
+  PyObject *const *args;
+  size_t nargs;
+  PyObject *result;
+} python_call;
+
+static void *run_python_call(void *argument)
+{
+  python_call *call = argument;
+  call->result = PyObject_Vectorcall(call->callable, call->args, call->nargs, NULL);
+  return NULL;
+}
+
+/* callable(*args), with the GIL held, on the thread's Python stack when it
+ * needs one. Every entry of an Orthanc thread into Python comes here. */
+static PyObject *call_python(PyObject *callable, PyObject *const *args, size_t nargs)
+{
+  python_stack *stack = &this_thread_stack;
+  python_call call = {callable, args, nargs, NULL};
+  stack->depth++;
+  if (stack->active || !use_python_stack(stack))
+    run_python_call(&call);
+  else
+  {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *low = stack->mapping + page;
+    size_t size = stack->mapping_size - page;
+#if PY_VERSION_HEX >= 0x030E0000
+    PyThreadState *state = PyThreadState_Get();
+    if (set_stack_protection(state, low, size) != 0)
+    {
+      stack->depth--;
+      return NULL;
+    }
+#endif
+    stack->active = 1;
+    call_on_mapping(run_python_call, &call, low, size);
+    stack->active = 0;
+#if PY_VERSION_HEX >= 0x030E0000
+    reset_stack_protection(state);
+#endif
+  }
+  stack->depth--;
+  return call.result;
+}
+
+/* Decides whether this CPython may switch stacks; once, at start. */
+static void setup_python_stacks(void)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+  set_stack_protection = (set_stack_protection_fn)dlsym(RTLD_DEFAULT, "PyUnstable_ThreadState_SetStackProtection");
+  reset_stack_protection =
+      (reset_stack_protection_fn)dlsym(RTLD_DEFAULT, "PyUnstable_ThreadState_ResetStackProtection");
+  can_switch_stacks = set_stack_protection != NULL && reset_stack_protection != NULL;
+#else
+  can_switch_stacks = 1;
+#endif
+}
+
+/* --- _orthanc_py_loader: the loader's functions for Python -----------------
+ *
+ * A built-in module, present only inside Orthanc, imported by
+ * orthanc_py._capi. */
+
+/* call(function, *args): function(*args) on this thread's Python stack. */
+static PyObject *loader_call(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+  (void)module;
+  if (nargs < 1)
+  {
+    PyErr_SetString(PyExc_TypeError, "call() needs the function to call");
+    return NULL;
+  }
+  return call_python(args[0], args + 1, (size_t)(nargs - 1));
+}
+
+/* depth(): how many entries of this thread into Python are running. */
+static PyObject *loader_depth(PyObject *module, PyObject *unused)
+{
+  (void)module;
+  (void)unused;
+  return PyLong_FromLong(this_thread_stack.depth);
+}
+
+/* stack(): where Python runs on this thread, as a dict: the size of the
+ * thread's own stack, whether Python is on a stack of the loader's, and how
+ * many bytes are left below this call on the stack in use. */
+static PyObject *loader_stack(PyObject *module, PyObject *unused)
+{
+  (void)module;
+  (void)unused;
+  python_stack *stack = &this_thread_stack;
+  char here;
+  char *low = NULL;
+  size_t size = own_stack(&low);
+  if (stack->active)
+    low = stack->mapping + (size_t)sysconf(_SC_PAGESIZE);
+  Py_ssize_t free_bytes = low != NULL ? (Py_ssize_t)(&here - low) : -1;
+  return Py_BuildValue("{s:n,s:O,s:n,s:n}", "thread_stack", (Py_ssize_t)size, "on_python_stack",
+                       stack->active ? Py_True : Py_False, "python_stack", (Py_ssize_t)PYTHON_STACK_SIZE,
+                       "free", free_bytes);
+}
+
+static PyMethodDef loader_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))loader_call, METH_FASTCALL,
+     "call(function, *args): function(*args) on this thread's Python stack."},
+    {"depth", loader_depth, METH_NOARGS, "depth(): this thread's entries into Python that are running."},
+    {"stack", loader_stack, METH_NOARGS,
+     "stack(): {thread_stack, on_python_stack, python_stack, free}: where Python runs on this thread."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef loader_module = {PyModuleDef_HEAD_INIT, "_orthanc_py_loader",
+                                           "The orthanc_py loader's functions (inside Orthanc only).", -1,
+                                           loader_methods, NULL, NULL, NULL, NULL};
+
+static PyObject *init_loader_module(void)
+{
+  return PyModule_Create(&loader_module);
+}
+
 /* --- REST routes -----------------------------------------------------------
  *
  * Every request to a Python route goes through here. Python registers the
@@ -288,7 +626,16 @@ static OrthancPluginErrorCode send_answer(OrthancPluginRestOutput *output, const
 {
   _OrthancPluginAnswerBuffer params = {output, body, (uint32_t)size, mime};
   OrthancPluginErrorCode code = context->InvokeService(context, _OrthancPluginService_AnswerBuffer, &params);
-  if (code != OrthancPluginErrorCode_Success)
+  if (code == OrthancPluginErrorCode_NetworkProtocol)
+  {
+    /* The client left before its answer: not a fault of the server, and a
+     * flood under load at any higher level. */
+    char message[512];
+    snprintf(message, sizeof(message), "orthanc_py: %s: the client closed the connection before its answer",
+             rest_routes[slot].where);
+    OrthancPluginLogInfo(context, message);
+  }
+  else if (code != OrthancPluginErrorCode_Success)
     log_error("orthanc_py: %s: sending its answer (%zu bytes) failed: %s", rest_routes[slot].where, size,
               OrthancPluginGetErrorDescription(context, code));
   return code;
@@ -352,7 +699,7 @@ static OrthancPluginErrorCode rest_call(int slot, OrthancPluginRestOutput *outpu
   }
   PyObject *result = NULL;
   if (args[0] != NULL && args[1] != NULL && args[2] != NULL)
-    result = PyObject_Vectorcall(rest_routes[slot].callback, args, 3, NULL);
+    result = call_python(rest_routes[slot].callback, args, 3);
   for (int i = 0; i < 3; i++)
     Py_XDECREF(args[i]);
   if (result != NULL && PyTuple_CheckExact(result) && PyTuple_GET_SIZE(result) == 3)
@@ -469,9 +816,16 @@ static int start_once(const char *loader, const char *venv)
   snprintf(program, sizeof(program), "%s/bin/python3", venv);
   if (access(program, X_OK) != 0)
     snprintf(program, sizeof(program), "%s/bin/python", venv);
+  if (PyImport_AppendInittab("_orthanc_py_loader", init_loader_module) != 0)
+  {
+    log_error("orthanc_py: cannot add the loader's module to Python");
+    return -1;
+  }
   if (start_interpreter(program) != 0)
     return -1;
-  if (pthread_key_create(&pinned_key, release_pinned_thread) != 0)
+  setup_python_stacks();
+  if (pthread_key_create(&pinned_key, release_pinned_thread) != 0 ||
+      pthread_key_create(&stack_key, unmap_thread_stack) != 0)
   {
     log_error("orthanc_py: cannot create a thread-local key");
     return -1;

@@ -36,6 +36,7 @@ typedef enum
 {
   OrthancPluginErrorCode_Success = 0,
   OrthancPluginErrorCode_Plugin = 1,
+  OrthancPluginErrorCode_NetworkProtocol = 9,
   _OrthancPluginErrorCode_INTERNAL = 0x7fffffff
 } OrthancPluginErrorCode;
 

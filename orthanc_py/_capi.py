@@ -171,14 +171,57 @@ def orthanc_version() -> str:
     return _require("orthanc_version()").orthanc_version
 
 
+MAX_NESTING = 16
+"""How many callbacks may run nested in one another on one thread when a call of the REST API is made.
+
+A callback that calls Orthanc's REST API runs Orthanc's code on its own
+thread, and that code may call callbacks again (a stored-instance handler
+that uploads an instance, a route calling a route): a script whose calls
+trigger themselves would go on until the stack ends. At this depth the REST
+call is refused with :class:`NestingError` instead, before Orthanc does
+anything: an upload refused there is not stored. Sixteen levels use well
+under half of the loader's Python stack, measured with uploads nested
+through stored-instance callbacks."""
+
+# The services that may run callbacks of the script again, on the calling thread.
+_REENTRANT = frozenset(
+    int(getattr(Service, name)) for name in (
+        "RestApiGet", "RestApiPost", "RestApiPut", "RestApiDelete", "RestApiGet2", "CallRestApi",
+        "RestApiGetAfterPlugins", "RestApiPostAfterPlugins", "RestApiPutAfterPlugins", "RestApiDeleteAfterPlugins",
+    ) if hasattr(Service, name)
+)
+
+
+class NestingError(OrthancError):
+    """A call of the REST API was refused: too many callbacks already run nested on this thread.
+
+    An :class:`OrthancError` (code ``Plugin``), so that scripts catching
+    ``orthanc.OrthancException`` catch it too.
+    """
+
+    def __init__(self, what: str, depth: int) -> None:
+        super().__init__(int(ErrorCode.Plugin), (
+            f"{what} refused: {depth} callbacks already run nested in one another on this thread "
+            f"(the limit is {MAX_NESTING}); a callback whose REST calls trigger it again (a "
+            "stored-instance handler uploading instances, a route calling itself) must stop before that"
+        ))
+
+
 def invoke(service: Service, params: Any, what: str = "") -> None:
     """Calls one SDK service; raises :class:`OrthancError` when Orthanc refuses it.
 
     :param service: the ``_OrthancPluginService`` number.
     :param params: a ctypes structure (passed by reference), ``bytes``, or ``None``.
     :param what: the name to use in error messages (defaults to the service name).
+    :raises NestingError: for a call of the REST API from :data:`MAX_NESTING` nested callbacks.
     """
     context = _require(what or service.name)
+    if service in _REENTRANT:
+        depth = python_depth()
+        if depth >= MAX_NESTING:
+            uri = getattr(params, "uri", None)
+            name = what or service.name
+            raise NestingError(f"{name} {uri.decode('utf-8', 'replace')}" if isinstance(uri, bytes) else name, depth)
     if isinstance(params, ctypes.Structure):
         params = ctypes.byref(params)
     ident = threading.get_ident()
@@ -403,9 +446,25 @@ _pin: Callable[[], int] | None = None
 _register_rest: Callable[[bytes, Any, bytes], int] | None = None
 
 
+def _call_here(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+def _no_depth() -> int:
+    return 0
+
+
+# The loader's built-in module (see "Python on a stack of its own" in
+# loader.c), or stand-ins outside Orthanc: ``call(function, *args)`` runs
+# the function on the thread's Python stack, ``depth()`` counts this
+# thread's entries into Python that are running.
+call_on_python_stack: Callable[..., Any] = _call_here
+python_depth: Callable[[], int] = _no_depth
+
+
 def use_loader(path: str) -> None:
-    """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry)."""
-    global _pin, _register_rest
+    """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry, its Python stacks)."""
+    global _pin, _register_rest, call_on_python_stack, python_depth
     loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the functions expect
     pin = loader.orthanc_py_pin_thread
     pin.restype, pin.argtypes = ctypes.c_int, []
@@ -413,6 +472,10 @@ def use_loader(path: str) -> None:
     register = loader.orthanc_py_register_rest
     register.restype, register.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.py_object, ctypes.c_char_p]
     _register_rest = register
+    import _orthanc_py_loader  # type: ignore[import-not-found]  # built into the loader
+
+    call_on_python_stack = _orthanc_py_loader.call
+    python_depth = _orthanc_py_loader.depth
 
 
 def _enter_thread() -> None:
@@ -446,7 +509,9 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
             try:
                 if not getattr(_thread, "entered", False):
                     _enter_thread()
-                return function(*args)
+                # On Orthanc's small-stacked threads, the callback runs on a
+                # stack of the loader's, deep enough for Python's recursion limit.
+                return call_on_python_stack(function, *args)
             except BaseException:
                 with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
                     report_exception(where)

@@ -31,7 +31,6 @@ from ._capi import (
     error_description,
     invoke,
     keep_alive,
-    log_error,
     report_exception,
 )
 
@@ -208,15 +207,9 @@ class HttpRequestView(Borrowed):
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]
-MAX_REST_NESTING = 6
-"""How many REST callbacks may be nested on one thread (routes calling routes through the REST API).
-
-Each level costs Orthanc's HTTP threads a deep slice of their C stack: about ten crashed Orthanc 1.10
-in our measurements, so six leaves a margin for handlers that use more."""
 
 
 class _Nesting(threading.local):
-    depth = 0  # REST callbacks running on this thread
     # [output, (body, mime type) or None]: the innermost callback's answer,
     # left to the loader to send (see answer_buffer()); None outside one.
     box: list[Any] | None = None
@@ -304,15 +297,6 @@ def _rest_regex(path_regex: str, where: str) -> bytes:
     return regex
 
 
-def _too_deep(where: str, depth: int, uri: str) -> int:
-    # A handler that calls the REST API re-enters Orthanc on this very
-    # thread; one that ends up calling itself would grow the C stack until
-    # the process dies. Past a sane depth, refuse instead.
-    log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
-              f"(a route calling itself through the REST API?); refusing {uri}")
-    return int(ErrorCode.Plugin)
-
-
 def _register_raw_rest_callback(regex: bytes, handler: Callable[[int, str, Any], int], read: Callable[[int], Any],
                                 lent: bool, where: str) -> None:
     """Registers the C callback of a REST route: ``handler(output_address, uri, read(request_address))``.
@@ -329,7 +313,18 @@ def _register_raw_rest_callback(regex: bytes, handler: Callable[[int, str, Any],
             return
     # Same ABI as OrthancPluginRestCallback, with the pointers as plain
     # addresses: ctypes then builds no pointer objects on each request.
-    c_callback = keep_alive(_RawRestCallback(_rest_entry(handler, read, lent, where, through_loader=False)))
+    entry = _rest_entry(handler, read, lent, where, through_loader=False)
+    failure = int(ErrorCode.Plugin)
+
+    def on_python_stack(output: int, url: bytes | None, request: int) -> int:
+        try:
+            return _capi.call_on_python_stack(entry, output, url, request)  # type: ignore[no-any-return]
+        except BaseException:  # the entry catches its own: this is the switch failing
+            with contextlib.suppress(BaseException):
+                report_exception(where)
+            return failure
+
+    c_callback = keep_alive(_RawRestCallback(on_python_stack))
     params = keep_alive(_sdk._OrthancPluginRestCallback())
     params.pathRegularExpression = regex
     params.callback = ctypes.cast(c_callback, _sdk.OrthancPluginRestCallback)
@@ -341,10 +336,10 @@ def _rest_entry(handler: Callable[[int, str, Any], int], read: Callable[[int], A
     """The Python function Orthanc's thread enters for each request to a route.
 
     What :func:`trampoline` does (the thread's first entry, every exception
-    caught and logged) is written out here, with the nesting guard, in one
-    Python function: it runs on every request. ``through_loader``: the
-    loader calls it and sends the answer it returns, ``(code, body, mime
-    type)``, after it (see :func:`answer_buffer`); else it returns the code.
+    caught and logged) is written out here, in one Python function: it runs
+    on every request. ``through_loader``: the loader calls it on the
+    thread's Python stack and sends the answer it returns, ``(code, body,
+    mime type)``, after it (see :func:`answer_buffer`); else it returns the code.
     """
     failure = int(ErrorCode.Plugin)
     state = _nesting
@@ -355,10 +350,6 @@ def _rest_entry(handler: Callable[[int, str, Any], int], read: Callable[[int], A
             if not getattr(_thread, "entered", False):
                 _enter_thread()
             uri = url.decode("utf-8", "replace") if url else ""
-            depth = state.depth
-            if depth >= MAX_REST_NESTING:
-                return _too_deep(where, depth, uri)
-            state.depth = depth + 1
             outer = state.box
             if through_loader:
                 box = state.box = [output, None]
@@ -370,7 +361,6 @@ def _rest_entry(handler: Callable[[int, str, Any], int], read: Callable[[int], A
                     if lent:
                         argument._expire()  # Orthanc frees the request once we return
             finally:
-                state.depth = depth
                 state.box = outer
             if box is None or box[1] is None:
                 return code

@@ -226,9 +226,11 @@ def on_received_instance(function: F) -> F:
     ``"Status": "FilteredOut"``), or ``bytes``: a DICOM file stored instead.
     Several handlers run in order, each seeing what the one before kept.
 
-    A handler that raises or returns something else is logged, and the
-    instance is stored as received: nothing a modality sent is lost. Orthanc
-    runs handlers synchronously with its core: do not call :mod:`orthanc_py.rest` here.
+    A handler that raises or returns something else is logged with its name
+    and what it returned, and the instance is refused: nothing is stored, the
+    upload or C-STORE fails and the sender keeps the instance. A hook that
+    guards data fails closed. Orthanc runs handlers synchronously with its
+    core: do not call :mod:`orthanc_py.rest` here.
     """
     if not callable(function):
         raise TypeError(f"@on_received_instance: the handler must be callable, not {type(function).__name__}")

@@ -119,7 +119,8 @@ class Request:
     def json(self) -> Any:
         """The body parsed as JSON.
 
-        :raises HTTPError: 400, with the parser's message, when the body is not JSON.
+        :raises HTTPError: 400, with the parser's message, when the body is not JSON,
+            or is nested deeper than Python's recursion limit lets it parse.
         """
         if not self.body:
             raise HTTPError(400, "the body is empty: JSON expected")
@@ -127,6 +128,10 @@ class Request:
             return json.loads(self.body)
         except ValueError as error:
             raise HTTPError(400, f"the body is not valid JSON: {error}") from None
+        except RecursionError:
+            # A client's input, not a fault of the server: a few KB of
+            # brackets reach the limit.
+            raise HTTPError(400, "the JSON body is nested too deeply to be parsed") from None
 
     def detached(self) -> Request:
         """A complete copy that outlives the handler (and pickles)."""
@@ -572,7 +577,8 @@ class _Endpoint:
                 _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
                 return int(_capi.ErrorCode.Plugin)
             # The client went away before the answer was sent: nothing to fix.
-            _capi.log_info(f"orthanc_py: the client of {method} {uri} closed the connection before the answer")
+            # The same words and level as the loader's (send_answer() in loader.c).
+            _capi.log_info(f"orthanc_py: {self.where}: the client closed the connection before its answer")
         except Exception:
             _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
             return int(_capi.ErrorCode.Plugin)

@@ -484,6 +484,29 @@ def test_on_received_instance_keeps_changes_or_drops(make_orthanc):
     assert patients == {"KEEP-ME", "MODIFY-ME"}
 
 
+def test_on_received_instance_that_fails_refuses_the_instance(make_orthanc):
+    server = make_orthanc(
+        """
+        from orthanc_py import on_received_instance
+
+        @on_received_instance
+        def deidentify(instance):
+            if b"RAISE" in instance.data:
+                raise RuntimeError("de-identification failed")
+            if b"TEXT" in instance.data:
+                return "done"
+            return None
+        """
+    )
+    for patient in ("RAISE", "TEXT"):
+        assert server.post("/instances", make_dicom(patient_id=patient)).status == 500
+    assert server.get_json("/instances") == [], "the originals a failed handler saw are not stored"
+    assert "RuntimeError: de-identification failed" in server.log
+    assert "deidentify returned str" in server.log
+    assert server.post("/instances", make_dicom(patient_id="FINE")).status == 200
+    assert len(server.get_json("/instances")) == 1
+
+
 def test_offload_accepts_any_executor(make_orthanc):
     server = make_orthanc(
         """

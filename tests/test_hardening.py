@@ -188,7 +188,7 @@ def test_reentrant_rest_calls_work_and_runaway_ones_are_refused(misbehaving):
     assert misbehaving.get("/reenter/5").text == "bottom"
     runaway = misbehaving.get("/forever")
     assert runaway.status == 500
-    assert "REST calls nested in one another on one thread" in misbehaving.log
+    assert "callbacks already run nested in one another on this thread" in misbehaving.log
     assert misbehaving.get("/fine").text == "fine"
 
 

@@ -87,44 +87,86 @@ import re
 def Received(dicom, origin):
     patient = re.search(rb"RCV-[A-Z]+", dicom).group(0).decode()
     RECORDED[patient] = [type(dicom).__name__, origin]
-    keep = orthanc.ReceivedInstanceAction.KEEP_AS_IS
+    action = orthanc.ReceivedInstanceAction
     if patient.endswith("DISCARD"):
-        return orthanc.ReceivedInstanceAction.DISCARD, None
+        return action.DISCARD, None
     if patient.endswith("MODIFY"):
         # Same length, so the DICOM element lengths stay right.
-        return orthanc.ReceivedInstanceAction.MODIFY, dicom.replace(b"Doe^John", b"Mod^Ifed")
+        return action.MODIFY, dicom.replace(b"Doe^John", b"Mod^Ifed")
     if patient.endswith("RAISE"):
         raise ValueError("received-instance callback failed")
+    if patient.endswith("NONE"):
+        return None
+    if patient.endswith("TEXT"):
+        return "keep it"
     if patient.endswith("NOTUPLE"):
-        return keep
-    return keep, None
+        return action.KEEP_AS_IS
+    if patient.endswith("UNKNOWN"):
+        return 99, None
+    if patient.endswith("NOTDICOM"):
+        return action.MODIFY, b"this is not a DICOM file"
+    if patient.endswith("EMPTY"):
+        return action.MODIFY, b""
+    return action.KEEP_AS_IS, None
 
 orthanc.RegisterReceivedInstanceCallback(Received)
 """
+# What a broken callback returns, and what orthanc_py's log then says of it.
+BROKEN_RECEIVED = {
+    "RAISE": "ValueError: received-instance callback failed",
+    "NONE": "returned NoneType, not a tuple (action, modifiedDicom)",
+    "TEXT": "returned str, not a tuple (action, modifiedDicom)",
+    "NOTUPLE": "returned int, not a tuple (action, modifiedDicom)",
+    "UNKNOWN": "returned the action 99, not an orthanc.ReceivedInstanceAction value",
+    "NOTDICOM": None,  # Orthanc itself refuses bytes that are not DICOM (400)
+    "EMPTY": "returned MODIFY with an empty file",
+}
 
 
 def test_received_instances_are_kept_modified_or_discarded(make_orthanc, plugin):
     server = start(make_orthanc, plugin, RECEIVED)
     statuses = {}
-    for action in ("KEEP", "DISCARD", "MODIFY", "RAISE", "NOTUPLE"):
+    for action in ("KEEP", "DISCARD", "MODIFY"):
         answer = server.post("/instances", make_dicom(patient_id=f"RCV-{action}"))
         assert answer.status == 200, answer.text
         statuses[action] = answer.json()["Status"]
-    assert statuses["DISCARD"] == "FilteredOut"
-    assert statuses["KEEP"] == statuses["MODIFY"] == "Success"
-
-    # A failing callback loses nothing: the instance is stored as received.
-    assert patient_ids(server) == ["RCV-KEEP", "RCV-MODIFY", "RCV-NOTUPLE", "RCV-RAISE"]
+    assert statuses == {"KEEP": "Success", "DISCARD": "FilteredOut", "MODIFY": "Success"}
+    assert patient_ids(server) == ["RCV-KEEP", "RCV-MODIFY"]
     names = {
         tags["PatientID"]: tags["PatientName"]
         for tags in (server.get_json(f"/instances/{i}/simplified-tags") for i in server.get_json("/instances"))
     }
-    assert names == {"RCV-KEEP": "Doe^John", "RCV-MODIFY": "Mod^Ifed", "RCV-NOTUPLE": "Doe^John",
-                     "RCV-RAISE": "Doe^John"}
-    assert "received-instance callback failed" in server.log
-
+    assert names == {"RCV-KEEP": "Doe^John", "RCV-MODIFY": "Mod^Ifed"}
     seen = recorded(server)
     assert seen["RCV-KEEP"] == ["bytes", _compat.InstanceOrigin.REST_API]
+
+
+def test_a_broken_received_instance_callback_refuses_the_instance(make_orthanc):
+    # Fails closed: a de-identification callback that breaks must not let the
+    # original through. (The official plugin 4.0 stores the instance as
+    # received when its callback raises or returns None, text or a bare action.)
+    server = start(make_orthanc, None, RECEIVED)
+    for case, logged in BROKEN_RECEIVED.items():
+        answer = server.post("/instances", make_dicom(patient_id=f"RCV-{case}"))
+        assert answer.status in (400, 500), (case, answer.text)
+        if logged is not None:
+            assert logged in server.log, case
+    assert server.get_json("/instances") == [], "nothing a broken callback saw is stored"
+    assert "the received-instance callback Received" in server.log
+    assert "the instance is refused" in server.log
+    assert server.post("/instances", make_dicom(patient_id="RCV-KEEP")).status == 200
+    assert patient_ids(server) == ["RCV-KEEP"]
+
+
+@needs_dcmtk
+def test_a_broken_received_instance_callback_fails_the_c_store(make_orthanc, tmp_path):
+    server = start(make_orthanc, None, RECEIVED)
+    path = tmp_path / "raise.dcm"
+    path.write_bytes(make_dicom(patient_id="RCV-RAISE"))
+    sent = storescu(server, path)
+    assert "Failed" in sent.stdout + sent.stderr or sent.returncode != 0, sent
+    assert server.get_json("/instances") == []
+    assert "received-instance callback failed" in server.log
 
 
 @needs_dcmtk

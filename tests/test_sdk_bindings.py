@@ -643,7 +643,8 @@ int main(void)
   printf("offset InvokeService %zu\n", offsetof(OrthancPluginContext, InvokeService));
   printf("sizeof error code %zu\n", sizeof(OrthancPluginErrorCode));
   printf("sizeof service %zu\n", sizeof(_OrthancPluginService));
-  printf("error Success %d Plugin %d\n", (int)OrthancPluginErrorCode_Success, (int)OrthancPluginErrorCode_Plugin);
+  printf("error Success %d Plugin %d NetworkProtocol %d\n", (int)OrthancPluginErrorCode_Success,
+         (int)OrthancPluginErrorCode_Plugin, (int)OrthancPluginErrorCode_NetworkProtocol);
   printf("service LogInfo %d LogWarning %d LogError %d\n", (int)_OrthancPluginService_LogInfo,
          (int)_OrthancPluginService_LogWarning, (int)_OrthancPluginService_LogError);
   printf("minimal %d.%d.%d\n", ORTHANC_PLUGINS_MINIMAL_MAJOR_NUMBER, ORTHANC_PLUGINS_MINIMAL_MINOR_NUMBER,

@@ -100,6 +100,15 @@ def RegisterIncomingHttpRequestFilter(callback: HttpRequestFilter) -> None:
 
 ReceivedInstanceCallback = Callable[[bytes, int], Any]
 
+REFUSE_INSTANCE = 0
+"""What a failed received-instance callback returns to Orthanc: no action at all.
+
+Orthanc refuses the instance for any value that is not a
+``ReceivedInstanceAction`` ("The ReceivedInstanceCallback has returned an
+invalid value"): the upload or C-STORE fails and nothing is stored. A
+callback that transforms what is stored (de-identification, say) must not
+let the original through when it breaks."""
+
 
 def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None:
     """Registers ``callback(receivedDicom, origin)``, which may keep, change or drop each received instance.
@@ -116,8 +125,11 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
       API answers ``"Status": "FilteredOut"``).
 
     When the callback raises or returns something else, the reason goes to
-    Orthanc's log and the instance is stored as received, so that nothing a
-    modality sent is lost.
+    Orthanc's log, with the callback's name and what it returned, and the
+    instance is refused: nothing is stored, the REST API answers an error and
+    a C-STORE fails, so that the sender keeps the instance and can send it
+    again. A hook that guards data fails closed: a de-identification
+    callback that breaks must never let the original through.
 
     Orthanc runs this callback synchronously with its core: do not call the
     REST API from it.
@@ -134,16 +146,16 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
     actions = {int(action) for action in Action}
 
     def refuse(why: str) -> int:
-        _capi.log_error(f"orthanc_py: {where} {why}; the instance is stored as received")
-        return int(Action.KeepAsIs)
+        _capi.log_error(f"orthanc_py: {where} {why}; the instance is refused")
+        return REFUSE_INSTANCE
 
     def c_received(modified: Any, data: Any, size: int, origin: int) -> int:
         received = _capi.copy_memory(data, size)
         try:
             result = callback(received, origin)
-        except BaseException:  # logged; the instance is kept (see below)
-            _capi.report_exception(where)
-            return int(Action.KeepAsIs)
+        except BaseException:  # logged; the instance is refused (see below)
+            _capi.report_exception(f"{where}; the instance is refused")
+            return REFUSE_INSTANCE
         if not isinstance(result, (tuple, list)):
             return refuse(f"returned {type(result).__name__}, not a tuple (action, modifiedDicom)")
         if len(result) != 2:
@@ -155,19 +167,14 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
             return int(action)
         if not isinstance(buffer, (bytes, bytearray, memoryview)):
             return refuse(f"returned MODIFY with {type(buffer).__name__}, not the modified DICOM file as bytes")
+        if not buffer:
+            return refuse("returned MODIFY with an empty file, not the modified DICOM file")
         _fill_buffer64(modified, bytes(buffer))
         return int(Action.Modify)
 
     params = _sdk._OrthancPluginReceivedInstanceCallback()
-    # Why "keep as received" when the script fails, rather than refuse: the
-    # bytes are exactly what the sender sent, so storing them loses nothing,
-    # and the log says what went wrong; the instance can still be changed or
-    # deleted through the REST API. Refusing would need an undocumented trick
-    # (MODIFY with no buffer) and turn any bug of the script into failed
-    # transfers, which some modalities never retry. The official plugin keeps
-    # the instance too.
     params.callback = _capi.trampoline(
-        _sdk.OrthancPluginReceivedInstanceCallback, where, on_error=int(Action.KeepAsIs)
+        _sdk.OrthancPluginReceivedInstanceCallback, where, on_error=REFUSE_INSTANCE
     )(c_received)
     _register(Service.RegisterReceivedInstanceCallback, params, function)
 

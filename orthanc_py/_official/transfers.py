@@ -71,20 +71,6 @@ def _rest_request(request: _capi_rest.HttpRequestView) -> dict[str, Any]:
     }
 
 
-def _nested(where: str, uri: str, call: Callable[[], int]) -> int:
-    """Runs ``call()`` one REST nesting level deeper; refuses past :data:`_capi_rest.MAX_REST_NESTING`."""
-    depth = getattr(_capi_rest._nesting, "depth", 0)
-    if depth >= _capi_rest.MAX_REST_NESTING:
-        _capi.log_error(f"orthanc_py: {where}: {depth} REST calls nested in one another on one thread "
-                        f"(a route calling itself through the REST API?); refusing {uri}")
-        return PLUGIN_ERROR
-    _capi_rest._nesting.depth = depth + 1
-    try:
-        return call()
-    finally:
-        _capi_rest._nesting.depth = depth
-
-
 def _answered(output: Any, where: str, method: str, uri: str) -> int:
     _capi.expire(output)  # lent by Orthanc for the call only
     if output.answered:
@@ -166,8 +152,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
         def c_handler(output_address: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
             request = _capi_rest.HttpRequestView(_capi_rest._HttpRequest.from_address(request_address or 0))
-
-            def call() -> int:
+            try:
                 output = RestOutput.lent(output_address or 0)
                 kwargs = _rest_request(request)
                 try:
@@ -177,9 +162,6 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
                     _capi.report_exception(where)
                     return PLUGIN_ERROR
                 return _answered(output, where, kwargs["method"], uri)
-
-            try:
-                return _nested(where, uri, call)
             finally:
                 _capi.expire(request)
 
@@ -247,17 +229,14 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
                             f"the client gets HTTP 500")
             return PLUGIN_ERROR
 
-        def call() -> int:
-            output = RestOutput.lent(output_address or 0)
-            try:
-                upload.reader.Execute(output)
-            except BaseException:  # logged; the client gets HTTP 500
-                _capi.expire(output)
-                _capi.report_exception(upload.where)
-                return PLUGIN_ERROR
-            return _answered(output, upload.where, upload.method, upload.uri)
-
-        return _nested(upload.where, upload.uri, call)
+        output = RestOutput.lent(output_address or 0)
+        try:
+            upload.reader.Execute(output)
+        except BaseException:  # logged; the client gets HTTP 500
+            _capi.expire(output)
+            _capi.report_exception(upload.where)
+            return PLUGIN_ERROR
+        return _answered(output, upload.where, upload.method, upload.uri)
 
     def c_finalize(driver: int | None) -> None:
         with _uploads_lock:
