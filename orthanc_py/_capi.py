@@ -420,6 +420,11 @@ def _original_stderr() -> Any:
     return sys.__stderr__ if sys.__stderr__ is not None else open(os.devnull, "w")
 
 
+# How much of a long traceback report_exception() writes: its first and last lines.
+_REPORT_HEAD = 150
+_REPORT_TAIL = 50
+
+
 def report_exception(where: str) -> None:
     """Writes the exception being handled, with its traceback, to Orthanc's log.
 
@@ -428,7 +433,13 @@ def report_exception(where: str) -> None:
     the process's standard error; when that fails too, it is lost.
     """
     try:
-        text = "".join(traceback.format_exception(*sys.exc_info())).rstrip()
+        lines = "".join(traceback.format_exception(*sys.exc_info())).rstrip().split("\n")
+        if len(lines) > _REPORT_HEAD + _REPORT_TAIL:
+            # A RecursionError from json.dumps carries a note per level: one
+            # client's nested JSON must not write 30,000 lines to the log.
+            left_out = len(lines) - _REPORT_HEAD - _REPORT_TAIL
+            lines[_REPORT_HEAD:-_REPORT_TAIL] = [f"[... {left_out} lines left out ...]"]
+        text = "\n".join(lines)
         message = f"orthanc_py: exception in {where}:\n{text}"
     except BaseException:  # even formatting may fail (MemoryError...)
         message = f"orthanc_py: exception in {where} (its traceback could not be formatted)"
