@@ -244,6 +244,12 @@ def doctor(configuration: str | None = None) -> int:
         f"ENV/bin/pip install {shlex.quote(install_source()[0])}",
     )
 
+    if sys.version_info[:3] == (3, 14, 0):
+        # The loader runs callbacks of Orthanc's small-stacked threads on a
+        # stack of its own only where CPython can be told (3.14.1 and later).
+        print("note    CPython 3.14.0 cannot be told of another stack: Python runs on Orthanc's 100 KiB "
+              "HTTP thread stacks, where RecursionError comes early; CPython 3.14.1 or newer lifts it")
+
     minimum = None
     try:
         loader = plugin_path()
