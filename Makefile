@@ -49,7 +49,14 @@ HAVE_ORTHANC = command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || [ -x
 PYTHON_READY = $(PYTHON) -c 'import ensurepip, os, sysconfig, sys; \
 	sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null
 
-.PHONY: run test smoke-debian bench docs dist setup run-deps test-deps clean
+# The other rows of the supported platforms (README, "Platforms"): Debian roots
+# made by debootstrap into $(ROOTS_DIR), each running $(PLATFORM_TESTS) against
+# its own Orthanc, official plugin and CPython.
+ROOTS ?= trixie forky
+ROOTS_DIR ?= .roots
+PLATFORM_TESTS ?= tests/test_small_stacks.py
+
+.PHONY: run test test-platforms smoke-debian bench docs dist setup run-deps test-deps clean
 
 run: run-deps $(VENV)/.installed
 	@$(VENV)/bin/orthanc-py run $(SCRIPT) --http-port $(HTTP_PORT) --dicom-port $(DICOM_PORT); status=$$?; \
@@ -61,6 +68,14 @@ run: run-deps $(VENV)/.installed
 test: setup $(DEBIAN_VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smoke-debian
+
+# Each root is made once (again when missing or when its package list changes).
+test-platforms:
+	$(call apt_install,debootstrap util-linux)
+	@for root in $(ROOTS); do \
+	  echo "== $$root"; \
+	  $(SUDO) $(PYTHON) tools/debian_root.py test $$root --dir $(ROOTS_DIR) -- $(PLATFORM_TESTS) || exit 1; \
+	done
 
 # The smoke subset on Debian's own Python (python3-venv, python3-dev).
 smoke-debian: $(DEBIAN_VENV)/.installed
@@ -116,4 +131,4 @@ $(DEBIAN_VENV)/.installed: $(PACKAGE_SOURCES) $(shell find orthanc_py orthanc -n
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(DEBIAN_VENV) build dist .pytest_cache .hypothesis docs/_build
+	rm -rf $(VENV) $(DEBIAN_VENV) $(ROOTS_DIR) build dist .pytest_cache .hypothesis docs/_build
