@@ -234,6 +234,7 @@ def start(context_address: int, loader_path: str) -> bool:
         if not any(isinstance(finder, _ImportTracer) for finder in sys.meta_path):
             sys.meta_path.insert(0, _ImportTracer())
         log.info("sys.executable=%s sys.path=%s", sys.executable, sys.path)
+    _fork_by_default()
     phase = Phase.LOADING
     try:
         # ORTHANC_STOPPED is when the script's threads lose the SDK, while
@@ -243,6 +244,39 @@ def start(context_address: int, loader_path: str) -> bool:
     finally:
         phase = Phase.RUNNING
     return ok
+
+
+def _fork_by_default() -> None:
+    """Makes ``fork`` the start method of ``multiprocessing`` that a script gets unless it chooses one.
+
+    ``fork`` was Linux's default until CPython 3.14, and scripts written for
+    the official plugin count on it: with 3.14's ``forkserver``, a child
+    re-runs the script to find its functions, and a module-level
+    ``multiprocessing.Pool(4)`` then fails there. Only the fallback changes
+    (the script may still call ``set_start_method()`` or ``get_context()``);
+    the offload pool keeps its own ``forkserver``. The risks of ``fork`` in
+    a process with threads are stated in docs/concurrency.rst.
+    """
+    import multiprocessing.context
+
+    default = getattr(multiprocessing.context, "_default_context", None)
+    fork = getattr(multiprocessing.context, "_concrete_contexts", {}).get("fork")
+    if fork is not None and hasattr(default, "_default_context"):
+        default._default_context = fork  # type: ignore[union-attr]
+
+
+def _end_script_pools() -> None:
+    """Terminates the script's ``multiprocessing.Pool`` objects still open.
+
+    Their helper threads end only with the pool: without this, each pool
+    would hold the stop for the whole grace. Orthanc stops (or restarts in
+    the process, and the script makes its pools again), so their workers end.
+    """
+    import multiprocessing.util
+
+    for finalizer in list(getattr(multiprocessing.util, "_finalizer_registry", {}).values()):
+        if getattr(getattr(finalizer, "_callback", None), "__name__", "") == "_terminate_pool":
+            _run_guarded(finalizer, "ending a multiprocessing.Pool of the script")
 
 
 def _run_script(path: str) -> bool:
@@ -317,6 +351,7 @@ def orthanc_stopped(events_timeout: float | None = None) -> None:
 
 
 def _stop_threads(deadline: float) -> None:
+    _end_script_pools()
     for thread in _join_threads(deadline):
         _capi.log_warning(
             f"orthanc_py: the script's thread {thread.name!r} still runs {settings.shutdown_grace:g} s after "

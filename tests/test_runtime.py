@@ -231,6 +231,47 @@ def test_multiprocessing_pool_runs_a_function_of_the_script(make_orthanc, method
     assert server.stop() == 0
 
 
+def test_multiprocessing_forks_by_default_and_a_scripts_pool_holds_no_stop(make_orthanc):
+    # CPython 3.14 made forkserver Linux's default; scripts written for the
+    # official plugin build a module-level Pool and count on fork.
+    server = make_orthanc(
+        """
+        import multiprocessing
+        import orthanc
+
+        def square(x):
+            return x * x
+
+        POOL = multiprocessing.Pool(2)
+        print("start method", multiprocessing.get_start_method())
+
+        def Squares(output, uri, **request):
+            output.AnswerBuffer(repr(POOL.map(square, range(4))), "text/plain")
+
+        orthanc.RegisterRestCallback("/squares", Squares)
+        """
+    )
+    assert "start method fork" in server.log
+    assert server.get("/squares").text == "[0, 1, 4, 9]"
+    assert server.stop() == 0
+    assert "still runs" not in server.log, "the pool's helper threads ended with the pool"
+    assert server.log.count("ending a multiprocessing.Pool") == 0, "terminated without an error"
+
+
+def test_a_script_still_chooses_its_start_method(make_orthanc):
+    server = make_orthanc(
+        """
+        import multiprocessing
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            print("start method", multiprocessing.get_start_method())
+        """
+    )
+    assert "start method spawn" in server.log
+    assert server.stop() == 0
+
+
 def test_multiprocessing_from_a_change_handler_after_start(make_orthanc):
     server = make_orthanc(
         """
