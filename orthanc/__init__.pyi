@@ -538,6 +538,9 @@ class FindMatcher(_Handle):
     def FindMatcherIsMatch(self, dicom: bytes | str, /) -> int:
         """Test whether a DICOM instance matches a C-Find query."""
         ...
+    def IsMatch(self, dicom: bytes | str, /) -> int:
+        """Test whether a DICOM instance matches a C-Find query."""
+        ...
 
 class FindQuery(_Handle):
     """The query of a C-FIND request, given to a find callback."""
@@ -1014,8 +1017,8 @@ class RestOutput(_Handle):
     def Redirect(self, redirection: str, /) -> None:
         """Redirect a REST request."""
         ...
-    def SendHttpStatus(self, status: int, body: str, bodySize: int, /) -> None:
-        """Send a HTTP status, with a custom body."""
+    def SendHttpStatus(self, status: int, body: bytes | str, bodySize: int | None = ...) -> None:
+        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body``."""
         ...
     def SendHttpStatusCode(self, status: int, /) -> None:
         """Send a HTTP status code."""
@@ -1068,8 +1071,17 @@ def SetRootUri(uri: str, /) -> None:
 class StorageArea(_Handle):
     """An Orthanc object (OrthancPluginStorageArea)."""
     def __enter__(self) -> StorageArea: ...
+    def Create(self, uuid: str, content: bytes | str, type: int, /) -> None:
+        """Create a file inside the storage area."""
+        ...
+    def Read(self, uuid: str, type: int, /) -> bytes:
+        """Read a file from the storage area."""
+        ...
     def ReconstructMainDicomTags(self, level: int, /) -> None:
         """Reconstruct the main DICOM tags."""
+        ...
+    def Remove(self, uuid: str, type: int, /) -> None:
+        """Remove a file from the storage area."""
         ...
     def StorageAreaCreate(self, uuid: str, content: bytes | str, type: int, /) -> None:
         """Create a file inside the storage area."""

@@ -163,6 +163,11 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             errors_logged = owner is RestOutput and fn.result == "void"
             function = _make_function(compiled, python_name, parameters, answering, errors_logged)
             setattr(owner, python_name, _SdkMethod(function))
+            # The official plugin 7.1 drops the class's name from such a
+            # method (FindMatcher.IsMatch, StorageArea.Read): both names work.
+            short = python_name[len(owner.__name__):]
+            if python_name.startswith(owner.__name__) and short and short not in vars(owner):
+                setattr(owner, short, _SdkMethod(function))
         else:
             namespace[python_name] = _make_function(compiled, python_name, parameters, False)
             __all__.append(python_name)

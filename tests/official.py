@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -17,6 +18,23 @@ from orthanc_py.server import OrthancServer
 
 OFFICIAL = "/usr/share/orthanc/plugins/libOrthancPython.so"
 DCMTK_TIMEOUT = 60
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def official_plugin_version() -> str | None:
+    """The major.minor version of Debian's ``orthanc-python`` here (``"4.0"``, ``"7.1"``), or ``None``."""
+    try:
+        answer = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "orthanc-python"],
+                                capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    match = re.match(r"(\d+\.\d+)", answer.stdout.strip())
+    return match.group(1) if match else None
+
+
+def official_signatures_path(version: str | None = None) -> Path:
+    """The measured argument lists of the official plugin ``version`` (default: the one installed here)."""
+    return DATA / f"official-plugin-{version or official_plugin_version() or '4.0'}-signatures.json"
 
 needs_dcmtk = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="DCMTK (storescu, findscu, movescu) is not installed"

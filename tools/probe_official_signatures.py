@@ -16,8 +16,10 @@ SDK call takes, and reads the plugin's own ``TypeError``:
 - methods that take no argument and only read (``Get...``, ``Has...``) are
   called, and the type of what they return is recorded.
 
-The result, ``tests/data/official-plugin-4.0-signatures.json``, is what
-``tests/test_compat_signatures.py`` holds orthanc_py to.
+The result, ``tests/data/official-plugin-X.Y-signatures.json`` for the
+official plugin X.Y installed here (4.0 on Debian 12, 5.0 on Debian 13, 7.1
+on Debian testing: ``make test-platforms`` runs it in each), is what
+``tests/test_compat_signatures.py`` holds orthanc_py to on that row.
 
 Usage: ``.venv/bin/python tools/probe_official_signatures.py [--output PATH]``
 (needs ``orthanc-python`` and DCMTK's ``findscu``).
@@ -37,11 +39,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orthanc_py.server import OrthancServer  # noqa: E402
+from orthanc_py.server import OrthancServer, find_orthanc, orthanc_version  # noqa: E402
 from tests.dicom import make_dicom  # noqa: E402
+from tests.official import official_plugin_version, official_signatures_path  # noqa: E402
 
 OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
-OUTPUT = ROOT / "tests" / "data" / "official-plugin-4.0-signatures.json"
+OUTPUT = official_signatures_path()
 
 # Runs inside Orthanc, under the official plugin (Debian's Python 3, standard library only).
 PROBE = r'''
@@ -94,6 +97,11 @@ def arity(function):
     match = re.search(r"takes (\d+) (?:positional )?arguments?(?:\(s\))?,? (?:but|got) (\d+)", message)
     if match:
         return int(match.group(1)) - (int(match.group(2)) - 12)
+    # Optional arguments (orthanc_py takes both the 4.0 and the 5.0 forms of some calls): [fewest, most].
+    match = re.search(r"takes from (\d+) to (\d+) positional arguments but (\d+)", message)
+    if match:
+        extra = int(match.group(3)) - 12
+        return [int(match.group(1)) - extra, int(match.group(2)) - extra]
     return "TypeError: " + message
 
 
@@ -137,8 +145,9 @@ def types_of(function, count, hypothesis, instances):
 
 def probe_callable(function, instances, getter, hypothesis):
     entry = {"arity": arity(function)}
-    if isinstance(entry["arity"], int) and entry["arity"] > 0:
-        accepted, returned = types_of(function, entry["arity"], hypothesis, instances)
+    count = entry["arity"][1] if isinstance(entry["arity"], list) else entry["arity"]
+    if isinstance(count, int) and count > 0:
+        accepted, returned = types_of(function, count, hypothesis, instances)
         if accepted is not None:
             entry["accepts"] = accepted
         if returned is not None:
@@ -350,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
     reference = json.loads((ROOT / "tests" / "data" / "official-plugin-4.0-api.json").read_text())
+    version = official_plugin_version()
     probed["about"] = (
-        "Argument lists of the official Orthanc Python plugin 4.0 (Debian orthanc-python 4.0, Orthanc 1.10.1), "
+        f"Argument lists of the official Orthanc Python plugin {version} (Debian orthanc-python {version}, "
+        f"Orthanc {orthanc_version(find_orthanc())}), "
         "measured inside Orthanc by tools/probe_official_signatures.py: 'arity' is the number of positional "
         "arguments (self not counted; 0: takes none and ignores extra ones; a text: the plugin's own message), "
         "'types' the type each position is parsed as (from the plugin's TypeError; the call never runs), "

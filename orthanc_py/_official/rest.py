@@ -70,6 +70,31 @@ class RestOutput(Handle):
         self.answered = True
 
 
+    def SendHttpStatus(self, status: int, body: bytes | str, bodySize: int | None = None) -> None:
+        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body``.
+
+        ``SendHttpStatus(status, body)``, as the official plugin 5.0 and later
+        take it, sends the whole body; ``SendHttpStatus(status, body,
+        bodySize)``, as 4.0 takes it (C's text and its size), sends its first
+        ``bodySize`` bytes in UTF-8.
+        """
+        if bodySize is None:
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            bodySize = len(body) if isinstance(body, (bytes, bytearray)) else 0
+        try:
+            _send_http_status()(self, status, body, bodySize)
+        except _capi.OrthancError as error:
+            if isinstance(error, _calls.SdkVersionError):
+                raise
+            log_ignored_error("SendHttpStatus", error)
+        self.answered = True
+
+
+def _send_http_status() -> Any:
+    return _calls.sdk_function("OrthancPluginSendHttpStatus")
+
+
 _MIME_TYPES: dict[str, bytes] = {}
 
 
