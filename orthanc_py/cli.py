@@ -310,13 +310,18 @@ def _check_configuration(path: str, report: Callable[[bool, str, str], None]) ->
     if os.path.isdir(path):
         files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(".json"))
     entries: list[Any] = []
+    zip_loader_threads = 0
     for file in files:
         try:
-            plugins = server.read_orthanc_json(file).get("Plugins", [])
+            configuration = server.read_orthanc_json(file)
         except (OSError, ValueError) as error:
             report(False, f"configuration {file} cannot be read", str(error))
             continue
+        plugins = configuration.get("Plugins", [])
         entries += plugins if isinstance(plugins, list) else []
+        threads = configuration.get("ZipLoaderThreads", zip_loader_threads)
+        zip_loader_threads = threads if isinstance(threads, int) else zip_loader_threads
+    _check_archive_race(path, zip_loader_threads, report)
     try:
         loader = plugin_path()
     except FileNotFoundError:
@@ -328,6 +333,32 @@ def _check_configuration(path: str, report: Callable[[bool, str, str], None]) ->
                                      else "no other plugin embeds Python"),
         "keep only one Python plugin in Plugins: a process holds one interpreter, and Orthanc stops (or "
         "Python aborts) when a second plugin starts it, whichever of the two loads first",
+    )
+
+
+# Orthanc 1.10.0 to 1.12.4 read and erase the instances their archive loader
+# threads share without a lock (ArchiveJob.cpp, fixed in 1.12.5).
+ARCHIVE_RACE = ((1, 10, 0), (1, 12, 5))
+
+
+def has_archive_race(version: str) -> bool:
+    """Whether this Orthanc version's archives may crash it when ``ZipLoaderThreads`` > 0."""
+    return version != "mainline" and ARCHIVE_RACE[0] <= _version_tuple(version)[:3] < ARCHIVE_RACE[1]
+
+
+def _check_archive_race(path: str, zip_loader_threads: int, report: Callable[[bool, str, str], None]) -> None:
+    if zip_loader_threads <= 0:
+        return
+    try:
+        version = server.orthanc_version(server.find_orthanc())
+    except FileNotFoundError:
+        return  # already reported
+    report(
+        not has_archive_race(version),
+        f"configuration {path}: ZipLoaderThreads {zip_loader_threads} on Orthanc {version}",
+        f"Orthanc {version} has a data race in its archive loader threads (fixed in Orthanc 1.12.5) that can "
+        "crash it during ZIP downloads, with or without plugins; a Python storage area makes it likelier (its "
+        'reads are slower): set "ZipLoaderThreads": 0, or upgrade Orthanc',
     )
 
 

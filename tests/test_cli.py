@@ -97,6 +97,26 @@ def test_doctor_names_a_second_python_plugin_in_a_configuration(tmp_path, offici
     assert cli("doctor", "--config", str(config)).returncode == 0
 
 
+def test_doctor_warns_of_the_archive_race_of_orthanc_before_1_12_5(tmp_path):
+    from orthanc_py.cli import has_archive_race
+    from orthanc_py.server import find_orthanc, orthanc_version
+
+    config = tmp_path / "orthanc.json"
+    config.write_text(json.dumps({"Plugins": [plugin_path()], "ZipLoaderThreads": 4}))
+    result = cli("doctor", "--config", str(config))
+    version = orthanc_version(find_orthanc())
+    line = f"configuration {config}: ZipLoaderThreads 4 on Orthanc {version}"
+    if has_archive_race(version):  # Debian 12's 1.10.1
+        assert result.returncode == 1
+        assert f"PROBLEM {line}" in result.stdout
+        assert '"ZipLoaderThreads": 0, or upgrade Orthanc' in result.stdout
+    else:
+        assert result.returncode == 0, result.stdout
+        assert f"ok      {line}" in result.stdout
+    assert [has_archive_race(v) for v in ("1.9.7", "1.10.0", "1.10.1", "1.12.4", "1.12.5", "1.13.0")] == [
+        False, True, True, True, False, False]
+
+
 def test_version_is_the_packages_and_the_loaders():
     version = importlib.metadata.version("orthanc-py")
     result = cli("--version")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from orthanc_py import plugin_path
-from orthanc_py.server import OrthancServer, OrthancStartError
+from orthanc_py.cli import has_archive_race
+from orthanc_py.server import OrthancNotFoundError, OrthancServer, OrthancStartError, find_orthanc, orthanc_version
 
 from .checks import upload
 from .dicom import make_dicom
@@ -432,7 +433,11 @@ def create(uuid, content_type, data):
         f.write(data)
 
 
+READERS = set()
+
+
 def read(uuid, content_type):
+    READERS.add(threading.get_native_id())
     with open(os.path.join(FOLDER, uuid), "rb") as f:
         return f.read()
 
@@ -455,50 +460,63 @@ def thread_states(output, uri, **request):
     count, state = 0, api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
     while state:
         count, state = count + 1, api.PyThreadState_Next(state)
-    output.AnswerBuffer(f"{count} {len(threading._active)}", "text/plain")
+    output.AnswerBuffer(f"{count} {len(threading._active)} {len(READERS)}", "text/plain")
 
 
 orthanc.RegisterRestCallback("/thread-states", thread_states)
 """
 
 
-def test_short_lived_orthanc_threads_leave_no_thread_state_behind(make_orthanc):
-    # Few HTTP threads: each one that serves a download keeps its state for its life (it lives on).
-    server = make_orthanc(STORAGE_AREA, config={"ZipLoaderThreads": 4, "HttpThreadsCount": 4})
-    study = upload(server, make_dicom())["ParentStudy"]
-    for n in range(2, 5):
-        upload(server, make_dicom(study_uid=server.get_json(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"],
-                                  instance_number=n))
+def _orthanc_has_archive_race() -> bool:
+    try:
+        return has_archive_race(orthanc_version(find_orthanc()))
+    except OrthancNotFoundError:
+        return False
 
-    hangs = 0
 
-    def download(times: int) -> None:
-        nonlocal hangs
-        for _ in range(times):
-            try:
-                answer = server.get(f"/studies/{study}/archive", timeout=20)
-            except (TimeoutError, urllib.error.URLError):
-                # On a loaded machine Orthanc 1.10.1 now and then leaves an archive request
-                # unanswered, with no Python involved (seen with its own storage area too).
-                hangs += 1
-                assert hangs <= 3, "archive downloads keep hanging"
-                continue
-            assert answer.status == 200 and answer.body[:2] == b"PK", server.log[-2000:]
+# Orthanc 1.10.0 to 1.12.4 crash by themselves in this very path (the archive
+# loader threads' race, which `orthanc-py doctor --config` warns of): there the
+# test would measure Orthanc's bug. The rows of `make test-platforms` run it.
+if not _orthanc_has_archive_race():
 
-    download(20)
-    states_before, active_before = map(int, server.get("/thread-states").text.split())
-    rss_before = rss_kib(server.process.pid)
-    download(200)
-    states_after, active_after = map(int, server.get("/thread-states").text.split())
-    rss_after = rss_kib(server.process.pid)
-    # Each archive ran 4 loader threads that called Python: 800 threads, none of them kept.
-    assert states_after <= states_before + 2, (states_before, states_after)
-    assert active_after <= active_before + 2, (active_before, active_after)
-    assert (rss_after - rss_before) / 1024 < 8, f"RSS grew by {(rss_after - rss_before) / 1024:.1f} MiB"
-    if hangs:  # the request Orthanc left unanswered also keeps its HTTP server from stopping
-        server.process.kill()
-    else:
-        assert server.stop() == 0
+    def test_short_lived_orthanc_threads_leave_no_thread_state_behind(make_orthanc):
+        # Few HTTP threads: each one that serves a download keeps its state for its life (it lives on).
+        server = make_orthanc(STORAGE_AREA, config={"ZipLoaderThreads": 4, "HttpThreadsCount": 4})
+        study = upload(server, make_dicom())["ParentStudy"]
+        study_uid = server.get_json(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+        for n in range(2, 5):
+            upload(server, make_dicom(study_uid=study_uid, instance_number=n))
+
+        hangs = 0
+
+        def download(times: int) -> None:
+            nonlocal hangs
+            for _ in range(times):
+                try:
+                    answer = server.get(f"/studies/{study}/archive", timeout=20)
+                except (TimeoutError, urllib.error.URLError):
+                    # On a loaded machine Orthanc now and then leaves an archive request
+                    # unanswered, with no Python involved (seen with its own storage area too).
+                    hangs += 1
+                    assert hangs <= 3, "archive downloads keep hanging"
+                    continue
+                assert answer.status == 200 and answer.body[:2] == b"PK", server.log[-2000:]
+
+        download(20)
+        states_before, active_before, readers_before = map(int, server.get("/thread-states").text.split())
+        rss_before = rss_kib(server.process.pid)
+        download(200)
+        states_after, active_after, readers_after = map(int, server.get("/thread-states").text.split())
+        rss_after = rss_kib(server.process.pid)
+        # Each archive ran loader threads that called Python, hundreds in all, and none of them was kept.
+        assert readers_after - readers_before >= 100, "short-lived threads read the storage area"
+        assert states_after <= states_before + 2, (states_before, states_after)
+        assert active_after <= active_before + 2, (active_before, active_after)
+        assert (rss_after - rss_before) / 1024 < 8, f"RSS grew by {(rss_after - rss_before) / 1024:.1f} MiB"
+        if hangs:  # the request Orthanc left unanswered also keeps its HTTP server from stopping
+            server.process.kill()
+        else:
+            assert server.stop() == 0
 
 
 def test_the_process_locale_stays_orthancs(make_orthanc):
