@@ -631,6 +631,8 @@ class HeaderReader:
     def enum(self, name: str, decl: Any, doc: str) -> Enum:
         members = []
         for const in decl.get_children():
+            if const.kind.name != "ENUM_CONSTANT_DECL":
+                continue  # an attribute of the enum (newer headers mark some deprecated)
             value = const.enum_value
             if const.spelling.endswith("_INTERNAL") and value == INTERNAL_SENTINEL:
                 continue  # only there to make the enum 32 bits wide
