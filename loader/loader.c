@@ -227,18 +227,19 @@ static int process_exiting = 0;
 
 static void release_pinned_thread(void *value)
 {
-  (void)value;
-  /* At process exit the interpreter is left as it is (see at_process_exit);
-   * a thread state that Python itself already deleted needs nothing. */
-  if (process_exiting || PyGILState_GetThisThreadState() == NULL)
+  PyThreadState *state = value;
+  /* At process exit the interpreter is left as it is (see at_process_exit). */
+  if (process_exiting || state == NULL)
     return;
-  PyGILState_STATE state = PyGILState_Ensure();
+  /* The state comes from this key, not from PyGILState: glibc clears a
+   * thread's keys in the order they were made, and Python's own key, made
+   * before this one, may already read NULL here (PyGILState_Ensure would then
+   * make a second state, and the pinned one would never be freed). */
+  PyEval_RestoreThread(state);
   PyObject *result = call_runtime("thread_ended", NULL);
   Py_XDECREF(result);
-  /* The Ensure above and the one that pinned the state: the second release
-   * brings the thread's count to zero, which deletes its thread state. */
-  PyGILState_Release(state == PyGILState_UNLOCKED ? PyGILState_LOCKED : state);
-  PyGILState_Release(PyGILState_UNLOCKED);
+  PyThreadState_Clear(state);
+  PyThreadState_DeleteCurrent();
 }
 
 /* Called through ctypes.PyDLL (the GIL held) the first time an Orthanc thread
@@ -250,7 +251,7 @@ ORTHANC_PLUGINS_API int orthanc_py_pin_thread(void)
   if (pthread_getspecific(pinned_key) != NULL)
     return 0;
   PyGILState_Ensure();
-  pthread_setspecific(pinned_key, &pinned_key);
+  pthread_setspecific(pinned_key, PyThreadState_Get());
   return 1;
 }
 

@@ -1017,8 +1017,8 @@ class RestOutput(_Handle):
     def Redirect(self, redirection: str, /) -> None:
         """Redirect a REST request."""
         ...
-    def SendHttpStatus(self, status: int, body: bytes | str, bodySize: int | None = ...) -> None:
-        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body``."""
+    def SendHttpStatus(self, status: int, body: str, bodySize: int | None = ...) -> None:
+        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body`` (``str``, or ``bytes``)."""
         ...
     def SendHttpStatusCode(self, status: int, /) -> None:
         """Send a HTTP status code."""

@@ -156,7 +156,8 @@ class DevServer:
                 snapshot = watched_files(self.script)
                 watcher = LogWatcher()
                 self.child = subprocess.Popen([self.binary, str(config_path)] + (["--verbose"] if self.verbose else []),
-                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              env=self._environment(workdir))
                 assert self.child.stdout is not None and self.child.stderr is not None
                 watcher.follow(self.child.stdout, sys.stdout.buffer)
                 watcher.follow(self.child.stderr, sys.stderr.buffer)
@@ -174,6 +175,17 @@ class DevServer:
                 say(f"{summary}; waiting for a change to restart")
                 if not self._wait_for_change(snapshot):
                     return exit_status
+
+    def _environment(self, workdir: str) -> dict[str, str] | None:
+        """Orthanc's environment: with reload, Python neither writes nor reads compiled modules.
+
+        A module saved twice within one second at the same size (``'one'``
+        then ``'two'``) has the same stamp in its ``.pyc``, which Python
+        would then take for the new version's.
+        """
+        if not self.reload:
+            return None
+        return dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=os.path.join(workdir, "no-pyc"))
 
     def _summary(self, code: int, watcher: LogWatcher) -> str:
         """The closing line when Orthanc stopped by itself."""

@@ -34,7 +34,7 @@ UNREACHABLE_IN_OFFICIAL = {"Job", "StorageArea"}
 # What the official plugins 5.0 and 7.1 reach of the SDK of Orthanc 1.11 to 1.13, which the
 # orthanc module does not reach yet (`orthanc-py sdk-coverage` on such an Orthanc).
 NEWER_SDK = {
-    "AcknowledgeQueueValue", "CreateDicom2", "CreateKeysValuesIterator", "DeleteKeyValue", "DequeueValue",
+    "AcknowledgeQueueValue", "CreateKeysValuesIterator", "DeleteKeyValue", "DequeueValue",
     "DicomConnection.GetConnectionCalledAet", "DicomConnection.GetConnectionRemoteAet",
     "DicomConnection.GetConnectionRemoteIp", "EmitAuditLog", "EnqueueValue", "ExtendOrthancExplorer2",
     "GetAttachmentCustomData", "GetDatabaseServerIdentifier", "GetKeyValue", "GetQueueSize",
@@ -103,6 +103,8 @@ def test_orthanc_py_takes_the_official_argument_lists(ours: dict[str, Any]) -> N
             differences.append(f"{name}: takes {ours_arity} argument(s), the official {official['arity']}")
             continue
         for position, kinds in enumerate(official.get("accepts", [])):
+            if {"str", "bytes", "int", "float"} <= set(kinds):
+                continue  # parsed as any object (as 7.1 does in places), checked later if at all
             accepted = entry.get("accepts", [[]] * len(official["accepts"]))[position]
             for kind in kinds:
                 if kind not in accepted:
@@ -110,11 +112,15 @@ def test_orthanc_py_takes_the_official_argument_lists(ours: dict[str, Any]) -> N
                                        f"orthanc_py: {accepted})")
         if "returns" in official and entry.get("returns", official["returns"]) != official["returns"]:
             differences.append(f"{name}: returns {entry['returns']}, the official {official['returns']}")
-    assert differences == []
+    assert differences == [], "\n".join(differences)
 
 
-def test_the_newer_sdk_list_names_only_what_orthanc_py_lacks(ours: dict[str, Any]) -> None:
+def test_the_newer_sdk_list_names_only_what_orthanc_py_lacks() -> None:
     # As the orthanc module reaches more of the newer SDK, the list shrinks with it.
+    import orthanc
+
     newer = set(entries(json.loads(official_signatures_path("7.1").read_text())))
     assert newer >= NEWER_SDK
-    assert NEWER_SDK.isdisjoint(entries(ours))
+    reached = {name for name in NEWER_SDK if hasattr(orthanc, name.split(".")[0]) and (
+        "." not in name or hasattr(getattr(orthanc, name.split(".")[0]), name.split(".")[1]))}
+    assert reached == set()

@@ -198,11 +198,12 @@ def test_query_strings_and_headers_come_back_intact(server, query, header):
     answer = server.get(f"/echo?{query_string}" if query else "/echo", headers={"X-Probe": header})
     assert answer.status == 200
     echo = answer.json()
-    # Orthanc (1.10) hands plugins the GET arguments still percent-encoded,
-    # to the official plugin as to us: the handler sees them as sent.
+    # Orthanc 1.10 hands plugins the GET arguments still percent-encoded, 1.13
+    # decoded, to the official plugin as to us: the handler sees what Orthanc gives.
     sent = dict(pair.split("=", 1) for pair in query_string.split("&")) if query else {}
-    assert echo["get"] == sent
-    assert {k: urllib.parse.unquote_plus(v) for k, v in echo["get"].items()} == query
+    if echo["get"] != query:
+        assert echo["get"] == sent
+        assert {k: urllib.parse.unquote_plus(v) for k, v in echo["get"].items()} == query
     assert echo["headers"].get("x-probe", "") == header
 
 

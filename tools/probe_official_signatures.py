@@ -253,7 +253,7 @@ def find(answers, query, issuerAet, calledAet):
 
 def worklist(answers, query, issuerAet, calledAet):
     probe_object(query, "RegisterWorklistCallback", {})
-    probe_object(answers, "RegisterWorklistCallback", {})
+    probe_object(answers, "RegisterWorklistCallback", {"WorklistQuery": query})
 
 
 def cstore_filter(instance):

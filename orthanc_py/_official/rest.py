@@ -70,20 +70,21 @@ class RestOutput(Handle):
         self.answered = True
 
 
-    def SendHttpStatus(self, status: int, body: bytes | str, bodySize: int | None = None) -> None:
-        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body``.
+    def SendHttpStatus(self, status: int, body: str, bodySize: int | None = None) -> None:
+        """Answers with the HTTP status ``status`` (an error status, 3xx to 5xx) and ``body`` (``str``, or ``bytes``).
 
         ``SendHttpStatus(status, body)``, as the official plugin 5.0 and later
         take it, sends the whole body; ``SendHttpStatus(status, body,
         bodySize)``, as 4.0 takes it (C's text and its size), sends its first
         ``bodySize`` bytes in UTF-8.
         """
+        data: object = body
         if bodySize is None:
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            bodySize = len(body) if isinstance(body, (bytes, bytearray)) else 0
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            bodySize = len(data) if isinstance(data, (bytes, bytearray)) else 0
         try:
-            _send_http_status()(self, status, body, bodySize)
+            _send_http_status()(self, status, data, bodySize)
         except _capi.OrthancError as error:
             if isinstance(error, _calls.SdkVersionError):
                 raise
