@@ -54,7 +54,19 @@ PYTHON_READY = $(PYTHON) -c 'import ensurepip, os, sysconfig, sys; \
 # its own Orthanc, official plugin and CPython.
 ROOTS ?= trixie forky
 ROOTS_DIR ?= .roots
-PLATFORM_TESTS ?= tests/test_small_stacks.py
+# What differs from row to row: the loader, the seed samples and the
+# side-by-side tests against each row's official plugin, the SDK bindings
+# against its header, reset and stop, the decorators, the testing and
+# cluster kits, deep recursion on its CPython. (The 20 start-stop cycles
+# are the machine's own row's.)
+PLATFORM_TESTS ?= tests/test_runtime.py tests/test_seed_samples.py tests/test_decorators.py \
+	tests/test_official_rest.py tests/test_official_filters.py tests/test_official_scp.py \
+	tests/test_official_jobs.py tests/test_official_registration.py tests/test_official_storage.py \
+	tests/test_official_system.py tests/test_official_transfers.py tests/test_official_images.py \
+	tests/test_compat_signatures.py tests/test_compat_api.py tests/test_sdk_bindings.py \
+	tests/test_lifecycle.py tests/test_testing_kit.py tests/test_cluster.py tests/test_small_stacks.py \
+	tests/test_cli.py
+PLATFORM_PYTEST_ARGS ?= -q -rf -m "not slow"
 
 .PHONY: run test test-platforms smoke-debian bench docs dist setup run-deps test-deps clean
 
@@ -69,13 +81,11 @@ test: setup $(DEBIAN_VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smoke-debian
 
-# Each root is made once (again when missing or when its package list changes).
+# Each root is made once (again when missing or when its package list
+# changes); the roots run at once, each printing its output when it ends.
 test-platforms:
 	$(call apt_install,debootstrap util-linux)
-	@for root in $(ROOTS); do \
-	  echo "== $$root"; \
-	  $(SUDO) $(PYTHON) tools/debian_root.py test $$root --dir $(ROOTS_DIR) -- $(PLATFORM_TESTS) || exit 1; \
-	done
+	$(SUDO) $(PYTHON) tools/debian_root.py test $(ROOTS) --dir $(ROOTS_DIR) -- $(PLATFORM_PYTEST_ARGS) $(PLATFORM_TESTS)
 
 # The smoke subset on Debian's own Python (python3-venv, python3-dev).
 smoke-debian: $(DEBIAN_VENV)/.installed

@@ -301,8 +301,8 @@ static int can_switch_stacks = 0;
 
 /* Calls function(argument) with the stack pointer at `top` (16-byte aligned)
  * and returns its result. The caller's frame pointer stays in rbp/x29, so
- * debuggers and unwinders walk back to the thread's own stack. */
-/* Hidden: the loader's own, defined in assembly below. */
+ * debuggers and unwinders walk back to the thread's own stack. Defined in
+ * assembly below, for x86-64 and ARM64; hidden, the loader's own. */
 __attribute__((visibility("hidden"))) void *orthanc_py_call_on_stack(void *(*function)(void *), void *argument,
                                                                         void *top);
 

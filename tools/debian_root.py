@@ -14,8 +14,8 @@ and CPython (the README's table of platforms). For each, this tool:
   (``chroot``, in a mount namespace of its own: ``/proc`` and ``/dev/shm``
   are mounted for that run only and vanish with it, whatever happens).
 
-Usage: ``python3 tools/debian_root.py {build,test} NAME [--dir .roots] [-- PYTEST ARGUMENTS]``
-(as root: debootstrap and chroot need it).
+Usage: ``python3 tools/debian_root.py {build,test} NAME... [--dir .roots] [-- PYTEST ARGUMENTS]``
+(as root: debootstrap and chroot need it); several roots run at once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test(name: str, folder: Path, pytest_args: list[str]) -> None:
     """Installs the checkout in the root ``folder/name`` and runs pytest there with ``pytest_args``."""
     root = build(name, folder)
     copy_checkout(root)
-    arguments = " ".join(f"'{argument}'" for argument in pytest_args)
+    arguments = " ".join(shlex.quote(argument) for argument in pytest_args)
     in_root(root, (
         "set -e; cd /src; "
         "[ -x /venv/bin/python ] || python3 -m venv /venv; "
@@ -167,27 +168,64 @@ def test(name: str, folder: Path, pytest_args: list[str]) -> None:
     ))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("action", choices=["build", "test"])
-    parser.add_argument("name", help=f"the root: {', '.join(f'{k} ({v})' for k, v in RELEASES.items())}")
-    parser.add_argument("--dir", type=Path, default=REPO / ".roots", help="where roots are kept (default .roots)")
-    parser.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments (test)")
-    options = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("debian_root.py: debootstrap and chroot need root: run it with sudo", file=sys.stderr)
-        return 2
+def run_one(action: str, name: str, folder: Path, pytest_args: list[str]) -> int:
+    """``build`` or ``test`` one root; returns an exit status."""
     try:
-        if options.action == "build":
-            build(options.name, options.dir)
+        if action == "build":
+            build(name, folder)
         else:
-            test(options.name, options.dir, options.pytest_args)
+            test(name, folder, pytest_args)
     except RootError as error:
-        print(f"debian_root.py: {error}", file=sys.stderr)
+        print(f"debian_root.py: {name}: {error}", file=sys.stderr, flush=True)
         return 2
     except subprocess.CalledProcessError as error:
         return error.returncode or 1
     return 0
+
+
+def run_concurrently(action: str, names: list[str], folder: Path, pytest_args: list[str]) -> int:
+    """Each root in a process of its own, at once (their suites mostly wait on Orthanc, not on the CPU).
+
+    Each one's output goes to ``folder/NAME.log`` and is printed whole when it ends.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    children = {}
+    for name in names:
+        log = open(folder / f"{name}.log", "w")  # noqa: SIM115  (closed below, once the child ends)
+        command = [sys.executable, __file__, action, name, "--dir", str(folder), "--", *pytest_args]
+        children[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
+        print(f"== {name}: {action} started (output: {folder / f'{name}.log'})", flush=True)
+    status = 0
+    for name, (child, log) in children.items():
+        code = child.wait()
+        log.close()
+        print(f"== {name}: exit status {code}\n{(folder / f'{name}.log').read_text()}", flush=True)
+        status = status or code
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("action", choices=["build", "test"])
+    parser.add_argument("names", nargs="+", metavar="name",
+                        help=f"the roots: {', '.join(f'{k} ({v})' for k, v in RELEASES.items())}; several run at once")
+    parser.add_argument("--dir", type=Path, default=REPO / ".roots", help="where roots are kept (default .roots)")
+    parser.epilog = "After --, pytest's arguments (test)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    options = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    options.pytest_args = pytest_args
+    if os.geteuid() != 0:
+        print("debian_root.py: debootstrap and chroot need root: run it with sudo", file=sys.stderr)
+        return 2
+    unknown = [name for name in options.names if name not in RELEASES]
+    if unknown:
+        print(f"debian_root.py: unknown root(s) {', '.join(unknown)}: choose among {', '.join(RELEASES)}",
+              file=sys.stderr)
+        return 2
+    if len(options.names) == 1:
+        return run_one(options.action, options.names[0], options.dir, options.pytest_args)
+    return run_concurrently(options.action, options.names, options.dir.resolve(), options.pytest_args)
 
 
 if __name__ == "__main__":
