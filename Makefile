@@ -57,8 +57,8 @@ ROOTS_DIR ?= .roots
 # What differs from row to row: the loader, the seed samples and the
 # side-by-side tests against each row's official plugin, the SDK bindings
 # against its header, reset and stop, the decorators, the testing and
-# cluster kits, deep recursion on its CPython. (The 20 start-stop cycles
-# are the machine's own row's.)
+# cluster kits, deep recursion on its CPython. (The tests marked slow, twenty
+# start-stop cycles and twenty in-process restarts, run on the machine's row.)
 PLATFORM_TESTS ?= tests/test_runtime.py tests/test_seed_samples.py tests/test_decorators.py \
 	tests/test_official_rest.py tests/test_official_filters.py tests/test_official_scp.py \
 	tests/test_official_jobs.py tests/test_official_registration.py tests/test_official_storage.py \

@@ -134,6 +134,7 @@ orthanc.RegisterOnChangeCallback(OnChange)
 """
 
 
+@pytest.mark.slow
 def test_twenty_in_process_restarts_keep_serving_with_flat_memory(make_orthanc):
     server = make_orthanc(RESTARTING_SCRIPT, config={"Python": {"OffloadWorkers": 1}})
     pid = server.process.pid
