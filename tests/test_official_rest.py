@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orthanc_py.server import OrthancServer
+from orthanc_py.cli import _version_tuple
+from orthanc_py.server import OrthancServer, find_orthanc, orthanc_version
 
 from .official import recorded, start
 
@@ -189,8 +190,15 @@ _text = st.text(
 )
 
 
+# Orthanc 1.13 decodes a query string before it splits it at "&" and "=", so a
+# value holding them (sent as %26, %3D) comes apart there, whatever the plugin.
+_SPLIT_AFTER_DECODING = _version_tuple(orthanc_version(find_orthanc())) >= (1, 13)
+_query_value = _text.filter(lambda s: not set(s) & set("&=+%")) if _SPLIT_AFTER_DECODING else _text
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(query=st.dictionaries(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8), _text, max_size=5),
+@given(query=st.dictionaries(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8), _query_value,
+                             max_size=5),
        # Surrounding blanks are not part of a header's value in HTTP; Orthanc's server trims them unevenly.
        header=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=60).map(str.strip))
 def test_query_strings_and_headers_come_back_intact(server, query, header):
