@@ -279,7 +279,8 @@ ORTHANC_PLUGINS_API int orthanc_py_pin_thread(void)
 typedef struct
 {
   char *mapping;      /* the stack's mapping, a guard page at its low end; NULL if none */
-  size_t mapping_size;
+  char *low;          /* the stack itself, above the guard page, and its size */
+  size_t size;
   int checked;        /* whether the thread's own stack size was looked at */
   int small;          /* whether it is smaller than PYTHON_STACK_SIZE */
   int active;         /* Python runs on the mapping now: nested entries stay on it */
@@ -464,7 +465,8 @@ static int use_python_stack(python_stack *stack)
     /* The guard page: an overflow faults here instead of writing below. */
     mprotect(mapping, page, PROT_NONE);
     stack->mapping = mapping;
-    stack->mapping_size = size;
+    stack->low = mapping + page;
+    stack->size = size - page;
     pthread_setspecific(stack_key, mapping);
   }
   return 1;
@@ -496,9 +498,8 @@ static PyObject *call_python(PyObject *callable, PyObject *const *args, size_t n
     run_python_call(&call);
   else
   {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    char *low = stack->mapping + page;
-    size_t size = stack->mapping_size - page;
+    char *low = stack->low;
+    size_t size = stack->size;
 #if PY_VERSION_HEX >= 0x030E0000
     PyThreadState *state = PyThreadState_Get();
     if (set_stack_protection(state, low, size) != 0)
@@ -568,7 +569,7 @@ static PyObject *loader_stack(PyObject *module, PyObject *unused)
   char *low = NULL;
   size_t size = own_stack(&low);
   if (stack->active)
-    low = stack->mapping + (size_t)sysconf(_SC_PAGESIZE);
+    low = stack->low;
   Py_ssize_t free_bytes = low != NULL ? (Py_ssize_t)(&here - low) : -1;
   return Py_BuildValue("{s:n,s:O,s:n,s:n}", "thread_stack", (Py_ssize_t)size, "on_python_stack",
                        stack->active ? Py_True : Py_False, "python_stack", (Py_ssize_t)PYTHON_STACK_SIZE,

@@ -265,18 +265,25 @@ def _fork_by_default() -> None:
         default._default_context = fork  # type: ignore[union-attr]
 
 
-def _end_script_pools() -> None:
-    """Terminates the script's ``multiprocessing.Pool`` objects still open.
+def _end_script_pools(deadline: float) -> None:
+    """Terminates the script's ``multiprocessing.Pool`` objects still open, within the grace.
 
     Their helper threads end only with the pool: without this, each pool
     would hold the stop for the whole grace. Orthanc stops (or restarts in
     the process, and the script makes its pools again), so their workers end.
+    A pool whose workers do not end is left behind when the grace is over:
+    the stop must not wait for it.
     """
     import multiprocessing.util
 
-    for finalizer in list(getattr(multiprocessing.util, "_finalizer_registry", {}).values()):
-        if getattr(getattr(finalizer, "_callback", None), "__name__", "") == "_terminate_pool":
-            _run_guarded(finalizer, "ending a multiprocessing.Pool of the script")
+    def end_pools() -> None:
+        for finalizer in list(getattr(multiprocessing.util, "_finalizer_registry", {}).values()):
+            if getattr(getattr(finalizer, "_callback", None), "__name__", "") == "_terminate_pool":
+                _run_guarded(finalizer, "ending a multiprocessing.Pool of the script")
+
+    ender = threading.Thread(target=end_pools, name="orthanc_py-pools", daemon=True)
+    ender.start()
+    ender.join(max(0.0, deadline - time.monotonic()))
 
 
 def _run_script(path: str) -> bool:
@@ -351,7 +358,7 @@ def orthanc_stopped(events_timeout: float | None = None) -> None:
 
 
 def _stop_threads(deadline: float) -> None:
-    _end_script_pools()
+    _end_script_pools(deadline)
     for thread in _join_threads(deadline):
         _capi.log_warning(
             f"orthanc_py: the script's thread {thread.name!r} still runs {settings.shutdown_grace:g} s after "
