@@ -59,8 +59,7 @@ class UnsupportedFunction(NotImplementedError):
     """An SDK function that the generic marshalling cannot call; the message says why."""
 
 
-class SdkVersionError(_capi.OrthancError):
-    """The running Orthanc is older than the SDK function needs."""
+SdkVersionError = _capi.SdkVersionError
 
 
 def _base_type(c_type: str) -> tuple[str, int, bool]:
@@ -375,244 +374,6 @@ def check_image_buffer(what: str, format: int, width: int, height: int, pitch: i
                          f"{needed} bytes (pitch * (height - 1) + width * {per_pixel})")
 
 
-# Pointer arguments where the header documents NULL as meaningful (its @param
-# says "can be NULL"); anywhere else Orthanc would dereference NULL.
-NULLABLE = {
-    ("OrthancPluginHttpGet", "username"), ("OrthancPluginHttpGet", "password"),
-    ("OrthancPluginHttpPost", "username"), ("OrthancPluginHttpPost", "password"),
-    ("OrthancPluginHttpPut", "username"), ("OrthancPluginHttpPut", "password"),
-    ("OrthancPluginHttpDelete", "username"), ("OrthancPluginHttpDelete", "password"),
-    ("OrthancPluginHttpClient", "username"), ("OrthancPluginHttpClient", "password"),
-    ("OrthancPluginHttpClient", "certificateFile"), ("OrthancPluginHttpClient", "certificateKeyFile"),
-    ("OrthancPluginHttpClient", "certificateKeyPassword"),
-    ("OrthancPluginGetTagName", "privateCreator"),
-    ("OrthancPluginCreateDicom", "pixelData"), ("OrthancPluginCreateDicom2", "pixelData"),
-}
-
-# Text arguments of the RestOutput functions that do not go into an HTTP header.
-_NOT_HEADER_TEXT = {("OrthancPluginSetHttpErrorDetails", "details")}
-
-
-class _Compiled:
-    """One SDK function, prepared for fast calls."""
-
-    def __init__(self, fn: SdkFunction, raw: bool = False) -> None:
-        self.fn = fn
-        self.raw = raw
-        self.python_name = fn.name[len("OrthancPlugin"):]
-        self.inputs: list[tuple[str, Callable[[Any, str], Any]]] = []
-        self.size_of: dict[str, str] = {}  # size argument -> the buffer argument it measures
-        self.text_sizes: dict[str, str] = {}  # size argument given by the caller -> the text it measures
-        self.out_buffers: list[tuple[str, type]] = []
-        self.out_scalars: list[tuple[str, Any]] = []
-        self.out_structs: list[tuple[str, type]] = []
-        self.input_types: list[str] = []  # the C base type of each input
-        # name of a dict input -> (count argument, keys argument, values argument)
-        self.string_maps: dict[str, tuple[str, str, str]] = {}
-        self._classify_arguments()
-        # Image services: Orthanc reads pitch * height bytes of the buffer.
-        names = [name for name, _ in self.inputs]
-        self.image_check = all(name in names for name in _IMAGE_ARGUMENTS)
-        self.precondition = _PRECONDITIONS.get(fn.name)
-        self.handle_positions = [i for i, base in enumerate(self.input_types) if base in OPAQUE_NAMES]
-        self.locals = {name: c_type for name, c_type in fn.locals}
-        self._check_shape()
-
-    # --- set-up --------------------------------------------------------------
-
-    def _fail(self, why: str) -> UnsupportedFunction:
-        return UnsupportedFunction(f"{self.fn.name} cannot be called generically: {why}")
-
-    def _classify_arguments(self) -> None:
-        arguments = self.fn.arguments
-        skip: set[str] = set()
-        # The text arguments of functions that answer an HTTP request end up in its headers.
-        answers_http = bool(arguments) and _base_type(arguments[0][1])[0] == "OrthancPluginRestOutput"
-
-        def nullable(name: str) -> bool:
-            return (self.fn.name, name) in NULLABLE
-        for index, (name, c_type) in enumerate(arguments):
-            base, stars, const = _base_type(c_type)
-            following = arguments[index + 1] if index + 1 < len(arguments) else None
-            if name in self.size_of or name in skip:
-                continue
-            if (name.endswith("Count") and base in INTEGER_TYPES and index + 2 < len(arguments)
-                    and arguments[index + 1][1] == arguments[index + 2][1] == "const char *const *"):
-                # (count, keys[], values[]) is one mapping in Python, e.g. HTTP headers.
-                group = name[: -len("Count")]
-                keys, values = arguments[index + 1][0], arguments[index + 2][0]
-                self.string_maps[group] = (name, keys, values)
-                skip.update((keys, values))
-                self._add_input(group, _to_string_pairs, base)
-            elif base == "void" and stars == 1:
-                if following and following[1] in INTEGER_TYPES and following[0].lower().endswith("size"):
-                    self.size_of[following[0]] = name
-                    self._add_input(name, _sized_bytes(following[1]), base)
-                else:
-                    self._add_input(name, _to_bytes, base)
-            elif base == "char" and stars == 1 and following and following[0] == name + "Size":
-                # A text with its length: two arguments, as in C (only ``const void*`` + size
-                # become one). The text may hold NULs; the length says how much of it is sent.
-                self.text_sizes[following[0]] = name
-                self._add_input(name, _sized_bytes(following[1]), base)
-                self._add_input(following[0], _int_converter(following[1]), following[1])
-                skip.add(following[0])
-            elif base == "char" and stars == 1:
-                if answers_http and (self.fn.name, name) not in _NOT_HEADER_TEXT:
-                    convert = _to_header_text if nullable(name) else _required(_to_header_text)
-                else:
-                    convert = _to_c_string if nullable(name) else _to_required_c_string
-                self._add_input(name, convert, base)
-            elif base in BUFFER_TYPES and stars == 1 and not const:
-                self.out_buffers.append((name, BUFFER_TYPES[base]))
-            elif base in INTEGER_TYPES and stars == 1 and not const:
-                self.out_scalars.append((name, INTEGER_TYPES[base]))
-            elif base in STRUCT_TYPES and stars == 1 and not const:
-                self.out_structs.append((name, STRUCT_TYPES[base]))
-            elif base in OPAQUE_NAMES and stars == 1:
-                self._add_input(name, _handle_converter(base, nullable(name)), base)
-            elif stars == 0 and (base in INTEGER_TYPES or base in ENUM_NAMES):
-                self._add_input(name, _int_converter(base), base)
-            elif stars == 0 and base == "float":
-                self._add_input(name, lambda v, w: float(v), base)
-            elif base in _sdk.CALLBACKS:
-                raise self._fail(f"argument '{name}' is a C callback ({base}); use the registration function")
-            else:
-                raise self._fail(f"argument '{name}' has type {c_type}")
-
-    def _add_input(self, name: str, convert: Callable[[Any, str], Any], base: str) -> None:
-        self.inputs.append((name, convert))
-        self.input_types.append(base)
-
-    def _check_shape(self) -> None:
-        fn = self.fn
-        if fn.service is None:
-            raise self._fail("it invokes no service of its own")
-        if fn.name in _sdk.IRREGULAR and fn.name not in _NULL_CHECK_ONLY and not self.raw:
-            raise self._fail("its body does more than fill one params struct")
-        for field, source in fn.assignments:
-            if source.startswith("expr:") and source != _PLUGIN_NAME_EXPRESSION:
-                raise self._fail(f"field '{field}' is computed ({source[5:]})")
-        if fn.returns.startswith("expr:") and not self.raw:
-            raise self._fail(f"it returns a computed value ({fn.returns[5:]})")
-        if fn.direct_params is not None and not fn.direct_params.startswith("arg:"):
-            raise self._fail(f"it passes {fn.direct_params} to InvokeService")
-
-    def _check_image(self, args: tuple[Any, ...]) -> None:
-        """Checks the buffer of an image service against ``pitch * height``, before anything is copied."""
-        given = dict(zip((name for name, _ in self.inputs), args))
-        numbers = {name: convert(given[name], f"{self.python_name}() argument '{name}'")
-                   for name, convert in self.inputs if name in _IMAGE_ARGUMENTS[:4]}
-        check_image_buffer(f"{self.python_name}()", numbers["format"], numbers["width"], numbers["height"],
-                           numbers["pitch"], buffer_size(given["buffer"], f"{self.python_name}() argument 'buffer'"))
-
-    # --- calls ---------------------------------------------------------------
-
-    def __call__(self, *args: Any) -> Any:
-        leases = None
-        for position in self.handle_positions:
-            # Objects Orthanc lent to a callback running on another thread: held
-            # until Orthanc is done with them, so that the callback cannot end meanwhile.
-            if position < len(args) and getattr(args[position], "_owner", None) is not None:
-                lease = args[position]._take_lease()
-                if lease is not None:
-                    leases = (leases or []) + [lease]
-        if leases is None:
-            return self._call(args)
-        try:
-            return self._call(args)
-        finally:
-            for lease in leases:
-                lease.release()
-
-    def _call(self, args: tuple[Any, ...]) -> Any:
-        fn = self.fn
-        if len(args) != len(self.inputs):
-            names = ", ".join(name for name, _ in self.inputs)
-            raise TypeError(f"{self.python_name}({names}) takes {len(self.inputs)} argument(s), got {len(args)}")
-        if fn.since is not None:
-            _check_version(fn)
-        if self.image_check:
-            self._check_image(args)
-        values: dict[str, Any] = {}
-        for (name, convert), value in zip(self.inputs, args):
-            values[name] = convert(value, f"{self.python_name}() argument '{name}'")
-        for size_name, buffer_name in self.size_of.items():
-            values[size_name] = len(values[buffer_name])
-        for size_name, text_name in self.text_sizes.items():
-            # C would read past the end of a text shorter than the size it is given.
-            if values[size_name] > len(values[text_name]):
-                raise ValueError(f"{self.python_name}() argument '{size_name}' is {values[size_name]}, but "
-                                 f"'{text_name}' holds {len(values[text_name])} bytes: give len({text_name}) "
-                                 f"(in UTF-8 bytes) or less")
-        if self.precondition is not None:
-            self.precondition(self.python_name, values)
-        for group, (count_name, keys_name, values_name) in self.string_maps.items():
-            pairs = values.pop(group)
-            values[count_name] = len(pairs)
-            values[keys_name] = (ctypes.c_char_p * len(pairs))(*(k for k, _ in pairs))
-            values[values_name] = (ctypes.c_char_p * len(pairs))(*(v for _, v in pairs))
-        buffers = {name: cls() for name, cls in self.out_buffers}
-        scalars = {name: c_type() for name, c_type in self.out_scalars}
-        structs = {name: cls() for name, cls in self.out_structs}
-        locals_ = {name: ctypes.c_void_p() if "*" in c_type else INTEGER_TYPES.get(c_type, ctypes.c_int32)()
-                   for name, c_type in self.locals.items()}
-
-        if fn.params is None:
-            params: Any = None
-            if fn.direct_params is not None:
-                params = values[fn.direct_params[4:]]
-        else:
-            params = fn.params()
-            field_types = _field_types(fn.params)
-            for field, source in fn.assignments:
-                kind, _, name = source.partition(":")
-                field_type = field_types[field]
-                if kind == "arg":
-                    if name in buffers:
-                        value = ctypes.pointer(buffers[name])
-                    elif name in scalars:
-                        value = ctypes.pointer(scalars[name])
-                    elif name in structs:
-                        value = ctypes.pointer(structs[name])
-                    else:
-                        value = _field_value(values[name], field_type)
-                elif kind == "ref":
-                    value = ctypes.cast(ctypes.pointer(locals_[name]), field_type)
-                elif kind == "enum":
-                    enum_name, _, member = name.partition(".")
-                    value = int(getattr(getattr(_sdk, enum_name), member))
-                elif kind == "int":
-                    value = int(name)
-                elif source == _PLUGIN_NAME_EXPRESSION:
-                    value = PLUGIN_NAME
-                else:  # null
-                    value = None
-                setattr(params, field, value)
-
-        try:
-            _capi.invoke(fn.service, params, self.python_name)  # type: ignore[arg-type]
-        except _capi.OrthancError as error:
-            if error.code == _capi.ErrorCode.UnknownPluginService:
-                raise SdkVersionError(
-                    error.code, f"{self.python_name}() is not offered by this Orthanc ({_capi.orthanc_version()})"
-                ) from None
-            raise
-        results: list[Any] = [_take_buffer(buffers[name]) for name, _ in self.out_buffers]
-        results += [scalars[name].value for name, _ in self.out_scalars]
-        results += [_struct_dict(structs[name]) for name, _ in self.out_structs]
-        if self.raw and self.locals:
-            # The caller interprets the local: an integer, or a pointer as an address.
-            name = fn.returns[6:] if fn.returns.startswith("local:") else next(iter(self.locals))
-            return locals_[name].value
-        if fn.returns.startswith("local:"):
-            name = fn.returns[6:]
-            return _convert_local(locals_[name], self.locals[name])
-        if not results:
-            return None
-        return results[0] if len(results) == 1 else tuple(results)
-
-
 def _handle_converter(c_type_name: str, nullable: bool = False) -> Callable[[Any, str], int]:
     def convert(value: Any, what: str) -> int:
         if isinstance(value, Handle) and value.c_type_name == c_type_name:
@@ -625,41 +386,140 @@ def _handle_converter(c_type_name: str, nullable: bool = False) -> Callable[[Any
     return convert
 
 
-def _sized_bytes(size_type: str) -> Callable[[Any, str], bytes]:
-    """The converter of a buffer whose size goes into a field of C type ``size_type``."""
-    limit = _int_range(INTEGER_TYPES[size_type])[1]
+# --- what the generated functions of _sdk_calls call -------------------------------------
+#
+# Each takes the text of its error message ready-made (``what``): it costs
+# nothing until an argument is refused.
 
-    def convert(value: Any, what: str) -> bytes:
-        return _to_bytes(value, what, limit)
+def integer(value: Any, what: str, low: int, high: int, c_name: str) -> int:
+    """An argument for a C integer: an ``int`` (or anything with ``__index__``) within ``low..high``.
 
-    return convert
-
-
-def _field_types(params: type[ctypes.Structure]) -> dict[str, Any]:
-    cached = _FIELD_TYPES.get(params)
-    if cached is None:
-        cached = _FIELD_TYPES[params] = {name: c_type for name, c_type, *_ in params._fields_}
-    return cached
-
-
-_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+    ctypes would silently wrap ``-1`` to ``2**32 - 1``: out of range is refused.
+    """
+    number = _to_int(value, what)
+    if not low <= number <= high:
+        raise ValueError(f"{what} is {number}, out of the range of its C type {c_name}: {low} to {high}")
+    return number
 
 
-def _field_value(value: Any, field_type: Any) -> Any:
-    """Makes a converted argument fit a struct field of ``field_type``."""
-    if field_type is ctypes.c_void_p and isinstance(value, bytes):
-        return ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
-    if isinstance(value, (int, ctypes.Array)) and hasattr(field_type, "contents"):
-        return ctypes.cast(value, field_type) if value else None
-    return value
+def float_value(value: Any, what: str) -> float:
+    """An argument for a C ``float``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{what} must be float, not {type(value).__name__}")
 
 
-def _struct_dict(struct: Any) -> dict[str, Any]:
-    """A filled out-struct (``OrthancPluginDictionaryEntry``...) as ``{field: value}``."""
-    return {entry[0]: getattr(struct, entry[0]) for entry in struct._fields_}
+def text(value: Any, what: str) -> bytes:
+    """An argument for a ``const char*`` Orthanc reads: ``str`` (sent as UTF-8) or ``bytes``, no NUL, not ``None``."""
+    if type(value) is str:
+        data = value.encode("utf-8")
+        if "\0" not in value:
+            return data
+    if value is None:
+        raise TypeError(f"{what} must be str, not None")
+    return _to_c_string(value, what)  # type: ignore[return-value]
 
 
-def _take_buffer(buffer: Any) -> bytes:
+def text_or_null(value: Any, what: str) -> bytes | None:
+    """Like :func:`text`, where the header documents NULL as meaningful: ``None`` is NULL."""
+    return None if value is None else text(value, what)
+
+
+def header_text(value: Any, what: str) -> bytes:
+    """A C string that becomes part of an HTTP header: no CR or LF (header injection), not ``None``."""
+    if value is None:
+        raise TypeError(f"{what} must be str, not None")
+    return _to_header_text(value, what)  # type: ignore[return-value]
+
+
+def header_text_or_null(value: Any, what: str) -> bytes | None:
+    return _to_header_text(value, what)
+
+
+def data(value: Any, what: str, limit: int | None = None) -> bytes:
+    """An argument for a ``const void*`` and its size: ``bytes``, ``str`` or any buffer; at most ``limit`` bytes."""
+    if type(value) is bytes and (limit is None or len(value) <= limit):
+        return value
+    return _to_bytes(value, what, limit)
+
+
+def address(value: Any, c_type_name: str, what: str) -> int:
+    """The address of an Orthanc object given as argument; refuses other types, closed and expired objects."""
+    if isinstance(value, Handle) and value.c_type_name == c_type_name:
+        return value.address
+    raise TypeError(f"{what} must be {handle_class(c_type_name).__name__}, not {type(value).__name__}")
+
+
+def address_or_null(value: Any, c_type_name: str, what: str) -> int:
+    """Like :func:`address`, where the SDK takes NULL (CreateDicom's pixelData): ``None`` is 0."""
+    return 0 if value is None else address(value, c_type_name, what)
+
+
+def lease_of(value: Any) -> Any | None:
+    """Holds an object Orthanc lent to a callback on another thread, for the length of one call.
+
+    Returns the lease to release afterwards, or ``None`` (the common case:
+    the object is the script's, or the callback runs on this thread).
+    """
+    owner = getattr(value, "_owner", None)
+    if owner is None or owner == threading.get_ident():
+        return None
+    return value._take_lease()  # type: ignore[no-any-return]
+
+
+def string_pairs(value: Any, what: str) -> tuple[int, Any, Any]:
+    """A mapping of str to str (HTTP headers) as C arrays: ``(count, keys, values)``."""
+    pairs = _to_string_pairs(value, what)
+    array = ctypes.c_char_p * len(pairs)
+    return len(pairs), array(*(k for k, _ in pairs)), array(*(v for _, v in pairs))
+
+
+def check_image(what: str, format: Any, width: Any, height: Any, pitch: Any, buffer: Any) -> None:
+    """Checks the buffer of an image service against ``pitch * height``, before anything is copied."""
+    numbers = [integer(value, f"{what} argument '{name}'", *_int_range(ctypes.c_uint32), "uint32_t")
+               for name, value in (("width", width), ("height", height), ("pitch", pitch))]
+    kind = integer(format, f"{what} argument 'format'", *_int_range(ctypes.c_int32), "a 32-bit C enum")
+    check_image_buffer(what, kind, *numbers, buffer_size(buffer, f"{what} argument 'buffer'"))
+
+
+def size_error(what: str, size_name: str, size: int, text_name: str, text: bytes) -> ValueError:
+    return ValueError(f"{what} argument '{size_name}' is {size}, but '{text_name}' holds {len(text)} bytes: "
+                      f"give len({text_name}) (in UTF-8 bytes) or less")
+
+
+def check_command_line_index(what: str, argument: int) -> None:
+    """GetCommandLineArgument past the end: Orthanc 1.10 lets a C++ exception escape, so it is refused here."""
+    count = int(sdk_function("OrthancPluginGetCommandLineArgumentsCount")())
+    if argument >= count:
+        raise IndexError(f"{what} argument 'argument' is {argument}, but Orthanc has {count} "
+                         f"command-line argument(s): ask for 0 to {count - 1} (GetCommandLineArgumentsCount())")
+
+
+def too_old(c_name: str, since: tuple[int, int, int]) -> SdkVersionError:
+    """The error of a function newer than the running Orthanc."""
+    need = ".".join(map(str, since))
+    return SdkVersionError(
+        _capi.ErrorCode.UnknownPluginService,
+        f"{c_name[len('OrthancPlugin'):]}() needs Orthanc {need} or newer; this Orthanc is {_capi.orthanc_version()}",
+    )
+
+
+def take_text(address: int | None) -> str | None:
+    """A ``char*`` Orthanc allocated for the plugin: copied, then freed."""
+    if not address:
+        return None
+    try:
+        return ctypes.string_at(address).decode("utf-8", "replace")
+    finally:
+        _capi.free(address)
+
+
+def static_text(address: int | None) -> str | None:
+    """A ``const char*`` Orthanc keeps (a static description, a field of its own): copied, not freed."""
+    return None if not address else ctypes.string_at(address).decode("utf-8", "replace")
+
+
+def take_buffer(buffer: Any) -> bytes:
     """Copies a memory buffer Orthanc filled, then frees it (FreeMemoryBuffer)."""
     if not buffer.data:
         return b""
@@ -669,69 +529,62 @@ def _take_buffer(buffer: Any) -> bytes:
         _capi.free(buffer.data)
 
 
-def _convert_local(local: Any, c_type: str) -> Any:
-    base, stars, const = _base_type(c_type)
-    if stars == 0:
-        return local.value
-    address = local.value
-    if base == "char":
-        if const:
-            return None if not address else ctypes.string_at(address).decode("utf-8", "replace")
-        return _capi.take_string(local)
-    if base in OPAQUE_NAMES:
-        return None if not address else handle_class(base)(address, owned=True)
-    return address
+def struct_dict(struct: Any) -> dict[str, Any]:
+    """A filled out-struct (``OrthancPluginDictionaryEntry``...) as ``{field: value}``."""
+    return {entry[0]: getattr(struct, entry[0]) for entry in struct._fields_}
 
 
-def _check_version(fn: SdkFunction) -> None:
-    if fn.since is None:
-        return
-    running = _capi.orthanc_version()
-    if running == "mainline":
-        return
-    try:
-        have = tuple(int(part) for part in running.split(".")[:3])
-    except ValueError:
-        return
-    if have < fn.since:
-        need = ".".join(map(str, fn.since))
-        raise SdkVersionError(
-            _capi.ErrorCode.UnknownPluginService,
-            f"{fn.name[len('OrthancPlugin'):]}() needs Orthanc {need} or newer; this Orthanc is {running}",
-        )
+def owned(c_type_name: str, address: int | None) -> Handle | None:
+    """An object Orthanc created for the script: a :class:`Handle` that frees it, or ``None`` for NULL."""
+    return None if not address else handle_class(c_type_name)(address, owned=True)
 
 
-# Services whose failure in Orthanc 1.10 is not an Orthanc error but a C++
-# exception that Orthanc lets escape through the plugin, across ctypes and
-# Python's frames (undefined behaviour: a hang or a crash later). What they
-# would trip on is checked here instead.
+def wire(params: type[ctypes.Structure], bytes_fields: tuple[str, ...] = ()) -> type[ctypes.Structure]:
+    """The layout of ``params`` with pointer fields taking plain addresses, or ``bytes`` for ``bytes_fields``.
 
-def _command_line_index(python_name: str, values: dict[str, Any]) -> None:
-    count = int(sdk_function("OrthancPluginGetCommandLineArgumentsCount")())
-    if values["argument"] >= count:
-        raise IndexError(f"{python_name}() argument 'argument' is {values['argument']}, but Orthanc has {count} "
-                         f"command-line argument(s): ask for 0 to {count - 1} (GetCommandLineArgumentsCount())")
+    Same offsets and size as ``params`` (checked): the generated calls fill
+    it with integers and ``bytes`` directly, without building ctypes pointers.
+    Nested structs get their own wire layout (``"outer.inner"`` names a
+    nested bytes field).
+    """
+    fields = []
+    for name, c_type, *bits in params._fields_:  # type: ignore[attr-defined]
+        if isinstance(c_type, type) and issubclass(c_type, ctypes.Structure):
+            inner = tuple(f[len(name) + 1:] for f in bytes_fields if f.startswith(name + "."))
+            c_type = wire(c_type, inner)
+        elif _is_pointer(c_type):
+            c_type = ctypes.c_char_p if name in bytes_fields else ctypes.c_void_p
+        fields.append((name, c_type, *bits))
+    made = type(params.__name__, (ctypes.Structure,), {"_fields_": fields})
+    for name, *_ in fields:
+        if getattr(made, name).offset != getattr(params, name).offset:
+            raise AssertionError(f"wire layout of {params.__name__} differs at field {name}")
+    if ctypes.sizeof(made) != ctypes.sizeof(params):
+        raise AssertionError(f"wire layout of {params.__name__} differs in size")
+    return made
 
 
-_PRECONDITIONS: dict[str, Callable[[str, dict[str, Any]], None]] = {
-    "OrthancPluginGetCommandLineArgument": _command_line_index,
-}
-
-_COMPILED: dict[tuple[str, bool], _Compiled] = {}
+def _is_pointer(c_type: Any) -> bool:
+    return (c_type in (ctypes.c_void_p, ctypes.c_char_p)
+            or (isinstance(c_type, type) and issubclass(c_type, (ctypes._Pointer, ctypes._CFuncPtr))))  # type: ignore[attr-defined]
 
 
-def sdk_function(name: str, raw: bool = False) -> _Compiled:
-    """The Python callable for the SDK function ``name`` (``"OrthancPluginRestApiGet"``).
+def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
+    """The Python function of the SDK function ``name`` (``"OrthancPluginRestApiGet"``), from ``_sdk_calls``.
 
-    :param raw: return the value of the local the function returns as is (an
-        integer, or a pointer as an address) and let the caller interpret it:
-        for functions that compute their result (``HasInstanceMetadata``
-        returns ``result != 0``) or return memory Orthanc keeps
-        (``GetInstanceData``).
+    :param raw: for the functions that compute their result in C
+        (``HasInstanceMetadata`` returns ``result != 0``): the variant that
+        returns the value it is computed from.
     :raises KeyError: no such function in the SDK header.
     :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
     """
-    compiled = _COMPILED.get((name, raw))
-    if compiled is None:
-        compiled = _COMPILED[(name, raw)] = _Compiled(_sdk.FUNCTIONS[name], raw)
-    return compiled
+    from . import _sdk_calls
+
+    if raw and name in _sdk_calls.RAW:
+        return _sdk_calls.RAW[name]  # type: ignore[no-any-return]
+    function = _sdk_calls.CALLS.get(name)
+    if function is not None:
+        return function  # type: ignore[no-any-return]
+    if name in _sdk_calls.UNSUPPORTED:
+        raise UnsupportedFunction(f"{name} cannot be called generically: {_sdk_calls.UNSUPPORTED[name]}")
+    raise KeyError(name)

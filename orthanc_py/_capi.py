@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from threading import get_ident as _get_ident
 from typing import Any, Callable, TypeVar
 
 from . import _sdk
@@ -42,6 +43,10 @@ class OrthancError(Exception):
         self.description = description
 
 
+class SdkVersionError(OrthancError):
+    """The running Orthanc is older than the SDK function needs."""
+
+
 class NotInOrthancError(RuntimeError):
     """An SDK function was called while no Orthanc server is attached.
 
@@ -63,14 +68,32 @@ class _Context:
         self.free = contents.Free
         version = contents.orthancVersion
         self.address = address
-        # The same function, called with plain addresses: no argument
-        # conversion on the REST answer's path (see answer_buffer()).
+        # The same function, called with plain addresses: no conversion of a
+        # ctypes pointer on each call.
         function = ctypes.cast(contents.InvokeService, ctypes.c_void_p).value or 0
-        self.invoke_raw = _InvokeRaw(function)
+        # Called with the params as an address, or bytes (c_void_p takes both).
+        self.invoke = _InvokeRaw(function)
         self.orthanc_version = version.decode("utf-8", "replace") if version else "unknown"
+        self.release = _release(self.orthanc_version)
+
+
+# Any SDK function is offered by a development build, or by one whose version cannot be read.
+_NEWEST = (1 << 30, 0, 0)
+
+
+def _release(version: str) -> tuple[int, int, int]:
+    """``"1.12.7"`` -> ``(1, 12, 7)``; :data:`_NEWEST` for ``"mainline"`` and anything unreadable."""
+    try:
+        major, minor, revision = (int(part) for part in version.split(".")[:3])
+    except ValueError:
+        return _NEWEST
+    return major, minor, revision
 
 
 _context: _Context | None = None
+release: tuple[int, int, int] = _NEWEST
+"""The running Orthanc's version as numbers (see :func:`_release`); outside Orthanc, any SDK call
+passes this check and fails on the missing server instead."""
 _context_lock = threading.Lock()
 # Set once Orthanc has announced that it stops (ORTHANC_STOPPED delivered):
 # only Orthanc's own threads may still call in, since Orthanc goes on to tear
@@ -84,10 +107,11 @@ _in_flight: dict[int, int] = {}
 
 def attach(address: int) -> None:
     """Makes the context at ``address`` the one every SDK call uses."""
-    global _context, _closing
+    global _context, _closing, release
     with _context_lock:
         _context = _Context(address)
         _closing = False
+        release = _context.release
 
 
 def close(timeout: float) -> bool:
@@ -119,9 +143,10 @@ def detach() -> None:
     Called when Orthanc has stopped, so that a thread the script left behind
     fails cleanly instead of calling into a server that is gone.
     """
-    global _context
+    global _context, release
     with _context_lock:
         _context = None
+        release = _NEWEST
 
 
 def _detach_in_fork_child() -> None:
@@ -208,32 +233,65 @@ class NestingError(OrthancError):
 
 
 def invoke(service: Service, params: Any, what: str = "") -> None:
-    """Calls one SDK service; raises :class:`OrthancError` when Orthanc refuses it.
+    """Calls one SDK service with a ctypes params structure; raises :class:`OrthancError` when Orthanc refuses it.
+
+    For hand-written calls; the generated ones (``_sdk_calls``) use :func:`call`.
 
     :param service: the ``_OrthancPluginService`` number.
     :param params: a ctypes structure (passed by reference), ``bytes``, or ``None``.
     :param what: the name to use in error messages (defaults to the service name).
     :raises NestingError: for a call of the REST API from :data:`MAX_NESTING` nested callbacks.
     """
-    context = _require(what or service.name)
+    name = what or Service(service).name
+    uri = getattr(params, "uri", None)
+    # The structure stays alive in the caller's frame; bytes are passed as they are.
+    address = ctypes.addressof(params) if isinstance(params, ctypes.Structure) else params
     if service in _REENTRANT:
-        depth = python_depth()
-        if depth >= MAX_NESTING:
-            uri = getattr(params, "uri", None)
-            name = what or service.name
-            raise NestingError(f"{name} {uri.decode('utf-8', 'replace')}" if isinstance(uri, bytes) else name, depth)
-    if isinstance(params, ctypes.Structure):
-        params = ctypes.byref(params)
-    ident = threading.get_ident()
-    _in_flight[ident] = _in_flight.get(ident, 0) + 1
+        call_reentrant(int(service), address, name, uri if isinstance(uri, bytes) else None)
+    else:
+        call(int(service), address, name)
+
+
+def call(service: int, params: int | bytes | None, what: str) -> None:
+    """Calls one SDK service: ``params`` is the address of its params struct (or the ``bytes`` it takes).
+
+    The path of every SDK call: kept short on purpose. It counts the call
+    in flight (see :func:`close`) and raises :class:`OrthancError` (or
+    :class:`SdkVersionError` for a service this Orthanc lacks) when Orthanc
+    refuses it.
+    """
+    context = _context
+    if context is None or _closing:
+        context = _require(what)
+    ident = _get_ident()
+    flight = _in_flight
+    flight[ident] = flight.get(ident, 0) + 1
     try:
-        code = context.invoke_service(context.pointer, int(service), params)
+        code = context.invoke(context.address, service, params)
     finally:
-        depth = _in_flight.pop(ident) - 1
+        depth = flight.pop(ident) - 1
         if depth:
-            _in_flight[ident] = depth
-    if code != ErrorCode.Success:
-        raise OrthancError(code, error_description(code))
+            flight[ident] = depth
+    if code:
+        raise call_error(code, what)
+
+
+def call_reentrant(service: int, params: int | bytes | None, what: str, uri: bytes | None) -> None:
+    """:func:`call` for the services that may run the script's callbacks again on this thread (the REST API).
+
+    :raises NestingError: from :data:`MAX_NESTING` nested callbacks on, before Orthanc does anything.
+    """
+    depth = python_depth()
+    if depth >= MAX_NESTING:
+        raise NestingError(f"{what} {uri.decode('utf-8', 'replace')}" if uri is not None else what, depth)
+    call(service, params, what)
+
+
+def call_error(code: int, what: str) -> OrthancError:
+    """The exception for a failed call of ``what``."""
+    if code == ErrorCode.UnknownPluginService:
+        return SdkVersionError(code, f"{what}() is not offered by this Orthanc ({orthanc_version()})")
+    return OrthancError(code, error_description(code))
 
 
 def error_description(code: int) -> str:

@@ -105,7 +105,7 @@ def _send_answer(context: _Context, output: int, body: bytes, size: int, mime_ty
     # A CFUNCTYPE call releases the GIL: Orthanc may wait on the socket here
     # (a client that does not read its answers), and that must not stop
     # every other Python callback meanwhile.
-    code = context.invoke_raw(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
+    code = context.invoke(context.address, _ANSWER_BUFFER, ctypes.addressof(params))
     if code:
         raise OrthancError(code, error_description(code))
 

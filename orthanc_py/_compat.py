@@ -16,10 +16,11 @@ class of its first argument when that is an Orthanc object (``RestOutput``,
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 from typing import Any, Callable
 
-from . import _calls, _capi, _enums, _sdk
+from . import _calls, _capi, _enums, _sdk, _sdk_calls
 from ._calls import Handle
 from ._official import changes, dicomweb, filters, http_client, images, jobs, rest, scp, storage, system, transfers
 
@@ -113,11 +114,13 @@ UNSUPPORTED: dict[str, str] = {}
 """SDK functions not reachable from this module, with the reason (see ``orthanc-py sdk-coverage``)."""
 
 
-def _make_function(compiled: Any, python_name: str, parameters: list[str], answering: bool,
-                   errors_logged: bool = False) -> Callable[..., Any]:
-    def function(*args: Any) -> Any:
+def _answering_method(function: Callable[..., Any], answering: bool, errors_logged: bool) -> Callable[..., Any]:
+    """A ``RestOutput`` method around a generated function: marks the request answered, logs ignored errors."""
+    python_name = function.__name__
+
+    def method(*args: Any) -> Any:
         try:
-            result = compiled(*args)
+            result = function(*args)
         except _capi.OrthancError as error:
             if not errors_logged or isinstance(error, _calls.SdkVersionError):
                 raise
@@ -127,14 +130,18 @@ def _make_function(compiled: Any, python_name: str, parameters: list[str], answe
             args[0].answered = True
         return result
 
-    fn = compiled.fn
-    function.__name__ = function.__qualname__ = python_name
+    functools.update_wrapper(method, function)
+    return method
+
+
+def _exposed(function: Callable[..., Any], method: bool) -> Callable[..., Any]:
+    """The generated function as the ``orthanc`` module shows it: its module, and ``self`` for a method."""
     function.__module__ = "orthanc"
-    doc = fn.doc or f"Calls {fn.name}."
-    function.__doc__ = f"{doc}\n\nWraps the SDK function ``{fn.name}``."
-    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_ONLY) for p in parameters]
-    )
+    if method:
+        signature = inspect.signature(function)
+        parameters = list(signature.parameters.values())
+        parameters[0] = parameters[0].replace(name="self")
+        function.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return function
 
 
@@ -144,16 +151,14 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
         if python_name in namespace or any(python_name in vars(cls) for cls in _HANDLE_CLASSES.values()):
             continue  # written by hand
         try:
-            compiled = _calls.sdk_function(fn.name)
+            function = _calls.sdk_function(fn.name)
         except _calls.UnsupportedFunction as error:
             UNSUPPORTED[fn.name] = str(error).split(": ", 1)[-1]
             continue
         # A method of the class of its first Orthanc-object argument.
-        first = compiled.input_types[0] if compiled.input_types else ""
-        owner = _HANDLE_CLASSES.get(first)
-        parameters = [name for name, _ in compiled.inputs]
-        if owner is not None:
-            parameters[0] = "self"
+        parameters, _result = _sdk_calls.CONVENTIONS[fn.name]
+        first = parameters[0] if parameters else None
+        owner = _HANDLE_CLASSES.get(first[1]) if first is not None and first[2].startswith("handle") else None
         if owner is not None and python_name.startswith("Free"):
             continue  # Handle.close() frees
         if owner is not None:
@@ -161,15 +166,17 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             # The SDK's answer functions return nothing: in the official
             # plugin, a refusal (a header after the answer) goes unnoticed.
             errors_logged = owner is RestOutput and fn.result == "void"
-            function = _make_function(compiled, python_name, parameters, answering, errors_logged)
-            setattr(owner, python_name, _SdkMethod(function))
+            if answering or errors_logged:
+                function = _answering_method(function, answering, errors_logged)
+            method = _SdkMethod(_exposed(function, method=True))
+            setattr(owner, python_name, method)
             # The official plugin 7.1 drops the class's name from such a
             # method (FindMatcher.IsMatch, StorageArea.Read): both names work.
             short = python_name[len(owner.__name__):]
             if python_name.startswith(owner.__name__) and short and short not in vars(owner):
-                setattr(owner, short, _SdkMethod(function))
+                setattr(owner, short, method)
         else:
-            namespace[python_name] = _make_function(compiled, python_name, parameters, False)
+            namespace[python_name] = _exposed(function, method=False)
             __all__.append(python_name)
 
 

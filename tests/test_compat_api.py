@@ -235,23 +235,26 @@ def test_answers_match_the_official_plugin(probes):
 
 
 def test_a_function_newer_than_the_running_orthanc_raises_a_clear_error(make_orthanc):
-    # No SDK function of this header is newer than this Orthanc, so a copy of
-    # one is dated in the future: the check is the one every call goes through.
+    # No SDK function of this header is newer than this Orthanc, so the
+    # running version is made to look older than GetPeers (1.4.2) for one
+    # call: the check is the one every generated call goes through.
     server = make_orthanc(
         """
-        import dataclasses
-        from orthanc_py import _calls, _sdk, route
-
-        future = dataclasses.replace(_sdk.FUNCTIONS["OrthancPluginGenerateUuid"], since=(99, 1, 0))
+        import orthanc
+        from orthanc_py import _calls, _capi, route
 
         @route("/future")
         def call_future(request):
+            real, _capi.release = _capi.release, (1, 4, 1)
             try:
-                _calls._Compiled(future)()
+                orthanc.GetPeers()
             except _calls.SdkVersionError as error:
-                return {"error": str(error), "is_orthanc_exception": isinstance(error, Exception)}
+                return {"error": str(error), "is_orthanc_exception": isinstance(error, orthanc.OrthancException)}
+            finally:
+                _capi.release = real
         """
     )
     answer = server.get_json("/future")
     running = orthanc_version(find_orthanc())
-    assert f"GenerateUuid() needs Orthanc 99.1.0 or newer; this Orthanc is {running}" in answer["error"]
+    assert f"GetPeers() needs Orthanc 1.4.2 or newer; this Orthanc is {running}" in answer["error"]
+    assert answer["is_orthanc_exception"] is True

@@ -6,7 +6,7 @@ function of ``_sdk.FUNCTIONS`` that ``orthanc-py sdk-coverage`` counts as
 reachable, as the ``orthanc`` module offers it (a function, a method of the
 class of its first argument, ``close()`` for the ``Free...`` functions, or
 the function named in ``cli.COVERED_BY``). The kinds of its arguments come
-from the marshalling engine (``_calls.sdk_function(...).inputs``).
+from the generated conventions (``_sdk_calls.CONVENTIONS``).
 
 Every argument in turn gets every hostile value (wrong types, ``None``,
 empty, short and huge buffers, a 4 GiB + 1 buffer, negative and 2**31+
@@ -53,7 +53,7 @@ import time
 import traceback
 
 import orthanc
-from orthanc_py import _calls, _capi, _sdk, cli
+from orthanc_py import _calls, _capi, _sdk, _sdk_calls, cli
 
 PREFIX = "OrthancPlugin"
 SAMPLE = open("sample.dcm", "rb").read()
@@ -65,26 +65,22 @@ FREED_BY = {free: c_type for c_type, free in _sdk.FREE_FUNCTIONS.items()}
 # --- the surface -----------------------------------------------------------------------------
 
 def kinds_of(name, parameters):
-    """The kind of each parameter: from the marshalling engine when the shapes agree, else 'any'."""
-    try:
-        compiled = _calls.sdk_function(name)
-    except _calls.UnsupportedFunction:
-        compiled = None
-    if compiled is not None and len(compiled.inputs) == len(parameters):
+    """The kind of each parameter: from the generated conventions when the shapes agree, else 'any'."""
+    convention = _sdk_calls.CONVENTIONS.get(name)
+    if convention is not None and len(convention[0]) == len(parameters):
         kinds = []
-        for (argument, convert), base in zip(compiled.inputs, compiled.input_types):
-            if base in CLASSES:
+        for _argument, base, kind in convention[0]:
+            kind = kind.rstrip("?")
+            if kind == "handle":
                 kinds.append("handle:" + base)
-            elif argument in compiled.string_maps:
+            elif kind == "headers":
                 kinds.append("map")
-            elif convert is _calls._to_bytes or argument in compiled.size_of.values():
+            elif kind in ("bytes", "sized-text"):
                 kinds.append("bytes")
-            elif base == "char":
+            elif kind in ("text", "header-text"):
                 kinds.append("str")
-            elif base == "float":
-                kinds.append("float")
             else:
-                kinds.append("int")
+                kinds.append(kind)  # int, float
         return kinds
     return ["any"] * len(parameters)
 

@@ -31,16 +31,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import orthanc
-from orthanc_py import _calls, _sdk
+from orthanc_py import _calls, _sdk, _sdk_calls
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "orthanc" / "__init__.pyi"
 PREFIX = "OrthancPlugin"
 
-# Arguments that the SDK documents as "can be NULL": None passes NULL.
-NULLABLE_ARGUMENTS = {"username", "password", "privateCreator", "pixelData"}
-# Results that the SDK documents as NULL on success ("NULL if it is not defined");
-# other NULL results come with an error code, which raises OrthancException.
-NULLABLE_RESULTS = {"OrthancPluginGetPeerUserProperty"}
 # Hand-written functions annotated with the base class Handle, and the class they return.
 HANDLE_RESULTS = {"CreateJob": "Job"}
 LINE_LENGTH = 140  # as ruff checks the project
@@ -83,31 +78,24 @@ def definition(indent: str, name: str, parameters: list[str], result: str) -> st
     return f"{indent}def {name}(\n{inner}{indent}) -> {result}:"
 
 
-# --- functions built from the SDK: the rules of _calls._Compiled -------------------------
+# --- functions built from the SDK: their conventions in _sdk_calls ---------------------------
 
 def handle_name(c_type: str) -> str:
     return _calls.HANDLE_CLASSES[c_type].__name__
 
 
-def parameter_type(compiled: Any, index: int) -> str:
-    """The Python type an SDK-built function takes for its ``index``-th input."""
-    name, _ = compiled.inputs[index]
-    base = compiled.input_types[index]
-    if name in compiled.string_maps:  # (count, keys[], values[]): a mapping, or None for none
-        return "dict[str, str] | None"
-    if base == "void" or name in compiled.size_of.values():  # a buffer, its size derived
-        return "bytes | str"
-    if base == "char":
-        text = "str"
-    elif base in _calls.OPAQUE_NAMES:
-        text = handle_name(base)
-    elif base in _calls.INTEGER_TYPES or base in _calls.ENUM_NAMES:
-        text = "int"
-    elif base == "float":
-        text = "float"
-    else:
-        raise GeneratorError(f"{compiled.fn.name}: no Python type for argument {name!r} ({base})")
-    return f"{text} | None" if name in NULLABLE_ARGUMENTS else text
+PARAMETER_TYPES = {"int": "int", "float": "float", "text": "str", "header-text": "str", "bytes": "bytes | str",
+                   "sized-text": "bytes | str", "headers": "dict[str, str] | None"}
+
+
+def parameter_type(name: str, base: str, kind: str) -> str:
+    """The Python type an SDK-built function takes for one parameter (see ``_sdk_calls.CONVENTIONS``)."""
+    nullable = kind.endswith("?")
+    kind = kind.rstrip("?")
+    text = handle_name(base) if kind == "handle" else PARAMETER_TYPES.get(kind)
+    if text is None:
+        raise GeneratorError(f"no Python type for argument {name!r} ({base}, {kind})")
+    return f"{text} | None" if nullable else text
 
 
 def struct_type(cls: type) -> str:
@@ -116,35 +104,32 @@ def struct_type(cls: type) -> str:
     return "dict[str, int]" if all(t in integers for t in fields) else "dict[str, Any]"
 
 
-def result_type(compiled: Any) -> str:
-    """The Python type an SDK-built function returns (see ``_Compiled.__call__``)."""
-    fn = compiled.fn
-    if fn.returns.startswith("local:"):
-        base, stars, _const = _calls._base_type(compiled.locals[fn.returns[6:]])
-        if stars == 0:
-            return "int"  # integers and enums
-        if base == "char":
-            return "str | None" if fn.name in NULLABLE_RESULTS else "str"
-        if base in _calls.OPAQUE_NAMES:
-            return handle_name(base)  # owned: frees itself
-        raise GeneratorError(f"{fn.name}: no Python type for its result ({base})")
-    results = ["bytes" for _ in compiled.out_buffers]
-    results += ["int" for _ in compiled.out_scalars]
-    results += [struct_type(cls) for _, cls in compiled.out_structs]
-    if not results:
-        return "None"
-    return results[0] if len(results) == 1 else f"tuple[{', '.join(results)}]"
+def result_type(c_name: str, result: str) -> str:
+    """The Python type an SDK-built function returns, from its convention's result."""
+    if result.startswith("handle:"):
+        return handle_name(result[len("handle:"):])  # owned: frees itself
+    if result.startswith("tuple["):
+        return result
+    if result == "dict":
+        function = _sdk.FUNCTIONS[c_name]
+        struct = next(base for _, c_type in function.arguments
+                      if (base := c_type.replace("*", "").strip()) in {cls.__name__ for cls in _sdk.STRUCTS})
+        return struct_type(getattr(_sdk, struct))
+    if result == "address":
+        return "int"
+    return {"str?": "str | None"}.get(result, result)
 
 
 def sdk_signature(function: Callable[..., Any], method: bool) -> tuple[list[str], str]:
     """Parameters and result of an SDK-built function: positional only, as ``_make_function`` takes them."""
-    if PREFIX + function.__name__ not in _sdk.FUNCTIONS:
+    c_name = PREFIX + function.__name__
+    if c_name not in _sdk_calls.CONVENTIONS:
         raise GeneratorError(f"{function.__qualname__}: not built from the SDK, yet without annotations")
-    compiled = _calls.sdk_function(PREFIX + function.__name__)
-    parameters = [f"{name}: {parameter_type(compiled, index)}" for index, (name, _) in enumerate(compiled.inputs)]
+    parameters_of, result = _sdk_calls.CONVENTIONS[c_name]
+    parameters = [f"{name}: {parameter_type(name, base, kind)}" for name, base, kind in parameters_of]
     if method:
         parameters[0] = "self"
-    return ([*parameters, "/"] if parameters else []), result_type(compiled)
+    return ([*parameters, "/"] if parameters else []), result_type(c_name, result)
 
 
 # --- hand-written functions: their annotations -------------------------------------------

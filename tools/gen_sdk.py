@@ -30,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_calls  # noqa: E402  # the sibling module that writes the generated calls
+
 DEFAULT_HEADER = Path("/usr/include/orthanc/OrthancCPlugin.h")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "orthanc_py" / "_sdk.py"
 DEFAULT_ENUMS_OUTPUT = DEFAULT_OUTPUT.with_name("_enums.py")
+DEFAULT_CALLS_OUTPUT = DEFAULT_OUTPUT.with_name("_sdk_calls.py")
 
 # Every SDK enum is 32 bits wide: OrthancPluginCheckVersionAdvanced() refuses to
 # run otherwise, and each enum ends with a 0x7fffffff sentinel to force it.
@@ -1056,6 +1060,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_ENUMS_OUTPUT,
         help="module of Pythonic enumerations to write (default: orthanc_py/_enums.py)",
     )
+    parser.add_argument(
+        "--calls-output",
+        type=Path,
+        default=DEFAULT_CALLS_OUTPUT,
+        help="module of generated SDK calls to write (default: orthanc_py/_sdk_calls.py)",
+    )
     args = parser.parse_args(argv)
     try:
         sdk = parse_header(args.header)
@@ -1066,7 +1076,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.output.write_text(text, encoding="utf-8")
     args.enums_output.write_text(enums, encoding="utf-8")
+    args.calls_output.write_text(gen_calls.render(load_generated(args.output)), encoding="utf-8")
     return 0
+
+
+def load_generated(path: Path) -> Any:
+    """Imports a module this script wrote, as a sibling of ``orthanc_py._sdk`` (it imports ``._sdk_types``)."""
+    import importlib.util
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    spec = importlib.util.spec_from_file_location("orthanc_py._sdk_just_written", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":
