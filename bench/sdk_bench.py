@@ -54,8 +54,8 @@ from tests.dicom import make_dicom  # noqa: E402
 # --- calls ----------------------------------------------------------------------------------
 
 # Runs unchanged under both plugins. POST /bench/setup receives an instance
-# to work on; GET /bench/calls?budget=S times every call and answers
-# {name: microseconds per call}.
+# to work on; GET /bench/calls?budget=S&call=I times the I-th call for S seconds and answers
+# the microseconds per call; GET /bench/names lists the calls.
 CALLS_SCRIPT = r'''
 import json
 import time
@@ -105,24 +105,27 @@ def Setup(output, uri, **request):
 
 def Calls(output, uri, **request):
     budget = float(request["get"].get("budget", "0.2"))
-    results = {}
-    for name, call in calls().items():
-        call()  # warm
-        count = 0
-        started = time.perf_counter()
-        while True:
-            for _ in range(10):
-                call()
-            count += 10
-            elapsed = time.perf_counter() - started
-            if elapsed >= budget:
-                break
-        results[name] = elapsed / count * 1e6
-    output.AnswerBuffer(json.dumps(results), "application/json")
+    call = list(calls().values())[int(request["get"]["call"])]
+    call()  # warm
+    count = 0
+    started = time.perf_counter()
+    while True:
+        for _ in range(10):
+            call()
+        count += 10
+        elapsed = time.perf_counter() - started
+        if elapsed >= budget:
+            break
+    output.AnswerBuffer(json.dumps(elapsed / count * 1e6), "application/json")
+
+
+def Names(output, uri, **request):
+    output.AnswerBuffer(json.dumps(list(calls())), "application/json")
 
 
 orthanc.RegisterRestCallback("/bench/setup", Setup)
 orthanc.RegisterRestCallback("/bench/calls", Calls)
+orthanc.RegisterRestCallback("/bench/names", Names)
 '''
 
 
@@ -142,13 +145,19 @@ def measure_calls(loader: str, args: argparse.Namespace, workdir: Path) -> list[
             instance_id = server.upload(dicom)["ID"]  # type: ignore[index]
             answer = server.post("/bench/setup", instance_id)
             assert answer.status == 200, answer
+        names = {name: server.get_json("/bench/names") for name, server in servers.items()}
         for round_ in range(args.rounds):
-            results = {}
-            for name, server in servers.items():
-                answer = server.get(f"/bench/calls?budget={args.budget}", timeout=600)
-                assert answer.status == 200, answer
-                results[name] = answer.json()
-            rounds.append(results)  # type: ignore[arg-type]
+            # Call by call, the servers one after the other: each ratio compares
+            # timings taken within a second of each other.
+            results: dict[str, dict[str, float]] = {name: {} for name in servers}
+            for call in names["orthanc_py"]:
+                for name, server in servers.items():
+                    if call in names[name]:
+                        index = names[name].index(call)
+                        answer = server.get(f"/bench/calls?budget={args.budget}&call={index}", timeout=600)
+                        assert answer.status == 200, (name, call, server.log[-1500:])
+                        results[name][call] = answer.json()  # type: ignore[assignment]
+            rounds.append(results)
             print(f"calls round {round_ + 1}/{args.rounds} done", flush=True)
     return rounds
 

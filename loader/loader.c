@@ -576,10 +576,124 @@ static PyObject *loader_stack(PyObject *module, PyObject *unused)
                        "free", free_bytes);
 }
 
+/* invoke() calls in flight: in all threads, and in this one. */
+static long calls_in_flight = 0;
+static __thread long this_thread_calls = 0;
+
+/* invoke(service, params): context->InvokeService(context, service, params)
+ * with the GIL released; returns Orthanc's error code. params is the address
+ * of the service's params struct (an int), bytes (the log services take the
+ * text itself), or None. The SDK calls of orthanc_py._sdk_calls all come
+ * through here: a builtin call costs a fraction of a ctypes foreign call. */
+static PyObject *loader_invoke(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+  (void)module;
+  if (nargs != 2)
+  {
+    PyErr_SetString(PyExc_TypeError, "invoke() takes the service and its params");
+    return NULL;
+  }
+  long service = PyLong_AsLong(args[0]);
+  if (service == -1 && PyErr_Occurred())
+    return NULL;
+  const void *params = NULL;
+  if (PyBytes_Check(args[1]))
+    params = PyBytes_AS_STRING(args[1]); /* alive: the caller's argument holds it */
+  else if (args[1] != Py_None)
+  {
+    params = PyLong_AsVoidPtr(args[1]);
+    if (params == NULL && PyErr_Occurred())
+      return NULL;
+  }
+  if (context == NULL)
+  {
+    PyErr_SetString(PyExc_RuntimeError, "invoke(): Orthanc's context is gone");
+    return NULL;
+  }
+  OrthancPluginErrorCode code;
+  __atomic_add_fetch(&calls_in_flight, 1, __ATOMIC_SEQ_CST);
+  this_thread_calls++;
+  Py_BEGIN_ALLOW_THREADS
+  code = context->InvokeService(context, (_OrthancPluginService)service, params);
+  Py_END_ALLOW_THREADS
+  this_thread_calls--;
+  __atomic_sub_fetch(&calls_in_flight, 1, __ATOMIC_SEQ_CST);
+  return PyLong_FromLong((long)code);
+}
+
+/* take_bytes(address, size): the size bytes at address, as bytes; then
+ * frees them (context->Free). For the memory buffers Orthanc fills. */
+static PyObject *loader_take_bytes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+  (void)module;
+  if (nargs != 2)
+  {
+    PyErr_SetString(PyExc_TypeError, "take_bytes() takes an address and a size");
+    return NULL;
+  }
+  void *pointer = PyLong_AsVoidPtr(args[0]);
+  if (pointer == NULL && PyErr_Occurred())
+    return NULL;
+  Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+  if (size < 0 && PyErr_Occurred())
+    return NULL;
+  PyObject *copy = PyBytes_FromStringAndSize(pointer != NULL && size > 0 ? (const char *)pointer : "",
+                                             pointer != NULL && size > 0 ? size : 0);
+  if (pointer != NULL && context != NULL)
+    context->Free(pointer); /* freed even when the copy failed (MemoryError): nothing else would */
+  return copy;
+}
+
+/* take_text(address): the NUL-terminated UTF-8 text at address, as str
+ * (undecodable bytes replaced), or None for NULL; then frees it. */
+static PyObject *loader_take_text(PyObject *module, PyObject *address)
+{
+  (void)module;
+  void *pointer = PyLong_AsVoidPtr(address);
+  if (pointer == NULL)
+  {
+    if (PyErr_Occurred())
+      return NULL;
+    Py_RETURN_NONE;
+  }
+  PyObject *text = PyUnicode_DecodeUTF8((const char *)pointer, (Py_ssize_t)strlen((const char *)pointer), "replace");
+  if (context != NULL)
+    context->Free(pointer);
+  return text;
+}
+
+/* in_flight(): how many invoke() calls other threads are making right now.
+ * Python waits for them to end when Orthanc announces its stop. */
+static PyObject *loader_in_flight(PyObject *module, PyObject *unused)
+{
+  (void)module;
+  (void)unused;
+  return PyLong_FromLong(__atomic_load_n(&calls_in_flight, __ATOMIC_SEQ_CST) - this_thread_calls);
+}
+
+/* free(address): context->Free(address), for memory Orthanc allocated for the plugin. */
+static PyObject *loader_free(PyObject *module, PyObject *address)
+{
+  (void)module;
+  void *pointer = PyLong_AsVoidPtr(address);
+  if (pointer == NULL && PyErr_Occurred())
+    return NULL;
+  if (pointer != NULL && context != NULL)
+    context->Free(pointer);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef loader_methods[] = {
     {"call", (PyCFunction)(void (*)(void))loader_call, METH_FASTCALL,
      "call(function, *args): function(*args) on this thread's Python stack."},
     {"depth", loader_depth, METH_NOARGS, "depth(): this thread's entries into Python that are running."},
+    {"invoke", (PyCFunction)(void (*)(void))loader_invoke, METH_FASTCALL,
+     "invoke(service, params): Orthanc's InvokeService, the GIL released; returns the error code."},
+    {"free", loader_free, METH_O, "free(address): frees memory Orthanc allocated for the plugin."},
+    {"take_bytes", (PyCFunction)(void (*)(void))loader_take_bytes, METH_FASTCALL,
+     "take_bytes(address, size): copies Orthanc's memory into bytes, then frees it."},
+    {"take_text", loader_take_text, METH_O, "take_text(address): copies Orthanc's C string into str, then frees it."},
+    {"in_flight", loader_in_flight, METH_NOARGS, "in_flight(): invoke() calls other threads are making now."},
     {"stack", loader_stack, METH_NOARGS,
      "stack(): {thread_stack, on_python_stack, python_stack, free}: where Python runs on this thread."},
     {NULL, NULL, 0, NULL}};

@@ -164,11 +164,15 @@ class Handle(_capi.Borrowed):
 
     def close(self) -> None:
         """Frees the Orthanc object now, if the script owns it."""
-        address, self._address = self._address, 0
-        if address and self._owned and _capi.is_attached():
+        owned, self._owned = self._owned, False  # whichever thread closes first frees it
+        if owned and self._address and _capi.is_attached():
             free = _sdk.FREE_FUNCTIONS.get(self.c_type_name)
             if free is not None:
-                sdk_function(free)(type(self)(address))
+                try:
+                    sdk_function(free)(self)
+                finally:
+                    self._address = 0
+        self._address = 0
 
     def __enter__(self) -> Handle:
         return self
@@ -455,18 +459,6 @@ def address_or_null(value: Any, c_type_name: str, what: str) -> int:
     return 0 if value is None else address(value, c_type_name, what)
 
 
-def lease_of(value: Any) -> Any | None:
-    """Holds an object Orthanc lent to a callback on another thread, for the length of one call.
-
-    Returns the lease to release afterwards, or ``None`` (the common case:
-    the object is the script's, or the callback runs on this thread).
-    """
-    owner = getattr(value, "_owner", None)
-    if owner is None or owner == threading.get_ident():
-        return None
-    return value._take_lease()  # type: ignore[no-any-return]
-
-
 def string_pairs(value: Any, what: str) -> tuple[int, Any, Any]:
     """A mapping of str to str (HTTP headers) as C arrays: ``(count, keys, values)``."""
     pairs = _to_string_pairs(value, what)
@@ -504,29 +496,29 @@ def too_old(c_name: str, since: tuple[int, int, int]) -> SdkVersionError:
     )
 
 
-def take_text(address: int | None) -> str | None:
+class TextOut(ctypes.Union):
+    """A ``char*`` Orthanc writes: read as ``bytes`` up to its NUL (``text``), or as an address (``address``).
+
+    One object for both views: the copy and the free cost one attribute read each.
+    """
+
+    _fields_ = [("text", ctypes.c_char_p), ("address", ctypes.c_void_p)]
+
+
+def take_text(out: TextOut) -> str | None:
     """A ``char*`` Orthanc allocated for the plugin: copied, then freed."""
-    if not address:
-        return None
-    try:
-        return ctypes.string_at(address).decode("utf-8", "replace")
-    finally:
-        _capi.free(address)
+    return _capi.take_text(out.address)
 
 
-def static_text(address: int | None) -> str | None:
+def static_text(out: TextOut) -> str | None:
     """A ``const char*`` Orthanc keeps (a static description, a field of its own): copied, not freed."""
-    return None if not address else ctypes.string_at(address).decode("utf-8", "replace")
+    text = out.text
+    return None if text is None else text.decode("utf-8", "replace")  # type: ignore[no-any-return]
 
 
 def take_buffer(buffer: Any) -> bytes:
     """Copies a memory buffer Orthanc filled, then frees it (FreeMemoryBuffer)."""
-    if not buffer.data:
-        return b""
-    try:
-        return _capi.copy_memory(buffer.data, buffer.size)
-    finally:
-        _capi.free(buffer.data)
+    return _capi.take_bytes(buffer.data, buffer.size)
 
 
 def struct_dict(struct: Any) -> dict[str, Any]:
@@ -569,6 +561,9 @@ def _is_pointer(c_type: Any) -> bool:
             or (isinstance(c_type, type) and issubclass(c_type, (ctypes._Pointer, ctypes._CFuncPtr))))  # type: ignore[attr-defined]
 
 
+_sdk_calls: Any = None
+
+
 def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
     """The Python function of the SDK function ``name`` (``"OrthancPluginRestApiGet"``), from ``_sdk_calls``.
 
@@ -578,8 +573,9 @@ def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
     :raises KeyError: no such function in the SDK header.
     :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
     """
-    from . import _sdk_calls
-
+    global _sdk_calls
+    if _sdk_calls is None:  # imported on first use: it imports this module's helpers
+        from . import _sdk_calls
     if raw and name in _sdk_calls.RAW:
         return _sdk_calls.RAW[name]  # type: ignore[no-any-return]
     function = _sdk_calls.CALLS.get(name)

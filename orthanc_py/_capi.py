@@ -102,6 +102,7 @@ _closing = False
 _closer = 0
 # Threads inside an SDK call right now (thread id -> nesting depth): close()
 # waits for them, so that no call is in flight when Orthanc tears itself down.
+# Calls through the loader's invoke() are counted by the loader instead.
 _in_flight: dict[int, int] = {}
 
 
@@ -130,7 +131,7 @@ def close(timeout: float) -> bool:
         _closer = me
         _closing = True
     deadline = time.monotonic() + timeout
-    while any(ident != me for ident in list(_in_flight)):
+    while any(ident != me for ident in list(_in_flight)) or (_in_flight_elsewhere is not None and _in_flight_elsewhere()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
@@ -263,15 +264,18 @@ def call(service: int, params: int | bytes | None, what: str) -> None:
     context = _context
     if context is None or _closing:
         context = _require(what)
-    ident = _get_ident()
-    flight = _in_flight
-    flight[ident] = flight.get(ident, 0) + 1
-    try:
-        code = context.invoke(context.address, service, params)
-    finally:
-        depth = flight.pop(ident) - 1
-        if depth:
-            flight[ident] = depth
+    if _invoke is not None:
+        code = _invoke(service, params)  # the loader counts it in flight
+    else:
+        ident = _get_ident()
+        flight = _in_flight
+        flight[ident] = flight.get(ident, 0) + 1
+        try:
+            code = context.invoke(context.address, service, params)
+        finally:
+            depth = flight.pop(ident) - 1
+            if depth:
+                flight[ident] = depth
     if code:
         raise call_error(code, what)
 
@@ -328,11 +332,39 @@ def take_string(pointer: ctypes.c_void_p) -> str | None:
             context.free(pointer.value)
 
 
+def _take_bytes(address: int | None, size: int) -> bytes:
+    """Copies ``size`` bytes Orthanc allocated for the plugin (a memory buffer), then frees them."""
+    if not address:
+        return b""
+    try:
+        return copy_memory(address, size)
+    finally:
+        free(address)
+
+
+def _take_text(address: int | None) -> str | None:
+    """Copies a C string Orthanc allocated for the plugin, then frees it; ``None`` for NULL."""
+    if not address:
+        return None
+    try:
+        return ctypes.string_at(address).decode("utf-8", "replace")
+    finally:
+        free(address)
+
+
+# The loader's builtins replace both (use_loader()): one call each instead of two ctypes calls.
+take_bytes: Callable[[int | None, int], bytes] = _take_bytes
+take_text: Callable[[int | None], str | None] = _take_text
+
+
 def free(address: int) -> None:
     """Frees memory that Orthanc allocated for the plugin (``context->Free``)."""
     context = _context
     if context is not None and address:
-        context.free(address)
+        if _free is not None:
+            _free(address)
+        else:
+            context.free(address)
 
 
 _STRING_AT_LIMIT = 1 << 31
@@ -345,6 +377,7 @@ def copy_memory(address: int | None, size: int) -> bytes:
     if size < _STRING_AT_LIMIT:
         return ctypes.string_at(address, size)
     # ctypes.string_at takes its size as a C int: from 2 GiB on, it would be negative.
+    # (An array type per size would do the same, but ctypes caches every array type made, forever.)
     return (ctypes.c_char * size).from_address(address).raw
 
 
@@ -529,11 +562,16 @@ def _no_depth() -> int:
 # thread's entries into Python that are running.
 call_on_python_stack: Callable[..., Any] = _call_here
 python_depth: Callable[[], int] = _no_depth
+# Its InvokeService and Free for Python: builtins, cheaper than ctypes foreign calls (see call()).
+_invoke: Callable[[int, Any], int] | None = None
+_free: Callable[[int], None] | None = None
+_in_flight_elsewhere: Callable[[], int] | None = None
 
 
 def use_loader(path: str) -> None:
     """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry, its Python stacks)."""
-    global _pin, _register_rest, call_on_python_stack, python_depth
+    global _pin, _register_rest, call_on_python_stack, python_depth, _invoke, _free, _in_flight_elsewhere
+    global take_bytes, take_text
     loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the functions expect
     pin = loader.orthanc_py_pin_thread
     pin.restype, pin.argtypes = ctypes.c_int, []
@@ -545,6 +583,11 @@ def use_loader(path: str) -> None:
 
     call_on_python_stack = _orthanc_py_loader.call
     python_depth = _orthanc_py_loader.depth
+    _invoke = _orthanc_py_loader.invoke
+    _free = _orthanc_py_loader.free
+    _in_flight_elsewhere = _orthanc_py_loader.in_flight
+    take_bytes = _orthanc_py_loader.take_bytes
+    take_text = _orthanc_py_loader.take_text
 
 
 def _enter_thread() -> None:

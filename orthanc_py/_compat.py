@@ -168,7 +168,8 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             errors_logged = owner is RestOutput and fn.result == "void"
             if answering or errors_logged:
                 function = _answering_method(function, answering, errors_logged)
-            method = _SdkMethod(_exposed(function, method=True))
+            # A plain function: Python binds it to the object in C, with no descriptor of ours on the path.
+            method = _exposed(function, method=True)
             setattr(owner, python_name, method)
             # The official plugin 7.1 drops the class's name from such a
             # method (FindMatcher.IsMatch, StorageArea.Read): both names work.

@@ -24,6 +24,7 @@ from ctypes import c_void_p as _c_void_p
 
 from . import _capi, _sdk
 from ._calls import PLUGIN_NAME as _PLUGIN_NAME
+from ._calls import TextOut as _TextOut
 from ._calls import address as _address
 from ._calls import address_or_null as _address_or_null
 from ._calls import check_command_line_index as _check_command_line_index
@@ -33,14 +34,11 @@ from ._calls import float_value as _float
 from ._calls import header_text as _header_text
 from ._calls import header_text_or_null as _header_text_or_null
 from ._calls import integer as _integer
-from ._calls import lease_of as _lease_of
 from ._calls import owned as _owned
 from ._calls import size_error as _size_error
 from ._calls import static_text as _static_text
 from ._calls import string_pairs as _string_pairs
 from ._calls import struct_dict as _struct_dict
-from ._calls import take_buffer as _take_buffer
-from ._calls import take_text as _take_text
 from ._calls import text as _text
 from ._calls import text_or_null as _text_or_null
 from ._calls import too_old as _too_old
@@ -49,7 +47,7 @@ from ._calls import wire as _wire
 _call = _capi.call
 _call_reentrant = _capi.call_reentrant
 # Builtins under names no SDK argument takes (SetMetricsValue has an argument "type").
-_type, _int, _len = type, int, len
+_type, _int, _len, _getattr = type, int, len, getattr
 
 
 def LogError(message, /):
@@ -86,7 +84,7 @@ def AnswerBuffer(output, answer, mimeType, /):
 
     Wraps the SDK function ``OrthancPluginAnswerBuffer``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "AnswerBuffer() argument 'output'")
         c_answer = _data(answer, "AnswerBuffer() argument 'answer'", 4294967295)
@@ -105,7 +103,7 @@ def CompressAndAnswerPngImage(output, format, width, height, pitch, buffer, /):
 
     Wraps the SDK function ``OrthancPluginCompressAndAnswerPngImage``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "CompressAndAnswerPngImage() argument 'output'")
         if _type(format) is not _int or not -2147483648 <= format <= 2147483647:
@@ -136,7 +134,7 @@ def GetDicomForInstance(instanceId, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_GetDicomForInstance(target=_addressof(c_target), instanceId=c_instanceId)
     _call(3000, _addressof(_params), 'GetDicomForInstance')  # GetDicomForInstance
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_RestApiGet = _wire(_sdk._OrthancPluginRestApiGet, ('uri',))
@@ -150,7 +148,7 @@ def RestApiGet(uri, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiGet(target=_addressof(c_target), uri=c_uri)
     _call_reentrant(3001, _addressof(_params), 'RestApiGet', c_uri)  # RestApiGet
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_RestApiGetAfterPlugins = _wire(_sdk._OrthancPluginRestApiGet, ('uri',))
@@ -164,7 +162,7 @@ def RestApiGetAfterPlugins(uri, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiGetAfterPlugins(target=_addressof(c_target), uri=c_uri)
     _call_reentrant(3010, _addressof(_params), 'RestApiGetAfterPlugins', c_uri)  # RestApiGetAfterPlugins
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_RestApiPost = _wire(_sdk._OrthancPluginRestApiPostPut, ('body', 'uri'))
@@ -179,7 +177,7 @@ def RestApiPost(uri, body, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiPost(target=_addressof(c_target), uri=c_uri, body=c_body, bodySize=_len(c_body))
     _call_reentrant(3002, _addressof(_params), 'RestApiPost', c_uri)  # RestApiPost
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_RestApiPostAfterPlugins = _wire(_sdk._OrthancPluginRestApiPostPut, ('body', 'uri'))
@@ -194,7 +192,7 @@ def RestApiPostAfterPlugins(uri, body, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiPostAfterPlugins(target=_addressof(c_target), uri=c_uri, body=c_body, bodySize=_len(c_body))
     _call_reentrant(3011, _addressof(_params), 'RestApiPostAfterPlugins', c_uri)  # RestApiPostAfterPlugins
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 def RestApiDelete(uri, /):
@@ -227,7 +225,7 @@ def RestApiPut(uri, body, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiPut(target=_addressof(c_target), uri=c_uri, body=c_body, bodySize=_len(c_body))
     _call_reentrant(3004, _addressof(_params), 'RestApiPut', c_uri)  # RestApiPut
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_RestApiPutAfterPlugins = _wire(_sdk._OrthancPluginRestApiPostPut, ('body', 'uri'))
@@ -242,7 +240,7 @@ def RestApiPutAfterPlugins(uri, body, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiPutAfterPlugins(target=_addressof(c_target), uri=c_uri, body=c_body, bodySize=_len(c_body))
     _call_reentrant(3013, _addressof(_params), 'RestApiPutAfterPlugins', c_uri)  # RestApiPutAfterPlugins
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_Redirect = _wire(_sdk._OrthancPluginOutputPlusArgument, ('argument',))
@@ -252,7 +250,7 @@ def Redirect(output, redirection, /):
 
     Wraps the SDK function ``OrthancPluginRedirect``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "Redirect() argument 'output'")
         c_redirection = _header_text(redirection, "Redirect() argument 'redirection'")
@@ -271,10 +269,10 @@ def LookupPatient(patientID, /):
     Wraps the SDK function ``OrthancPluginLookupPatient``.
     """
     c_patientID = _text(patientID, "LookupPatient() argument 'patientID'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_LookupPatient(result=_addressof(c_result), argument=c_patientID)
     _call(3005, _addressof(_params), 'LookupPatient')  # LookupPatient
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_LookupStudy = _wire(_sdk._OrthancPluginRetrieveDynamicString, ('argument',))
@@ -285,10 +283,10 @@ def LookupStudy(studyUID, /):
     Wraps the SDK function ``OrthancPluginLookupStudy``.
     """
     c_studyUID = _text(studyUID, "LookupStudy() argument 'studyUID'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_LookupStudy(result=_addressof(c_result), argument=c_studyUID)
     _call(3006, _addressof(_params), 'LookupStudy')  # LookupStudy
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_LookupStudyWithAccessionNumber = _wire(_sdk._OrthancPluginRetrieveDynamicString, ('argument',))
@@ -299,10 +297,10 @@ def LookupStudyWithAccessionNumber(accessionNumber, /):
     Wraps the SDK function ``OrthancPluginLookupStudyWithAccessionNumber``.
     """
     c_accessionNumber = _text(accessionNumber, "LookupStudyWithAccessionNumber() argument 'accessionNumber'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_LookupStudyWithAccessionNumber(result=_addressof(c_result), argument=c_accessionNumber)
     _call(3009, _addressof(_params), 'LookupStudyWithAccessionNumber')  # LookupStudyWithAccessionNumber
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_LookupSeries = _wire(_sdk._OrthancPluginRetrieveDynamicString, ('argument',))
@@ -313,10 +311,10 @@ def LookupSeries(seriesUID, /):
     Wraps the SDK function ``OrthancPluginLookupSeries``.
     """
     c_seriesUID = _text(seriesUID, "LookupSeries() argument 'seriesUID'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_LookupSeries(result=_addressof(c_result), argument=c_seriesUID)
     _call(3007, _addressof(_params), 'LookupSeries')  # LookupSeries
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_LookupInstance = _wire(_sdk._OrthancPluginRetrieveDynamicString, ('argument',))
@@ -327,10 +325,10 @@ def LookupInstance(sopInstanceUID, /):
     Wraps the SDK function ``OrthancPluginLookupInstance``.
     """
     c_sopInstanceUID = _text(sopInstanceUID, "LookupInstance() argument 'sopInstanceUID'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_LookupInstance(result=_addressof(c_result), argument=c_sopInstanceUID)
     _call(3008, _addressof(_params), 'LookupInstance')  # LookupInstance
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_SendHttpStatusCode = _wire(_sdk._OrthancPluginSendHttpStatusCode, ())
@@ -340,7 +338,7 @@ def SendHttpStatusCode(output, status, /):
 
     Wraps the SDK function ``OrthancPluginSendHttpStatusCode``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendHttpStatusCode() argument 'output'")
         if _type(status) is not _int or not 0 <= status <= 65535:
@@ -359,7 +357,7 @@ def SendUnauthorized(output, realm, /):
 
     Wraps the SDK function ``OrthancPluginSendUnauthorized``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendUnauthorized() argument 'output'")
         c_realm = _header_text(realm, "SendUnauthorized() argument 'realm'")
@@ -377,7 +375,7 @@ def SendMethodNotAllowed(output, allowedMethods, /):
 
     Wraps the SDK function ``OrthancPluginSendMethodNotAllowed``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendMethodNotAllowed() argument 'output'")
         c_allowedMethods = _header_text(allowedMethods, "SendMethodNotAllowed() argument 'allowedMethods'")
@@ -395,7 +393,7 @@ def SetCookie(output, cookie, value, /):
 
     Wraps the SDK function ``OrthancPluginSetCookie``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SetCookie() argument 'output'")
         c_cookie = _header_text(cookie, "SetCookie() argument 'cookie'")
@@ -414,7 +412,7 @@ def SetHttpHeader(output, key, value, /):
 
     Wraps the SDK function ``OrthancPluginSetHttpHeader``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SetHttpHeader() argument 'output'")
         c_key = _header_text(key, "SetHttpHeader() argument 'key'")
@@ -433,13 +431,13 @@ def GetInstanceRemoteAet(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceRemoteAet``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceRemoteAet() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceRemoteAet(resultString=_addressof(c_result), instance=c_instance)
         _call(4000, _addressof(_params), 'GetInstanceRemoteAet')  # GetInstanceRemoteAet
-        return _static_text(c_result.value)  # Orthanc's own string: not freed
+        return _static_text(c_result)  # Orthanc's own string: not freed
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -452,7 +450,7 @@ def GetInstanceSize(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceSize``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceSize() argument 'instance'")
         c_size = _c_int64()
@@ -471,13 +469,13 @@ def GetInstanceData(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceData``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceData() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceData(resultString=_addressof(c_result), instance=c_instance)
         _call(4002, _addressof(_params), 'GetInstanceData')  # GetInstanceData
-        return _static_text(c_result.value)  # Orthanc's own string: not freed
+        return _static_text(c_result)  # Orthanc's own string: not freed
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -490,13 +488,13 @@ def GetInstanceData_raw(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceData``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceData() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceData_raw(resultString=_addressof(c_result), instance=c_instance)
         _call(4002, _addressof(_params), 'GetInstanceData')  # GetInstanceData
-        return c_result.value  # raw: the caller interprets it
+        return c_result.address  # raw: the caller interprets it
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -509,13 +507,13 @@ def GetInstanceJson(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceJson``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceJson() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceJson(resultStringToFree=_addressof(c_result), instance=c_instance)
         _call(4003, _addressof(_params), 'GetInstanceJson')  # GetInstanceJson
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -528,13 +526,13 @@ def GetInstanceSimplifiedJson(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceSimplifiedJson``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceSimplifiedJson() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceSimplifiedJson(resultStringToFree=_addressof(c_result), instance=c_instance)
         _call(4004, _addressof(_params), 'GetInstanceSimplifiedJson')  # GetInstanceSimplifiedJson
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -547,7 +545,7 @@ def HasInstanceMetadata_raw(instance, metadata, /):
 
     Wraps the SDK function ``OrthancPluginHasInstanceMetadata``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "HasInstanceMetadata() argument 'instance'")
         c_metadata = _text(metadata, "HasInstanceMetadata() argument 'metadata'")
@@ -567,14 +565,14 @@ def GetInstanceMetadata(instance, metadata, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceMetadata``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceMetadata() argument 'instance'")
         c_metadata = _text(metadata, "GetInstanceMetadata() argument 'metadata'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceMetadata(resultString=_addressof(c_result), key=c_metadata, instance=c_instance)
         _call(4006, _addressof(_params), 'GetInstanceMetadata')  # GetInstanceMetadata
-        return _static_text(c_result.value)  # Orthanc's own string: not freed
+        return _static_text(c_result)  # Orthanc's own string: not freed
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -587,10 +585,10 @@ def GetOrthancPath():
 
     Wraps the SDK function ``OrthancPluginGetOrthancPath``.
     """
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetOrthancPath(result=_addressof(c_result))
     _call(4, _addressof(_params), 'GetOrthancPath')  # GetOrthancPath
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_GetOrthancDirectory = _wire(_sdk._OrthancPluginRetrieveDynamicString, ())
@@ -600,10 +598,10 @@ def GetOrthancDirectory():
 
     Wraps the SDK function ``OrthancPluginGetOrthancDirectory``.
     """
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetOrthancDirectory(result=_addressof(c_result))
     _call(5, _addressof(_params), 'GetOrthancDirectory')  # GetOrthancDirectory
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_GetConfigurationPath = _wire(_sdk._OrthancPluginRetrieveDynamicString, ())
@@ -613,10 +611,10 @@ def GetConfigurationPath():
 
     Wraps the SDK function ``OrthancPluginGetConfigurationPath``.
     """
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetConfigurationPath(result=_addressof(c_result))
     _call(6, _addressof(_params), 'GetConfigurationPath')  # GetConfigurationPath
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_SetRootUri = _wire(_sdk._OrthancPluginSetPluginProperty, ('plugin', 'value'))
@@ -665,10 +663,10 @@ def GetGlobalProperty(property, defaultValue, /):
     if _type(property) is not _int or not -2147483648 <= property <= 2147483647:
         property = _integer(property, "GetGlobalProperty() argument 'property'", -2147483648, 2147483647, 'int32_t')
     c_defaultValue = _text(defaultValue, "GetGlobalProperty() argument 'defaultValue'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetGlobalProperty(result=_addressof(c_result), property=property, value=c_defaultValue)
     _call(8, _addressof(_params), 'GetGlobalProperty')  # GetGlobalProperty
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_SetGlobalProperty = _wire(_sdk._OrthancPluginGlobalProperty, ('value',))
@@ -708,10 +706,10 @@ def GetCommandLineArgument(argument, /):
     if _type(argument) is not _int or not 0 <= argument <= 4294967295:
         argument = _integer(argument, "GetCommandLineArgument() argument 'argument'", 0, 4294967295, 'uint32_t')
     _check_command_line_index('GetCommandLineArgument()', argument)
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetCommandLineArgument(result=_addressof(c_result), property=argument)
     _call(11, _addressof(_params), 'GetCommandLineArgument')  # GetCommandLineArgument
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_GetExpectedDatabaseVersion = _wire(_sdk._OrthancPluginReturnSingleValue, ())
@@ -734,10 +732,10 @@ def GetConfiguration():
 
     Wraps the SDK function ``OrthancPluginGetConfiguration``.
     """
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetConfiguration(result=_addressof(c_result))
     _call(13, _addressof(_params), 'GetConfiguration')  # GetConfiguration
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_StartMultipartAnswer = _wire(_sdk._OrthancPluginStartMultipartAnswer, ('contentType', 'subType'))
@@ -747,7 +745,7 @@ def StartMultipartAnswer(output, subType, contentType, /):
 
     Wraps the SDK function ``OrthancPluginStartMultipartAnswer``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "StartMultipartAnswer() argument 'output'")
         c_subType = _header_text(subType, "StartMultipartAnswer() argument 'subType'")
@@ -766,7 +764,7 @@ def SendMultipartItem(output, answer, /):
 
     Wraps the SDK function ``OrthancPluginSendMultipartItem``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendMultipartItem() argument 'output'")
         c_answer = _data(answer, "SendMultipartItem() argument 'answer'", 4294967295)
@@ -792,7 +790,7 @@ def BufferCompression(source, compression, uncompress, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_BufferCompression(target=_addressof(c_target), source=c_source, size=_len(c_source), compression=compression, uncompress=uncompress)
     _call(14, _addressof(_params), 'BufferCompression')  # BufferCompression
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_ReadFile = _wire(_sdk._OrthancPluginReadFile, ('path',))
@@ -806,7 +804,7 @@ def ReadFile(path, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_ReadFile(target=_addressof(c_target), path=c_path)
     _call(15, _addressof(_params), 'ReadFile')  # ReadFile
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_WriteFile = _wire(_sdk._OrthancPluginWriteFile, ('data', 'path'))
@@ -831,10 +829,10 @@ def GetErrorDescription(error, /):
     """
     if _type(error) is not _int or not -2147483648 <= error <= 2147483647:
         error = _integer(error, "GetErrorDescription() argument 'error'", -2147483648, 2147483647, 'OrthancPluginErrorCode (a 32-bit C enum)')
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetErrorDescription(target=_addressof(c_result), error=error)
     _call(17, _addressof(_params), 'GetErrorDescription')  # GetErrorDescription
-    return _static_text(c_result.value)  # Orthanc's own string: not freed
+    return _static_text(c_result)  # Orthanc's own string: not freed
 
 
 _P_SendHttpStatus = _wire(_sdk._OrthancPluginSendHttpStatus, ('body',))
@@ -844,7 +842,7 @@ def SendHttpStatus(output, status, body, bodySize, /):
 
     Wraps the SDK function ``OrthancPluginSendHttpStatus``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendHttpStatus() argument 'output'")
         if _type(status) is not _int or not 0 <= status <= 65535:
@@ -868,7 +866,7 @@ def GetImagePixelFormat(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImagePixelFormat``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImagePixelFormat() argument 'image'")
         c_target = _c_int32()
@@ -887,7 +885,7 @@ def GetImageWidth(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImageWidth``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImageWidth() argument 'image'")
         c_width = _c_uint32()
@@ -906,7 +904,7 @@ def GetImageHeight(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImageHeight``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImageHeight() argument 'image'")
         c_height = _c_uint32()
@@ -925,7 +923,7 @@ def GetImagePitch(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImagePitch``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImagePitch() argument 'image'")
         c_pitch = _c_uint32()
@@ -944,7 +942,7 @@ def GetImageBuffer(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImageBuffer``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImageBuffer() argument 'image'")
         c_target = _c_void_p()
@@ -963,7 +961,7 @@ def GetImageBuffer_raw(image, /):
 
     Wraps the SDK function ``OrthancPluginGetImageBuffer``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "GetImageBuffer() argument 'image'")
         c_target = _c_void_p()
@@ -998,7 +996,7 @@ def FreeImage(image, /):
 
     Wraps the SDK function ``OrthancPluginFreeImage``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "FreeImage() argument 'image'")
         _params = _P_FreeImage(image=c_image)
@@ -1028,7 +1026,7 @@ def CompressPngImage(format, width, height, pitch, buffer, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_CompressPngImage(target=_addressof(c_target), imageFormat=0, pixelFormat=format, width=width, height=height, pitch=pitch, buffer=c_buffer, quality=0)
     _call(6007, _addressof(_params), 'CompressPngImage')  # CompressImage
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_CompressJpegImage = _wire(_sdk._OrthancPluginCompressImage, ('buffer',))
@@ -1053,7 +1051,7 @@ def CompressJpegImage(format, width, height, pitch, buffer, quality, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_CompressJpegImage(target=_addressof(c_target), imageFormat=1, pixelFormat=format, width=width, height=height, pitch=pitch, buffer=c_buffer, quality=quality)
     _call(6007, _addressof(_params), 'CompressJpegImage')  # CompressImage
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_CompressAndAnswerJpegImage = _wire(_sdk._OrthancPluginCompressAndAnswerImage, ('buffer',))
@@ -1063,7 +1061,7 @@ def CompressAndAnswerJpegImage(output, format, width, height, pitch, buffer, qua
 
     Wraps the SDK function ``OrthancPluginCompressAndAnswerJpegImage``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "CompressAndAnswerJpegImage() argument 'output'")
         if _type(format) is not _int or not -2147483648 <= format <= 2147483647:
@@ -1098,7 +1096,7 @@ def HttpGet(url, username, password, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_HttpGet(target=_addressof(c_target), method=1, url=c_url, username=c_username, password=c_password)
     _call(18, _addressof(_params), 'HttpGet')  # CallHttpClient
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_HttpPost = _wire(_sdk._OrthancPluginCallHttpClient, ('body', 'password', 'url', 'username'))
@@ -1115,7 +1113,7 @@ def HttpPost(url, body, username, password, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_HttpPost(target=_addressof(c_target), method=2, url=c_url, username=c_username, password=c_password, body=c_body, bodySize=_len(c_body))
     _call(18, _addressof(_params), 'HttpPost')  # CallHttpClient
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_HttpPut = _wire(_sdk._OrthancPluginCallHttpClient, ('body', 'password', 'url', 'username'))
@@ -1132,7 +1130,7 @@ def HttpPut(url, body, username, password, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_HttpPut(target=_addressof(c_target), method=3, url=c_url, username=c_username, password=c_password, body=c_body, bodySize=_len(c_body))
     _call(18, _addressof(_params), 'HttpPut')  # CallHttpClient
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_HttpDelete = _wire(_sdk._OrthancPluginCallHttpClient, ('password', 'url', 'username'))
@@ -1156,7 +1154,7 @@ def ConvertPixelFormat(source, targetFormat, /):
 
     Wraps the SDK function ``OrthancPluginConvertPixelFormat``.
     """
-    lease_source = _lease_of(source)
+    lease_source = source._take_lease() if _getattr(source, '_owner', None) is not None else None
     try:
         c_source = _address(source, 'OrthancPluginImage', "ConvertPixelFormat() argument 'source'")
         if _type(targetFormat) is not _int or not -2147483648 <= targetFormat <= 2147483647:
@@ -1192,10 +1190,10 @@ def GetFontName(fontIndex, /):
     """
     if _type(fontIndex) is not _int or not 0 <= fontIndex <= 4294967295:
         fontIndex = _integer(fontIndex, "GetFontName() argument 'fontIndex'", 0, 4294967295, 'uint32_t')
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetFontName(fontIndex=fontIndex, name=_addressof(c_result))
     _call(6010, _addressof(_params), 'GetFontName')  # GetFontInfo
-    return _static_text(c_result.value)  # Orthanc's own string: not freed
+    return _static_text(c_result)  # Orthanc's own string: not freed
 
 
 _P_GetFontSize = _wire(_sdk._OrthancPluginGetFontInfo, ())
@@ -1220,7 +1218,7 @@ def DrawText(image, fontIndex, utf8Text, x, y, r, g, b, /):
 
     Wraps the SDK function ``OrthancPluginDrawText``.
     """
-    lease_image = _lease_of(image)
+    lease_image = image._take_lease() if _getattr(image, '_owner', None) is not None else None
     try:
         c_image = _address(image, 'OrthancPluginImage', "DrawText() argument 'image'")
         if _type(fontIndex) is not _int or not 0 <= fontIndex <= 4294967295:
@@ -1250,7 +1248,7 @@ def StorageAreaCreate(storageArea, uuid, content, type, /):
 
     Wraps the SDK function ``OrthancPluginStorageAreaCreate``.
     """
-    lease_storageArea = _lease_of(storageArea)
+    lease_storageArea = storageArea._take_lease() if _getattr(storageArea, '_owner', None) is not None else None
     try:
         c_storageArea = _address(storageArea, 'OrthancPluginStorageArea', "StorageAreaCreate() argument 'storageArea'")
         c_uuid = _text(uuid, "StorageAreaCreate() argument 'uuid'")
@@ -1271,7 +1269,7 @@ def StorageAreaRead(storageArea, uuid, type, /):
 
     Wraps the SDK function ``OrthancPluginStorageAreaRead``.
     """
-    lease_storageArea = _lease_of(storageArea)
+    lease_storageArea = storageArea._take_lease() if _getattr(storageArea, '_owner', None) is not None else None
     try:
         c_storageArea = _address(storageArea, 'OrthancPluginStorageArea', "StorageAreaRead() argument 'storageArea'")
         c_uuid = _text(uuid, "StorageAreaRead() argument 'uuid'")
@@ -1280,7 +1278,7 @@ def StorageAreaRead(storageArea, uuid, type, /):
         c_target = _sdk.OrthancPluginMemoryBuffer()
         _params = _P_StorageAreaRead(target=_addressof(c_target), storageArea=c_storageArea, uuid=c_uuid, type=type)
         _call(5004, _addressof(_params), 'StorageAreaRead')  # StorageAreaRead
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_storageArea is not None:
             lease_storageArea.release()
@@ -1293,7 +1291,7 @@ def StorageAreaRemove(storageArea, uuid, type, /):
 
     Wraps the SDK function ``OrthancPluginStorageAreaRemove``.
     """
-    lease_storageArea = _lease_of(storageArea)
+    lease_storageArea = storageArea._take_lease() if _getattr(storageArea, '_owner', None) is not None else None
     try:
         c_storageArea = _address(storageArea, 'OrthancPluginStorageArea', "StorageAreaRemove() argument 'storageArea'")
         c_uuid = _text(uuid, "StorageAreaRemove() argument 'uuid'")
@@ -1376,7 +1374,7 @@ def ReconstructMainDicomTags(storageArea, level, /):
 
     Wraps the SDK function ``OrthancPluginReconstructMainDicomTags``.
     """
-    lease_storageArea = _lease_of(storageArea)
+    lease_storageArea = storageArea._take_lease() if _getattr(storageArea, '_owner', None) is not None else None
     try:
         c_storageArea = _address(storageArea, 'OrthancPluginStorageArea', "ReconstructMainDicomTags() argument 'storageArea'")
         if _type(level) is not _int or not -2147483648 <= level <= 2147483647:
@@ -1402,10 +1400,10 @@ def DicomBufferToJson(buffer, format, flags, maxStringLength, /):
         flags = _integer(flags, "DicomBufferToJson() argument 'flags'", -2147483648, 2147483647, 'OrthancPluginDicomToJsonFlags (a 32-bit C enum)')
     if _type(maxStringLength) is not _int or not 0 <= maxStringLength <= 4294967295:
         maxStringLength = _integer(maxStringLength, "DicomBufferToJson() argument 'maxStringLength'", 0, 4294967295, 'uint32_t')
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_DicomBufferToJson(result=_addressof(c_result), buffer=c_buffer, size=_len(c_buffer), format=format, flags=flags, maxStringLength=maxStringLength)
     _call(21, _addressof(_params), 'DicomBufferToJson')  # DicomBufferToJson
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_DicomInstanceToJson = _wire(_sdk._OrthancPluginDicomToJson, ('instanceId',))
@@ -1422,10 +1420,10 @@ def DicomInstanceToJson(instanceId, format, flags, maxStringLength, /):
         flags = _integer(flags, "DicomInstanceToJson() argument 'flags'", -2147483648, 2147483647, 'OrthancPluginDicomToJsonFlags (a 32-bit C enum)')
     if _type(maxStringLength) is not _int or not 0 <= maxStringLength <= 4294967295:
         maxStringLength = _integer(maxStringLength, "DicomInstanceToJson() argument 'maxStringLength'", 0, 4294967295, 'uint32_t')
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_DicomInstanceToJson(result=_addressof(c_result), instanceId=c_instanceId, format=format, flags=flags, maxStringLength=maxStringLength)
     _call(22, _addressof(_params), 'DicomInstanceToJson')  # DicomInstanceToJson
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_RestApiGet2 = _wire(_sdk._OrthancPluginRestApiGet2, ('uri',))
@@ -1442,7 +1440,7 @@ def RestApiGet2(uri, headers, afterPlugins, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_RestApiGet2(target=_addressof(c_target), uri=c_uri, headersCount=c_headersCount, headersKeys=_addressof(c_headersKeys), headersValues=_addressof(c_headersValues), afterPlugins=afterPlugins)
     _call_reentrant(3015, _addressof(_params), 'RestApiGet2', c_uri)  # RestApiGet2
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_WorklistAddAnswer = _wire(_sdk._OrthancPluginWorklistAnswersOperation, ('dicom',))
@@ -1452,8 +1450,8 @@ def WorklistAddAnswer(answers, query, dicom, /):
 
     Wraps the SDK function ``OrthancPluginWorklistAddAnswer``.
     """
-    lease_answers = _lease_of(answers)
-    lease_query = _lease_of(query)
+    lease_answers = answers._take_lease() if _getattr(answers, '_owner', None) is not None else None
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_answers = _address(answers, 'OrthancPluginWorklistAnswers', "WorklistAddAnswer() argument 'answers'")
         c_query = _address(query, 'OrthancPluginWorklistQuery', "WorklistAddAnswer() argument 'query'")
@@ -1474,7 +1472,7 @@ def WorklistMarkIncomplete(answers, /):
 
     Wraps the SDK function ``OrthancPluginWorklistMarkIncomplete``.
     """
-    lease_answers = _lease_of(answers)
+    lease_answers = answers._take_lease() if _getattr(answers, '_owner', None) is not None else None
     try:
         c_answers = _address(answers, 'OrthancPluginWorklistAnswers', "WorklistMarkIncomplete() argument 'answers'")
         _params = _P_WorklistMarkIncomplete(answers=c_answers, size=0)
@@ -1491,7 +1489,7 @@ def WorklistIsMatch(query, dicom, /):
 
     Wraps the SDK function ``OrthancPluginWorklistIsMatch``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginWorklistQuery', "WorklistIsMatch() argument 'query'")
         c_dicom = _data(dicom, "WorklistIsMatch() argument 'dicom'", 4294967295)
@@ -1511,13 +1509,13 @@ def WorklistGetDicomQuery(query, /):
 
     Wraps the SDK function ``OrthancPluginWorklistGetDicomQuery``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginWorklistQuery', "WorklistGetDicomQuery() argument 'query'")
         c_target = _sdk.OrthancPluginMemoryBuffer()
         _params = _P_WorklistGetDicomQuery(query=c_query, size=0, target=_addressof(c_target))
         _call(7003, _addressof(_params), 'WorklistGetDicomQuery')  # WorklistGetDicomQuery
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_query is not None:
             lease_query.release()
@@ -1530,7 +1528,7 @@ def GetInstanceOrigin(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceOrigin``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceOrigin() argument 'instance'")
         c_origin = _c_int32()
@@ -1549,7 +1547,7 @@ def CreateDicom(json, pixelData, flags, /):
 
     Wraps the SDK function ``OrthancPluginCreateDicom``.
     """
-    lease_pixelData = _lease_of(pixelData)
+    lease_pixelData = pixelData._take_lease() if _getattr(pixelData, '_owner', None) is not None else None
     try:
         c_json = _text(json, "CreateDicom() argument 'json'")
         c_pixelData = _address_or_null(pixelData, 'OrthancPluginImage', "CreateDicom() argument 'pixelData'")
@@ -1558,7 +1556,7 @@ def CreateDicom(json, pixelData, flags, /):
         c_target = _sdk.OrthancPluginMemoryBuffer()
         _params = _P_CreateDicom(target=_addressof(c_target), json=c_json, pixelData=c_pixelData, flags=flags)
         _call(23, _addressof(_params), 'CreateDicom')  # CreateDicom
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_pixelData is not None:
             lease_pixelData.release()
@@ -1630,10 +1628,10 @@ def ComputeMd5(buffer, /):
     Wraps the SDK function ``OrthancPluginComputeMd5``.
     """
     c_buffer = _data(buffer, "ComputeMd5() argument 'buffer'", 4294967295)
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_ComputeMd5(result=_addressof(c_result), buffer=c_buffer, size=_len(c_buffer))
     _call(24, _addressof(_params), 'ComputeMd5')  # ComputeMd5
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_ComputeSha1 = _wire(_sdk._OrthancPluginComputeHash, ('buffer',))
@@ -1644,10 +1642,10 @@ def ComputeSha1(buffer, /):
     Wraps the SDK function ``OrthancPluginComputeSha1``.
     """
     c_buffer = _data(buffer, "ComputeSha1() argument 'buffer'", 4294967295)
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_ComputeSha1(result=_addressof(c_result), buffer=c_buffer, size=_len(c_buffer))
     _call(25, _addressof(_params), 'ComputeSha1')  # ComputeSha1
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_LookupDictionary = _wire(_sdk._OrthancPluginLookupDictionary, ('name',))
@@ -1671,7 +1669,7 @@ def SendMultipartItem2(output, answer, headers, /):
 
     Wraps the SDK function ``OrthancPluginSendMultipartItem2``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SendMultipartItem2() argument 'output'")
         c_answer = _data(answer, "SendMultipartItem2() argument 'answer'", 4294967295)
@@ -1709,7 +1707,7 @@ def HttpClient(method, url, headers, body, username, password, timeout, certific
     c_httpStatus = _c_uint16()
     _params = _P_HttpClient(answerBody=_addressof(c_answerBody), answerHeaders=_addressof(c_answerHeaders), httpStatus=_addressof(c_httpStatus), method=method, url=c_url, headersCount=c_headersCount, headersKeys=_addressof(c_headersKeys), headersValues=_addressof(c_headersValues), body=c_body, bodySize=_len(c_body), username=c_username, password=c_password, timeout=timeout, certificateFile=c_certificateFile, certificateKeyFile=c_certificateKeyFile, certificateKeyPassword=c_certificateKeyPassword, pkcs11=pkcs11)
     _call(27, _addressof(_params), 'HttpClient')  # CallHttpClient2
-    return (_take_buffer(c_answerBody), _take_buffer(c_answerHeaders), c_httpStatus.value)  # memory buffers: copied, then freed here
+    return (_capi.take_bytes(c_answerBody.data, c_answerBody.size), _capi.take_bytes(c_answerHeaders.data, c_answerHeaders.size), c_httpStatus.value)  # memory buffers: copied, then freed here
 
 
 _P_GenerateUuid = _wire(_sdk._OrthancPluginRetrieveDynamicString, ())
@@ -1719,10 +1717,10 @@ def GenerateUuid():
 
     Wraps the SDK function ``OrthancPluginGenerateUuid``.
     """
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GenerateUuid(result=_addressof(c_result))
     _call(28, _addressof(_params), 'GenerateUuid')  # GenerateUuid
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_FindAddAnswer = _wire(_sdk._OrthancPluginFindOperation, ('dicom',))
@@ -1732,7 +1730,7 @@ def FindAddAnswer(answers, dicom, /):
 
     Wraps the SDK function ``OrthancPluginFindAddAnswer``.
     """
-    lease_answers = _lease_of(answers)
+    lease_answers = answers._take_lease() if _getattr(answers, '_owner', None) is not None else None
     try:
         c_answers = _address(answers, 'OrthancPluginFindAnswers', "FindAddAnswer() argument 'answers'")
         c_dicom = _data(dicom, "FindAddAnswer() argument 'dicom'", 4294967295)
@@ -1750,7 +1748,7 @@ def FindMarkIncomplete(answers, /):
 
     Wraps the SDK function ``OrthancPluginFindMarkIncomplete``.
     """
-    lease_answers = _lease_of(answers)
+    lease_answers = answers._take_lease() if _getattr(answers, '_owner', None) is not None else None
     try:
         c_answers = _address(answers, 'OrthancPluginFindAnswers', "FindMarkIncomplete() argument 'answers'")
         _params = _P_FindMarkIncomplete(answers=c_answers)
@@ -1767,7 +1765,7 @@ def GetFindQuerySize(query, /):
 
     Wraps the SDK function ``OrthancPluginGetFindQuerySize``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginFindQuery', "GetFindQuerySize() argument 'query'")
         c_count = _c_uint32()
@@ -1786,7 +1784,7 @@ def GetFindQueryTag(query, index, /):
 
     Wraps the SDK function ``OrthancPluginGetFindQueryTag``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginFindQuery', "GetFindQueryTag() argument 'query'")
         if _type(index) is not _int or not 0 <= index <= 4294967295:
@@ -1808,15 +1806,15 @@ def GetFindQueryTagName(query, index, /):
 
     Wraps the SDK function ``OrthancPluginGetFindQueryTagName``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginFindQuery', "GetFindQueryTagName() argument 'query'")
         if _type(index) is not _int or not 0 <= index <= 4294967295:
             index = _integer(index, "GetFindQueryTagName() argument 'index'", 0, 4294967295, 'uint32_t')
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetFindQueryTagName(query=c_query, index=index, resultString=_addressof(c_result))
         _call(7008, _addressof(_params), 'GetFindQueryTagName')  # GetFindQueryTagName
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_query is not None:
             lease_query.release()
@@ -1829,15 +1827,15 @@ def GetFindQueryValue(query, index, /):
 
     Wraps the SDK function ``OrthancPluginGetFindQueryValue``.
     """
-    lease_query = _lease_of(query)
+    lease_query = query._take_lease() if _getattr(query, '_owner', None) is not None else None
     try:
         c_query = _address(query, 'OrthancPluginFindQuery', "GetFindQueryValue() argument 'query'")
         if _type(index) is not _int or not 0 <= index <= 4294967295:
             index = _integer(index, "GetFindQueryValue() argument 'index'", 0, 4294967295, 'uint32_t')
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetFindQueryValue(query=c_query, index=index, resultString=_addressof(c_result))
         _call(7009, _addressof(_params), 'GetFindQueryValue')  # GetFindQueryValue
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_query is not None:
             lease_query.release()
@@ -1864,7 +1862,7 @@ def FreeFindMatcher(matcher, /):
 
     Wraps the SDK function ``OrthancPluginFreeFindMatcher``.
     """
-    lease_matcher = _lease_of(matcher)
+    lease_matcher = matcher._take_lease() if _getattr(matcher, '_owner', None) is not None else None
     try:
         c_matcher = _address(matcher, 'OrthancPluginFindMatcher', "FreeFindMatcher() argument 'matcher'")
         _params = _P_FreeFindMatcher(matcher=c_matcher)
@@ -1881,7 +1879,7 @@ def FindMatcherIsMatch(matcher, dicom, /):
 
     Wraps the SDK function ``OrthancPluginFindMatcherIsMatch``.
     """
-    lease_matcher = _lease_of(matcher)
+    lease_matcher = matcher._take_lease() if _getattr(matcher, '_owner', None) is not None else None
     try:
         c_matcher = _address(matcher, 'OrthancPluginFindMatcher', "FindMatcherIsMatch() argument 'matcher'")
         c_dicom = _data(dicom, "FindMatcherIsMatch() argument 'dicom'", 4294967295)
@@ -1918,7 +1916,7 @@ def FreePeers(peers, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginFreePeers', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "FreePeers() argument 'peers'")
         _params = _P_FreePeers(peers=c_peers)
@@ -1937,7 +1935,7 @@ def GetPeersCount(peers, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginGetPeersCount', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "GetPeersCount() argument 'peers'")
         c_target = _c_uint32()
@@ -1958,15 +1956,15 @@ def GetPeerName(peers, peerIndex, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginGetPeerName', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "GetPeerName() argument 'peers'")
         if _type(peerIndex) is not _int or not 0 <= peerIndex <= 4294967295:
             peerIndex = _integer(peerIndex, "GetPeerName() argument 'peerIndex'", 0, 4294967295, 'uint32_t')
-        c_target = _c_void_p()
+        c_target = _TextOut()
         _params = _P_GetPeerName(target=_addressof(c_target), peers=c_peers, peerIndex=peerIndex)
         _call(8004, _addressof(_params), 'GetPeerName')  # GetPeerName
-        return _static_text(c_target.value)  # Orthanc's own string: not freed
+        return _static_text(c_target)  # Orthanc's own string: not freed
     finally:
         if lease_peers is not None:
             lease_peers.release()
@@ -1981,15 +1979,15 @@ def GetPeerUrl(peers, peerIndex, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginGetPeerUrl', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "GetPeerUrl() argument 'peers'")
         if _type(peerIndex) is not _int or not 0 <= peerIndex <= 4294967295:
             peerIndex = _integer(peerIndex, "GetPeerUrl() argument 'peerIndex'", 0, 4294967295, 'uint32_t')
-        c_target = _c_void_p()
+        c_target = _TextOut()
         _params = _P_GetPeerUrl(target=_addressof(c_target), peers=c_peers, peerIndex=peerIndex)
         _call(8005, _addressof(_params), 'GetPeerUrl')  # GetPeerUrl
-        return _static_text(c_target.value)  # Orthanc's own string: not freed
+        return _static_text(c_target)  # Orthanc's own string: not freed
     finally:
         if lease_peers is not None:
             lease_peers.release()
@@ -2004,16 +2002,16 @@ def GetPeerUserProperty(peers, peerIndex, userProperty, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginGetPeerUserProperty', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "GetPeerUserProperty() argument 'peers'")
         if _type(peerIndex) is not _int or not 0 <= peerIndex <= 4294967295:
             peerIndex = _integer(peerIndex, "GetPeerUserProperty() argument 'peerIndex'", 0, 4294967295, 'uint32_t')
         c_userProperty = _text(userProperty, "GetPeerUserProperty() argument 'userProperty'")
-        c_target = _c_void_p()
+        c_target = _TextOut()
         _params = _P_GetPeerUserProperty(target=_addressof(c_target), peers=c_peers, peerIndex=peerIndex, userProperty=c_userProperty)
         _call(8007, _addressof(_params), 'GetPeerUserProperty')  # GetPeerUserProperty
-        return _static_text(c_target.value)  # Orthanc's own string: not freed
+        return _static_text(c_target)  # Orthanc's own string: not freed
     finally:
         if lease_peers is not None:
             lease_peers.release()
@@ -2028,7 +2026,7 @@ def CallPeerApi(peers, peerIndex, method, uri, additionalHeaders, body, timeout,
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginCallPeerApi', (1, 4, 2))
-    lease_peers = _lease_of(peers)
+    lease_peers = peers._take_lease() if _getattr(peers, '_owner', None) is not None else None
     try:
         c_peers = _address(peers, 'OrthancPluginPeers', "CallPeerApi() argument 'peers'")
         if _type(peerIndex) is not _int or not 0 <= peerIndex <= 4294967295:
@@ -2045,7 +2043,7 @@ def CallPeerApi(peers, peerIndex, method, uri, additionalHeaders, body, timeout,
         c_httpStatus = _c_uint16()
         _params = _P_CallPeerApi(answerBody=_addressof(c_answerBody), answerHeaders=_addressof(c_answerHeaders), httpStatus=_addressof(c_httpStatus), peers=c_peers, peerIndex=peerIndex, method=method, uri=c_uri, additionalHeadersCount=c_additionalHeadersCount, additionalHeadersKeys=_addressof(c_additionalHeadersKeys), additionalHeadersValues=_addressof(c_additionalHeadersValues), body=c_body, bodySize=_len(c_body), timeout=timeout)
         _call(8006, _addressof(_params), 'CallPeerApi')  # CallPeerApi
-        return (_take_buffer(c_answerBody), _take_buffer(c_answerHeaders), c_httpStatus.value)  # memory buffers: copied, then freed here
+        return (_capi.take_bytes(c_answerBody.data, c_answerBody.size), _capi.take_bytes(c_answerHeaders.data, c_answerHeaders.size), c_httpStatus.value)  # memory buffers: copied, then freed here
     finally:
         if lease_peers is not None:
             lease_peers.release()
@@ -2060,7 +2058,7 @@ def FreeJob(job, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginFreeJob', (1, 4, 2))
-    lease_job = _lease_of(job)
+    lease_job = job._take_lease() if _getattr(job, '_owner', None) is not None else None
     try:
         c_job = _address(job, 'OrthancPluginJob', "FreeJob() argument 'job'")
         _params = _P_FreeJob(job=c_job)
@@ -2079,15 +2077,15 @@ def SubmitJob(job, priority, /):
     """
     if _capi.release < (1, 4, 2):
         raise _too_old('OrthancPluginSubmitJob', (1, 4, 2))
-    lease_job = _lease_of(job)
+    lease_job = job._take_lease() if _getattr(job, '_owner', None) is not None else None
     try:
         c_job = _address(job, 'OrthancPluginJob', "SubmitJob() argument 'job'")
         if _type(priority) is not _int or not -2147483648 <= priority <= 2147483647:
             priority = _integer(priority, "SubmitJob() argument 'priority'", -2147483648, 2147483647, 'int')
-        c_resultId = _c_void_p()
+        c_resultId = _TextOut()
         _params = _P_SubmitJob(resultId=_addressof(c_resultId), job=c_job, priority=priority)
         _call(9002, _addressof(_params), 'SubmitJob')  # SubmitJob
-        return _take_text(c_resultId.value)  # freed here (context->Free)
+        return _capi.take_text(c_resultId.address)  # copied, then freed (context->Free)
     finally:
         if lease_job is not None:
             lease_job.release()
@@ -2100,7 +2098,7 @@ def SetHttpErrorDetails(output, details, log, /):
 
     Wraps the SDK function ``OrthancPluginSetHttpErrorDetails``.
     """
-    lease_output = _lease_of(output)
+    lease_output = output._take_lease() if _getattr(output, '_owner', None) is not None else None
     try:
         c_output = _address(output, 'OrthancPluginRestOutput', "SetHttpErrorDetails() argument 'output'")
         c_details = _text(details, "SetHttpErrorDetails() argument 'details'")
@@ -2121,10 +2119,10 @@ def AutodetectMimeType(path, /):
     Wraps the SDK function ``OrthancPluginAutodetectMimeType``.
     """
     c_path = _text(path, "AutodetectMimeType() argument 'path'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_AutodetectMimeType(result=_addressof(c_result), argument=c_path)
     _call(30, _addressof(_params), 'AutodetectMimeType')  # AutodetectMimeType
-    return _static_text(c_result.value)  # Orthanc's own string: not freed
+    return _static_text(c_result)  # Orthanc's own string: not freed
 
 
 _P_SetMetricsValue = _wire(_sdk._OrthancPluginSetMetricsValue, ('name',))
@@ -2156,10 +2154,10 @@ def GetTagName(group, element, privateCreator, /):
     if _type(element) is not _int or not 0 <= element <= 65535:
         element = _integer(element, "GetTagName() argument 'element'", 0, 65535, 'uint16_t')
     c_privateCreator = _text_or_null(privateCreator, "GetTagName() argument 'privateCreator'")
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GetTagName(result=_addressof(c_result), group=group, element=element, privateCreator=c_privateCreator)
     _call(35, _addressof(_params), 'GetTagName')  # GetTagName
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_GetInstanceTransferSyntaxUid = _wire(_sdk._OrthancPluginAccessDicomInstance, ())
@@ -2169,13 +2167,13 @@ def GetInstanceTransferSyntaxUid(instance, /):
 
     Wraps the SDK function ``OrthancPluginGetInstanceTransferSyntaxUid``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceTransferSyntaxUid() argument 'instance'")
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceTransferSyntaxUid(resultStringToFree=_addressof(c_result), instance=c_instance)
         _call(4008, _addressof(_params), 'GetInstanceTransferSyntaxUid')  # GetInstanceTransferSyntaxUid
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -2188,7 +2186,7 @@ def HasInstancePixelData_raw(instance, /):
 
     Wraps the SDK function ``OrthancPluginHasInstancePixelData``.
     """
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "HasInstancePixelData() argument 'instance'")
         c_hasPixelData = _c_int64()
@@ -2225,7 +2223,7 @@ def FreeDicomInstance(dicom, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginFreeDicomInstance', (1, 7, 0))
-    lease_dicom = _lease_of(dicom)
+    lease_dicom = dicom._take_lease() if _getattr(dicom, '_owner', None) is not None else None
     try:
         c_dicom = _address(dicom, 'OrthancPluginDicomInstance', "FreeDicomInstance() argument 'dicom'")
         _params = _P_FreeDicomInstance(dicom=c_dicom)
@@ -2244,7 +2242,7 @@ def GetInstanceFramesCount(instance, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginGetInstanceFramesCount', (1, 7, 0))
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceFramesCount() argument 'instance'")
         c_count = _c_uint32()
@@ -2265,7 +2263,7 @@ def GetInstanceRawFrame(instance, frameIndex, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginGetInstanceRawFrame', (1, 7, 0))
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceRawFrame() argument 'instance'")
         if _type(frameIndex) is not _int or not 0 <= frameIndex <= 4294967295:
@@ -2273,7 +2271,7 @@ def GetInstanceRawFrame(instance, frameIndex, /):
         c_target = _sdk.OrthancPluginMemoryBuffer()
         _params = _P_GetInstanceRawFrame(targetBuffer=_addressof(c_target), instance=c_instance, frameIndex=frameIndex)
         _call(4013, _addressof(_params), 'GetInstanceRawFrame')  # GetInstanceRawFrame
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -2288,7 +2286,7 @@ def GetInstanceDecodedFrame(instance, frameIndex, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginGetInstanceDecodedFrame', (1, 7, 0))
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceDecodedFrame() argument 'instance'")
         if _type(frameIndex) is not _int or not 0 <= frameIndex <= 4294967295:
@@ -2328,13 +2326,13 @@ def SerializeDicomInstance(instance, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginSerializeDicomInstance', (1, 7, 0))
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "SerializeDicomInstance() argument 'instance'")
         c_target = _sdk.OrthancPluginMemoryBuffer()
         _params = _P_SerializeDicomInstance(targetBuffer=_addressof(c_target), instance=c_instance)
         _call(4016, _addressof(_params), 'SerializeDicomInstance')  # SerializeDicomInstance
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -2349,7 +2347,7 @@ def GetInstanceAdvancedJson(instance, format, flags, maxStringLength, /):
     """
     if _capi.release < (1, 7, 0):
         raise _too_old('OrthancPluginGetInstanceAdvancedJson', (1, 7, 0))
-    lease_instance = _lease_of(instance)
+    lease_instance = instance._take_lease() if _getattr(instance, '_owner', None) is not None else None
     try:
         c_instance = _address(instance, 'OrthancPluginDicomInstance', "GetInstanceAdvancedJson() argument 'instance'")
         if _type(format) is not _int or not -2147483648 <= format <= 2147483647:
@@ -2358,10 +2356,10 @@ def GetInstanceAdvancedJson(instance, format, flags, maxStringLength, /):
             flags = _integer(flags, "GetInstanceAdvancedJson() argument 'flags'", -2147483648, 2147483647, 'OrthancPluginDicomToJsonFlags (a 32-bit C enum)')
         if _type(maxStringLength) is not _int or not 0 <= maxStringLength <= 4294967295:
             maxStringLength = _integer(maxStringLength, "GetInstanceAdvancedJson() argument 'maxStringLength'", 0, 4294967295, 'uint32_t')
-        c_result = _c_void_p()
+        c_result = _TextOut()
         _params = _P_GetInstanceAdvancedJson(targetStringToFree=_addressof(c_result), instance=c_instance, format=format, flags=flags, maxStringLength=maxStringLength)
         _call(4017, _addressof(_params), 'GetInstanceAdvancedJson')  # GetInstanceAdvancedJson
-        return _take_text(c_result.value)  # freed here (context->Free)
+        return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
     finally:
         if lease_instance is not None:
             lease_instance.release()
@@ -2381,7 +2379,7 @@ def CreateMemoryBuffer(size, /):
     c_target = _sdk.OrthancPluginMemoryBuffer()
     _params = _P_CreateMemoryBuffer(target=_addressof(c_target), size=size)
     _call(38, _addressof(_params), 'CreateMemoryBuffer')  # CreateMemoryBuffer
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_GenerateRestApiAuthorizationToken = _wire(_sdk._OrthancPluginRetrieveDynamicString, ())
@@ -2393,10 +2391,10 @@ def GenerateRestApiAuthorizationToken():
     """
     if _capi.release < (1, 8, 1):
         raise _too_old('OrthancPluginGenerateRestApiAuthorizationToken', (1, 8, 1))
-    c_result = _c_void_p()
+    c_result = _TextOut()
     _params = _P_GenerateRestApiAuthorizationToken(result=_addressof(c_result))
     _call(39, _addressof(_params), 'GenerateRestApiAuthorizationToken')  # GenerateRestApiAuthorizationToken
-    return _take_text(c_result.value)  # freed here (context->Free)
+    return _capi.take_text(c_result.address)  # copied, then freed (context->Free)
 
 
 _P_CreateMemoryBuffer64 = _wire(_sdk._OrthancPluginCreateMemoryBuffer64, ())
@@ -2413,7 +2411,7 @@ def CreateMemoryBuffer64(size, /):
     c_target = _sdk.OrthancPluginMemoryBuffer64()
     _params = _P_CreateMemoryBuffer64(target=_addressof(c_target), size=size)
     _call(40, _addressof(_params), 'CreateMemoryBuffer64')  # CreateMemoryBuffer64
-    return _take_buffer(c_target)  # memory buffers: copied, then freed here
+    return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
 
 
 _P_CreateDicom2 = _wire(_sdk._OrthancPluginCreateDicom2, ('createDicom.json', 'privateCreator'))
@@ -2425,7 +2423,7 @@ def CreateDicom2(json, pixelData, flags, privateCreator, /):
     """
     if _capi.release < (1, 9, 0):
         raise _too_old('OrthancPluginCreateDicom2', (1, 9, 0))
-    lease_pixelData = _lease_of(pixelData)
+    lease_pixelData = pixelData._take_lease() if _getattr(pixelData, '_owner', None) is not None else None
     try:
         c_json = _text(json, "CreateDicom2() argument 'json'")
         c_pixelData = _address_or_null(pixelData, 'OrthancPluginImage', "CreateDicom2() argument 'pixelData'")
@@ -2440,7 +2438,7 @@ def CreateDicom2(json, pixelData, flags, privateCreator, /):
         _params.createDicom.flags = flags
         _params.privateCreator = c_privateCreator
         _call(41, _addressof(_params), 'CreateDicom2')  # CreateDicom2
-        return _take_buffer(c_target)  # memory buffers: copied, then freed here
+        return _capi.take_bytes(c_target.data, c_target.size)  # memory buffers: copied, then freed here
     finally:
         if lease_pixelData is not None:
             lease_pixelData.release()
@@ -2467,7 +2465,7 @@ def CallRestApi(method, uri, headers, body, afterPlugins, /):
     c_httpStatus = _c_uint16()
     _params = _P_CallRestApi(answerBody=_addressof(c_answerBody), answerHeaders=_addressof(c_answerHeaders), httpStatus=_addressof(c_httpStatus), method=method, uri=c_uri, headersCount=c_headersCount, headersKeys=_addressof(c_headersKeys), headersValues=_addressof(c_headersValues), body=c_body, bodySize=_len(c_body), afterPlugins=afterPlugins)
     _call_reentrant(3016, _addressof(_params), 'CallRestApi', c_uri)  # CallRestApi
-    return (_take_buffer(c_answerBody), _take_buffer(c_answerHeaders), c_httpStatus.value)  # memory buffers: copied, then freed here
+    return (_capi.take_bytes(c_answerBody.data, c_answerBody.size), _capi.take_bytes(c_answerHeaders.data, c_answerHeaders.size), c_httpStatus.value)  # memory buffers: copied, then freed here
 
 
 CALLS = {

@@ -279,7 +279,7 @@ class Writer:
             # Objects Orthanc lent to a callback running on another thread are
             # held until Orthanc is done with them: that callback cannot end meanwhile.
             for name in handles:
-                self.emit(f"lease_{name} = _lease_of({name})")
+                self.emit(f"lease_{name} = {name}._take_lease() if _getattr({name}, '_owner', None) is not None else None")
             self.emit("try:")
         body_start = len(self.lines)
         image = all(name in names for name in IMAGE_ARGUMENTS)
@@ -308,7 +308,10 @@ class Writer:
             self.locals[name] = f"c_{name}"
         for name, c_type in fn.locals:
             base, stars, _ = base_type(c_type)
-            ctype = "c_void_p" if stars else CTYPES_NAMES.get(base, "c_int32")
+            if base == "char" and stars == 1:
+                ctype = "TextOut"  # read as bytes up to the NUL, or as the address to free
+            else:
+                ctype = "c_void_p" if stars else CTYPES_NAMES.get(base, "c_int32")
             self.emit(f"c_{name} = _{ctype}()")
             self.locals[name] = f"c_{name}"
         params = self.params_expression()
@@ -376,12 +379,14 @@ class Writer:
 
     def emit_result(self) -> None:
         c, fn = self.c, self.c.fn
-        results = [f"_take_buffer(c_{name})" for name, _ in c.out_buffers]
+        results = [f"_capi.take_bytes(c_{name}.data, c_{name}.size)" for name, _ in c.out_buffers]
         results += [f"c_{name}.value" for name, _ in c.out_scalars]
         results += [f"_struct_dict(c_{name})" for name, _ in c.out_structs]
         if c.raw and fn.locals:
             name = fn.returns[6:] if fn.returns.startswith("local:") else fn.locals[0][0]
-            self.emit(f"return c_{name}.value  # raw: the caller interprets it")
+            base, stars, _ = base_type(dict(fn.locals)[name])
+            value = "address" if base == "char" and stars == 1 else "value"
+            self.emit(f"return c_{name}.{value}  # raw: the caller interprets it")
             return
         if fn.returns.startswith("local:"):
             name = fn.returns[6:]
@@ -391,9 +396,9 @@ class Writer:
             if stars == 0:
                 self.emit(f"return c_{name}.value")
             elif base == "char" and const:
-                self.emit(f"return _static_text(c_{name}.value)  # Orthanc's own string: not freed")
+                self.emit(f"return _static_text(c_{name})  # Orthanc's own string: not freed")
             elif base == "char":
-                self.emit(f"return _take_text(c_{name}.value)  # freed here (context->Free)")
+                self.emit(f"return _capi.take_text(c_{name}.address)  # copied, then freed (context->Free)")
             elif base in opaque:
                 free = self.sdk.FREE_FUNCTIONS.get(base)
                 self.emit(f"return _owned({base!r}, c_{name}.value)  # the script's: freed by {free}")
@@ -452,6 +457,7 @@ from ctypes import addressof as _addressof
 {ctypes_imports}
 from . import _capi, _sdk
 from ._calls import PLUGIN_NAME as _PLUGIN_NAME
+from ._calls import TextOut as _TextOut
 from ._calls import address as _address
 from ._calls import address_or_null as _address_or_null
 from ._calls import check_command_line_index as _check_command_line_index
@@ -461,14 +467,11 @@ from ._calls import float_value as _float
 from ._calls import header_text as _header_text
 from ._calls import header_text_or_null as _header_text_or_null
 from ._calls import integer as _integer
-from ._calls import lease_of as _lease_of
 from ._calls import owned as _owned
 from ._calls import size_error as _size_error
 from ._calls import static_text as _static_text
 from ._calls import string_pairs as _string_pairs
 from ._calls import struct_dict as _struct_dict
-from ._calls import take_buffer as _take_buffer
-from ._calls import take_text as _take_text
 from ._calls import text as _text
 from ._calls import text_or_null as _text_or_null
 from ._calls import too_old as _too_old
@@ -477,7 +480,7 @@ from ._calls import wire as _wire
 _call = _capi.call
 _call_reentrant = _capi.call_reentrant
 # Builtins under names no SDK argument takes (SetMetricsValue has an argument "type").
-_type, _int, _len = type, int, len
+_type, _int, _len, _getattr = type, int, len, getattr
 '''
 
 
@@ -506,7 +509,7 @@ def render(sdk: ModuleType) -> str:
                 out.append(f"{wire_name} = _wire(_sdk.{fn.params.__name__}, {tuple(fields)!r})\n\n")
             out.append("\n".join(lines) + "\n\n\n")
             for line in lines:
-                for name in {*CTYPES_NAMES.values(), "c_void_p"}:
+                for name in {*CTYPES_NAMES.values(), "c_void_p"}:  # _TextOut is imported by the preamble
                     if f"_{name}()" in line:
                         used_ctypes.add(name)
             (raws if raw else calls).append((fn.name, python_name))
