@@ -683,6 +683,8 @@ static PyObject *loader_free(PyObject *module, PyObject *address)
   Py_RETURN_NONE;
 }
 
+static PyObject *loader_want_changes(PyObject *module, PyObject *mask);
+
 static PyMethodDef loader_methods[] = {
     {"call", (PyCFunction)(void (*)(void))loader_call, METH_FASTCALL,
      "call(function, *args): function(*args) on this thread's Python stack."},
@@ -693,6 +695,7 @@ static PyMethodDef loader_methods[] = {
     {"take_bytes", (PyCFunction)(void (*)(void))loader_take_bytes, METH_FASTCALL,
      "take_bytes(address, size): copies Orthanc's memory into bytes, then frees it."},
     {"take_text", loader_take_text, METH_O, "take_text(address): copies Orthanc's C string into str, then frees it."},
+    {"want_changes", loader_want_changes, METH_O, "want_changes(mask): bit n: change type n goes to Python."},
     {"in_flight", loader_in_flight, METH_NOARGS, "in_flight(): invoke() calls other threads are making now."},
     {"stack", loader_stack, METH_NOARGS,
      "stack(): {thread_stack, on_python_stack, python_stack, free}: where Python runs on this thread."},
@@ -875,6 +878,74 @@ ORTHANC_PLUGINS_API int orthanc_py_register_rest(const char *regex, PyObject *ca
   rest_routes[slot].where = where_copy;
   OrthancPluginRegisterRestCallbackNoLock(context, regex, rest_slots[slot]);
   return 0;
+}
+
+/* --- changes -----------------------------------------------------------------
+ *
+ * Orthanc calls its on-change callbacks for every change (each stored
+ * instance makes several), on its own thread. Entering Python for each would
+ * take the GIL from the threads storing instances: the loader registers the
+ * callback itself and enters Python only for the change types Python asked
+ * for (orthanc_py._events keeps the mask to those of its handlers). */
+
+static PyObject *change_callback = NULL;
+static uint64_t wanted_changes = 0; /* bit n: change type n goes to Python; types from 64 on always do */
+
+static OrthancPluginErrorCode on_change(OrthancPluginChangeType type, OrthancPluginResourceType resource,
+                                        const char *resource_id)
+{
+  if ((unsigned)type < 64 && !((__atomic_load_n(&wanted_changes, __ATOMIC_RELAXED) >> (unsigned)type) & 1u))
+    return OrthancPluginErrorCode_Success;
+  PyGILState_STATE gil = PyGILState_Ensure();
+  OrthancPluginErrorCode code = OrthancPluginErrorCode_Success;
+  PyObject *callback = change_callback;
+  if (callback != NULL)
+  {
+    Py_INCREF(callback);
+    PyObject *args[3] = {PyLong_FromLong((long)type), PyLong_FromLong((long)resource),
+                         resource_id != NULL ? PyBytes_FromString(resource_id) : (Py_INCREF(Py_None), Py_None)};
+    PyObject *result = NULL;
+    if (args[0] != NULL && args[1] != NULL && args[2] != NULL)
+      result = call_python(callback, args, 3);
+    for (int i = 0; i < 3; i++)
+      Py_XDECREF(args[i]);
+    if (result == NULL)
+    {
+      /* The callback catches and logs what its handlers raise: this is Python failing around it. */
+      PyErr_WriteUnraisable(callback);
+      log_error("orthanc_py: the on-change callback failed (traceback above)");
+      code = OrthancPluginErrorCode_Plugin;
+    }
+    Py_XDECREF(result);
+    Py_DECREF(callback);
+  }
+  PyGILState_Release(gil);
+  return code;
+}
+
+/* Called through ctypes.PyDLL (the GIL held): makes `callback(type, resource,
+ * id)` the receiver of the wanted changes, registering with Orthanc on the
+ * first call of each run of Orthanc. */
+ORTHANC_PLUGINS_API int orthanc_py_register_on_change(PyObject *callback)
+{
+  if (context == NULL)
+    return -1;
+  PyObject *previous = change_callback;
+  Py_INCREF(callback);
+  change_callback = callback;
+  Py_XDECREF(previous);
+  return OrthancPluginRegisterOnChangeCallback(context, on_change) == OrthancPluginErrorCode_Success ? 0 : -1;
+}
+
+/* want_changes(mask): bit n of mask: change type n goes to Python. */
+static PyObject *loader_want_changes(PyObject *module, PyObject *mask)
+{
+  (void)module;
+  unsigned long long value = PyLong_AsUnsignedLongLong(mask);
+  if (value == (unsigned long long)-1 && PyErr_Occurred())
+    return NULL;
+  __atomic_store_n(&wanted_changes, (uint64_t)value, __ATOMIC_RELAXED);
+  Py_RETURN_NONE;
 }
 
 /* Orthanc restarting in the process has dropped every route: the script

@@ -46,6 +46,7 @@ typedef enum
   _OrthancPluginService_LogWarning = 2,
   _OrthancPluginService_LogError = 3,
   _OrthancPluginService_GetErrorDescription = 17,
+  _OrthancPluginService_RegisterOnChangeCallback = 1003,
   _OrthancPluginService_RegisterRestCallbackNoLock = 1004,
   _OrthancPluginService_AnswerBuffer = 2000,
   _OrthancPluginService_INTERNAL = 0x7fffffff
@@ -93,6 +94,35 @@ typedef struct _OrthancPluginHttpRequest_t OrthancPluginHttpRequest;
 typedef OrthancPluginErrorCode (*OrthancPluginRestCallback)(OrthancPluginRestOutput *output,
                                                             const char *url,
                                                             const OrthancPluginHttpRequest *request);
+
+/* Changes: the loader receives them and passes on those Python wants. The
+ * two enums are 32 bits wide, as in the SDK; their values are Python's business. */
+typedef enum
+{
+  _OrthancPluginChangeType_INTERNAL = 0x7fffffff
+} OrthancPluginChangeType;
+
+typedef enum
+{
+  _OrthancPluginResourceType_INTERNAL = 0x7fffffff
+} OrthancPluginResourceType;
+
+typedef OrthancPluginErrorCode (*OrthancPluginOnChangeCallback)(OrthancPluginChangeType changeType,
+                                                                OrthancPluginResourceType resourceType,
+                                                                const char *resourceId);
+
+typedef struct
+{
+  OrthancPluginOnChangeCallback callback;
+} _OrthancPluginOnChangeCallback;
+
+/* Returns what InvokeService returns (the SDK's version returns nothing). */
+static inline OrthancPluginErrorCode OrthancPluginRegisterOnChangeCallback(OrthancPluginContext *context,
+                                                                           OrthancPluginOnChangeCallback callback)
+{
+  _OrthancPluginOnChangeCallback params = {callback};
+  return context->InvokeService(context, _OrthancPluginService_RegisterOnChangeCallback, &params);
+}
 
 typedef struct
 {

@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 from threading import get_ident as _get_ident
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from . import _sdk
 
@@ -571,7 +571,7 @@ _in_flight_elsewhere: Callable[[], int] | None = None
 def use_loader(path: str) -> None:
     """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry, its Python stacks)."""
     global _pin, _register_rest, call_on_python_stack, python_depth, _invoke, _free, _in_flight_elsewhere
-    global take_bytes, take_text
+    global take_bytes, take_text, _register_on_change_in_loader, _want_changes
     loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the functions expect
     pin = loader.orthanc_py_pin_thread
     pin.restype, pin.argtypes = ctypes.c_int, []
@@ -588,6 +588,10 @@ def use_loader(path: str) -> None:
     _in_flight_elsewhere = _orthanc_py_loader.in_flight
     take_bytes = _orthanc_py_loader.take_bytes
     take_text = _orthanc_py_loader.take_text
+    register_changes = loader.orthanc_py_register_on_change
+    register_changes.restype, register_changes.argtypes = ctypes.c_int, [ctypes.py_object]
+    _register_on_change_in_loader = register_changes
+    _want_changes = _orthanc_py_loader.want_changes
 
 
 def _enter_thread() -> None:
@@ -608,6 +612,30 @@ def _enter_thread() -> None:
     _thread.entered = True
 
 
+def _guard(function: Callable[..., Any], where: str, on_error: Any, switch_stack: bool) -> Callable[..., Any]:
+    """``function`` as Orthanc may call it: never raising (errors are logged, ``on_error`` returned).
+
+    :param switch_stack: run ``function`` on the thread's Python stack (see
+        ``loader.c``); not needed when the loader's C entry has switched already.
+    """
+
+    def guarded(*args: Any) -> Any:
+        try:
+            if not getattr(_thread, "entered", False):
+                _enter_thread()
+            if switch_stack:
+                # On Orthanc's small-stacked threads, the callback runs on a
+                # stack of the loader's, deep enough for Python's recursion limit.
+                return call_on_python_stack(function, *args)
+            return function(*args)
+        except BaseException:
+            with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
+                report_exception(where)
+            return on_error
+
+    return guarded
+
+
 def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Callable[[F], Any]:
     """Wraps a Python function as a C callback of type ``c_type``.
 
@@ -617,29 +645,38 @@ def trampoline(c_type: Any, where: str, on_error: int = ErrorCode.Plugin) -> Cal
     """
 
     def wrap(function: F) -> Any:
-        def guarded(*args: Any) -> Any:
-            try:
-                if not getattr(_thread, "entered", False):
-                    _enter_thread()
-                # On Orthanc's small-stacked threads, the callback runs on a
-                # stack of the loader's, deep enough for Python's recursion limit.
-                return call_on_python_stack(function, *args)
-            except BaseException:
-                with contextlib.suppress(BaseException):  # the error code must reach Orthanc regardless
-                    report_exception(where)
-                return on_error
-
-        return keep_alive(c_type(guarded))
+        return keep_alive(c_type(_guard(function, where, on_error, switch_stack=True)))
 
     return wrap
 
 
+_register_on_change_in_loader: Callable[[Any], int] | None = None
+_want_changes: Callable[[int], None] | None = None
+
+
 def register_on_change(callback: Callable[[int, int, bytes | None], int]) -> None:
-    """Registers the process-wide on-change callback (once, during start-up)."""
+    """Registers the process-wide on-change callback (once per run, during start-up).
+
+    Inside Orthanc the loader receives the changes and enters Python only
+    for the types :func:`want_changes` asked for.
+    """
+    if _register_on_change_in_loader is not None:
+        entry = _guard(callback, "the on-change callback", int(ErrorCode.Plugin), switch_stack=False)
+        if _register_on_change_in_loader(entry) != 0:
+            raise OrthancError(ErrorCode.Plugin, "the loader could not register the on-change callback")
+        return
     c_callback = trampoline(_sdk.OrthancPluginOnChangeCallback, "the on-change callback")(callback)
     params = keep_alive(_sdk._OrthancPluginOnChangeCallback())
     params.callback = c_callback
     invoke(Service.RegisterOnChangeCallback, params)
+
+
+def want_changes(change_types: Iterable[int] | None) -> None:
+    """Which change types the on-change callback receives: ``None`` for all (the default of the ctypes path)."""
+    if _want_changes is None:
+        return
+    mask = (1 << 64) - 1 if change_types is None else sum(1 << t for t in set(change_types) if 0 <= t < 64)
+    _want_changes(mask)
 
 
 # --- strings Orthanc passes ---------------------------------------------------

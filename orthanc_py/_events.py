@@ -20,7 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from . import _capi, _sdk
 
@@ -58,19 +58,34 @@ class ChangeDispatcher:
         self._stop_queued = False
         self._closed = False
         self._abandoned = False  # the wait at stop is over: deliver nothing more
+        self._wanted: set[int] | None = set()  # the change types of the handlers; None for all
         self.delivered = 0
 
-    def add(self, handler: ChangeHandler, what: str) -> None:
+    def add(self, handler: ChangeHandler, what: str, change_types: Iterable[int] | None = None) -> None:
         """Adds a handler; handlers are called in the order they were added.
 
         Outside Orthanc (a worker process re-importing the script) the handler
         is only recorded: there are no events to deliver there.
+
+        :param change_types: the only change types the handler acts on, or
+            ``None`` for all. Orthanc's changes of no handler's types never
+            enter Python (see ``loader.c``); a handler still gets every
+            change queued, and filters itself.
         """
         if not callable(handler):
             raise TypeError(f"{what}: the handler must be callable, not {type(handler).__name__}")
         if _capi.is_attached():
             self._require_setup(what)
         self._handlers.append(handler)
+        if change_types is None:
+            self._wanted = None
+        elif self._wanted is not None:
+            self._wanted |= {int(t) for t in change_types}
+        _capi.want_changes(self._wanted_now())
+
+    def _wanted_now(self) -> set[int] | None:
+        # ORTHANC_STOPPED always: it is when orthanc_py closes the SDK to the script's threads.
+        return None if self._wanted is None else self._wanted | {ORTHANC_STOPPED}
 
     def register(self) -> None:
         """Registers the on-change callback with Orthanc (once per run, while the plugin initialises).
@@ -80,6 +95,7 @@ class ChangeDispatcher:
         while Orthanc still serves.
         """
         _capi.register_on_change(self._on_change)
+        _capi.want_changes(self._wanted_now())
 
     def _on_change(self, change_type: int, resource_type: int, resource_id: bytes | None) -> int:
         # Runs on Orthanc's thread, inside its core: queue and return at once,

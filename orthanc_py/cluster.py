@@ -518,7 +518,7 @@ def every(seconds: float, once_per_cluster: bool = False, lease: float | None = 
 
         _periodic.append(start)
         if _capi.is_attached() and len(_periodic) == 1:  # one start-up handler starts every job
-            _events.changes.add(_start_periodic_when_started, "@every")
+            _events.changes.add(_start_periodic_when_started, "@every", {int(ChangeType.ORTHANC_STARTED)})
         return function
 
     return decorator

@@ -84,7 +84,7 @@ def _add_change_handler(function: F, wanted: frozenset[int], once_per_cluster: b
         if not wanted or change_type in wanted:
             handler(Change(ChangeType(change_type), ResourceType(resource_type), resource_id))
 
-    _events.changes.add(deliver, "@on_change")
+    _events.changes.add(deliver, "@on_change", wanted or None)
     return function
 
 
@@ -109,7 +109,7 @@ def _add_lifecycle_handler(function: Callable[[], Any], change_type: int, what: 
         if kind == change_type:
             function()
 
-    _events.changes.add(deliver, what)
+    _events.changes.add(deliver, what, {int(change_type)})
 
 
 class StoredInstance(_capi.Borrowed):
