@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -47,9 +46,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.http_bench import OFFICIAL_PLUGIN, venv_loader  # noqa: E402
-from orthanc_py.server import OrthancServer  # noqa: E402
-from tests.dicom import make_dicom  # noqa: E402
+from bench.http_bench import OFFICIAL_PLUGIN, venv_loader
+from orthanc_py.server import OrthancServer
+from tests.dicom import make_dicom
 
 # --- calls ----------------------------------------------------------------------------------
 

@@ -246,7 +246,7 @@ def CreateDicom(json: str, pixelData: Image | None, flags: int, /) -> bytes:
     """Create a DICOM instance from a JSON string and an image."""
     ...
 
-def CreateDicom2(json: str, pixelData: Image | None, flags: int, privateCreator: str | None, /) -> bytes:
+def CreateDicom2(json: str, pixelData: Image | None, flags: int, privateCreator: str, /) -> bytes:
     """Create a DICOM instance from a JSON string and an image, with a private creator."""
     ...
 
@@ -640,9 +640,9 @@ def HttpClient(
     username: str | None,
     password: str | None,
     timeout: int,
-    certificateFile: str,
-    certificateKeyFile: str,
-    certificateKeyPassword: str,
+    certificateFile: str | None,
+    certificateKeyFile: str | None,
+    certificateKeyPassword: str | None,
     pkcs11: int,
     /,
 ) -> tuple[bytes, bytes, int]:
@@ -904,7 +904,7 @@ def RegisterPrivateDictionaryTag(
     name: str,
     minMultiplicity: int,
     maxMultiplicity: int,
-    privateCreator: str | None,
+    privateCreator: str,
     /,
 ) -> None:
     """Register a new private tag into the DICOM dictionary."""

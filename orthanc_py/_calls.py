@@ -28,7 +28,6 @@ import threading
 from typing import Any, Callable, ClassVar, TypeVar
 
 from . import _capi, _sdk
-from ._sdk_types import SdkFunction
 
 INTEGER_TYPES = {
     "int": ctypes.c_int,
@@ -53,10 +52,6 @@ _PLUGIN_NAME_EXPRESSION = "expr:OrthancPluginGetName ( )"
 # IRREGULAR functions whose only extra is a NULL test on the result: a NULL
 # result becomes None here, which is the same.
 _NULL_CHECK_ONLY = {"OrthancPluginGetErrorDescription", "OrthancPluginSubmitJob"}
-
-
-class UnsupportedFunction(NotImplementedError):
-    """An SDK function that the generic marshalling cannot call; the message says why."""
 
 
 SdkVersionError = _capi.SdkVersionError
@@ -166,10 +161,10 @@ class Handle(_capi.Borrowed):
         """Frees the Orthanc object now, if the script owns it."""
         owned, self._owned = self._owned, False  # whichever thread closes first frees it
         if owned and self._address and _capi.is_attached():
-            free = _sdk.FREE_FUNCTIONS.get(self.c_type_name)
+            free = FREE_CALLS.get(self.c_type_name)
             if free is not None:
                 try:
-                    sdk_function(free)(self)
+                    free(self)
                 finally:
                     self._address = 0
         self._address = 0
@@ -186,6 +181,10 @@ class Handle(_capi.Borrowed):
         except Exception:
             pass
 
+
+# The generated function that frees each opaque type (``OrthancPluginFreeImage``...), by C type: filled
+# by ``_sdk_calls``, which makes every object the script owns.
+FREE_CALLS: dict[str, Callable[[Handle], None]] = {}
 
 # Python classes that wrap each opaque type; the Pythonic layers register theirs.
 HANDLE_CLASSES: dict[str, type[Handle]] = {}
@@ -468,10 +467,11 @@ def string_pairs(value: Any, what: str) -> tuple[int, Any, Any]:
 
 def check_image(what: str, format: Any, width: Any, height: Any, pitch: Any, buffer: Any) -> None:
     """Checks the buffer of an image service against ``pitch * height``, before anything is copied."""
-    numbers = [integer(value, f"{what} argument '{name}'", *_int_range(ctypes.c_uint32), "uint32_t")
-               for name, value in (("width", width), ("height", height), ("pitch", pitch))]
+    low, high = _int_range(ctypes.c_uint32)
+    columns, rows, row_bytes = (integer(value, f"{what} argument '{name}'", low, high, "uint32_t")
+                                for name, value in (("width", width), ("height", height), ("pitch", pitch)))
     kind = integer(format, f"{what} argument 'format'", *_int_range(ctypes.c_int32), "a 32-bit C enum")
-    check_image_buffer(what, kind, *numbers, buffer_size(buffer, f"{what} argument 'buffer'"))
+    check_image_buffer(what, kind, columns, rows, row_bytes, buffer_size(buffer, f"{what} argument 'buffer'"))
 
 
 def size_error(what: str, size_name: str, size: int, text_name: str, text: bytes) -> ValueError:
@@ -479,9 +479,9 @@ def size_error(what: str, size_name: str, size: int, text_name: str, text: bytes
                       f"give len({text_name}) (in UTF-8 bytes) or less")
 
 
-def check_command_line_index(what: str, argument: int) -> None:
+def check_command_line_index(what: str, argument: int, arguments_count: Callable[[], int]) -> None:
     """GetCommandLineArgument past the end: Orthanc 1.10 lets a C++ exception escape, so it is refused here."""
-    count = int(sdk_function("OrthancPluginGetCommandLineArgumentsCount")())
+    count = int(arguments_count())
     if argument >= count:
         raise IndexError(f"{what} argument 'argument' is {argument}, but Orthanc has {count} "
                          f"command-line argument(s): ask for 0 to {count - 1} (GetCommandLineArgumentsCount())")
@@ -513,7 +513,7 @@ def take_text(out: TextOut) -> str | None:
 def static_text(out: TextOut) -> str | None:
     """A ``const char*`` Orthanc keeps (a static description, a field of its own): copied, not freed."""
     text = out.text
-    return None if text is None else text.decode("utf-8", "replace")  # type: ignore[no-any-return]
+    return None if text is None else text.decode("utf-8", "replace")
 
 
 def take_buffer(buffer: Any) -> bytes:
@@ -540,7 +540,8 @@ def wire(params: type[ctypes.Structure], bytes_fields: tuple[str, ...] = ()) -> 
     nested bytes field).
     """
     fields = []
-    for name, c_type, *bits in params._fields_:  # type: ignore[attr-defined]
+    c_type: Any
+    for name, c_type, *bits in params._fields_:
         if isinstance(c_type, type) and issubclass(c_type, ctypes.Structure):
             inner = tuple(f[len(name) + 1:] for f in bytes_fields if f.startswith(name + "."))
             c_type = wire(c_type, inner)
@@ -559,28 +560,3 @@ def wire(params: type[ctypes.Structure], bytes_fields: tuple[str, ...] = ()) -> 
 def _is_pointer(c_type: Any) -> bool:
     return (c_type in (ctypes.c_void_p, ctypes.c_char_p)
             or (isinstance(c_type, type) and issubclass(c_type, (ctypes._Pointer, ctypes._CFuncPtr))))  # type: ignore[attr-defined]
-
-
-_sdk_calls: Any = None
-
-
-def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
-    """The Python function of the SDK function ``name`` (``"OrthancPluginRestApiGet"``), from ``_sdk_calls``.
-
-    :param raw: for the functions that compute their result in C
-        (``HasInstanceMetadata`` returns ``result != 0``): the variant that
-        returns the value it is computed from.
-    :raises KeyError: no such function in the SDK header.
-    :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
-    """
-    global _sdk_calls
-    if _sdk_calls is None:  # imported on first use: it imports this module's helpers
-        from . import _sdk_calls
-    if raw and name in _sdk_calls.RAW:
-        return _sdk_calls.RAW[name]  # type: ignore[no-any-return]
-    function = _sdk_calls.CALLS.get(name)
-    if function is not None:
-        return function  # type: ignore[no-any-return]
-    if name in _sdk_calls.UNSUPPORTED:
-        raise UnsupportedFunction(f"{name} cannot be called generically: {_sdk_calls.UNSUPPORTED[name]}")
-    raise KeyError(name)

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from threading import get_ident as _get_ident
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from . import _sdk
 
@@ -131,7 +132,7 @@ def close(timeout: float) -> bool:
         _closer = me
         _closing = True
     deadline = time.monotonic() + timeout
-    while any(ident != me for ident in list(_in_flight)) or (_in_flight_elsewhere is not None and _in_flight_elsewhere()):
+    while any(ident != me for ident in list(_in_flight)) or (_in_flight_elsewhere and _in_flight_elsewhere()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)

@@ -151,8 +151,8 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
         if python_name in namespace or any(python_name in vars(cls) for cls in _HANDLE_CLASSES.values()):
             continue  # written by hand
         try:
-            function = _calls.sdk_function(fn.name)
-        except _calls.UnsupportedFunction as error:
+            function = _sdk_calls.sdk_function(fn.name)
+        except _sdk_calls.UnsupportedFunction as error:
             UNSUPPORTED[fn.name] = str(error).split(": ", 1)[-1]
             continue
         # A method of the class of its first Orthanc-object argument.

@@ -20,7 +20,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Callable, Optional
 
 from . import _capi, _sdk
 

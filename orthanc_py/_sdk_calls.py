@@ -11,8 +11,8 @@ what Orthanc returns, freeing what the plugin owns. The params structs are
 the layouts of ``_sdk`` with pointer fields taking plain addresses (``_wire``).
 
 ``CALLS`` maps each C name to its function, ``RAW`` holds the functions whose
-result the caller interprets, and ``UNSUPPORTED`` says why the others are
-written by hand.
+result the caller interprets, ``UNSUPPORTED`` says why the others are written
+by hand, and :func:`sdk_function` finds one by its C name.
 """
 
 from ctypes import addressof as _addressof
@@ -21,8 +21,9 @@ from ctypes import c_int64 as _c_int64
 from ctypes import c_uint16 as _c_uint16
 from ctypes import c_uint32 as _c_uint32
 from ctypes import c_void_p as _c_void_p
+from typing import Any, Callable
 
-from . import _capi, _sdk
+from . import _calls, _capi, _sdk
 from ._calls import PLUGIN_NAME as _PLUGIN_NAME
 from ._calls import TextOut as _TextOut
 from ._calls import address as _address
@@ -705,7 +706,7 @@ def GetCommandLineArgument(argument, /):
     """
     if _type(argument) is not _int or not 0 <= argument <= 4294967295:
         argument = _integer(argument, "GetCommandLineArgument() argument 'argument'", 0, 4294967295, 'uint32_t')
-    _check_command_line_index('GetCommandLineArgument()', argument)
+    _check_command_line_index('GetCommandLineArgument()', argument, GetCommandLineArgumentsCount)
     c_result = _TextOut()
     _params = _P_GetCommandLineArgument(result=_addressof(c_result), property=argument)
     _call(11, _addressof(_params), 'GetCommandLineArgument')  # GetCommandLineArgument
@@ -2468,7 +2469,7 @@ def CallRestApi(method, uri, headers, body, afterPlugins, /):
     return (_capi.take_bytes(c_answerBody.data, c_answerBody.size), _capi.take_bytes(c_answerHeaders.data, c_answerHeaders.size), c_httpStatus.value)  # memory buffers: copied, then freed here
 
 
-CALLS = {
+CALLS: dict[str, Callable[..., Any]] = {
     'OrthancPluginLogError': LogError,
     'OrthancPluginLogWarning': LogWarning,
     'OrthancPluginLogInfo': LogInfo,
@@ -2745,7 +2746,7 @@ those that take ``None`` (NULL). The result is ``None``, ``int``, ``str``
 ``handle:<C type>`` (the script's object, freed when collected) or a tuple.
 """
 
-RAW = {
+RAW: dict[str, Callable[..., Any]] = {
     'OrthancPluginGetInstanceData': GetInstanceData_raw,
     'OrthancPluginHasInstanceMetadata': HasInstanceMetadata_raw,
     'OrthancPluginGetImageBuffer': GetImageBuffer_raw,
@@ -2792,3 +2793,29 @@ UNSUPPORTED = {
     'OrthancPluginRegisterWebDavCollection': "argument 'isExistingFolder' is a C callback (OrthancPluginWebDavIsExistingFolderCallback); use the registration function",
 }
 """SDK functions written by hand in the Pythonic layers, with the reason."""
+
+
+class UnsupportedFunction(NotImplementedError):
+    """An SDK function that has no generated call; the message says why."""
+
+
+def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
+    """The generated function of the SDK function ``name`` (``"OrthancPluginRestApiGet"``).
+
+    :param raw: for the functions in ``RAW``: the variant that returns the
+        value their result is computed from.
+    :raises KeyError: no such function in the SDK header.
+    :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
+    """
+    if raw and name in RAW:
+        return RAW[name]
+    function = CALLS.get(name)
+    if function is not None:
+        return function
+    if name in UNSUPPORTED:
+        raise UnsupportedFunction(f"{name} cannot be called generically: {UNSUPPORTED[name]}")
+    raise KeyError(name)
+
+
+# Handle.close() frees the objects the script owns with these.
+_calls.FREE_CALLS.update({c_type: CALLS[name] for c_type, name in _sdk.FREE_FUNCTIONS.items() if name in CALLS})

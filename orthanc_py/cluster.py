@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, ClassVar, TypeVar
 
-from . import _calls, _capi, _events, _runtime, _sdk
+from . import _capi, _events, _runtime, _sdk, _sdk_calls
 from ._enums import ChangeType, ResourceType
 
 __all__ = [
@@ -143,7 +143,7 @@ class _Rest:
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         pairs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         try:
-            answer, answer_headers, status = _calls.sdk_function("OrthancPluginCallRestApi")(
+            answer, answer_headers, status = _sdk_calls.sdk_function("OrthancPluginCallRestApi")(
                 cls._METHODS[method], uri, pairs, body, 0)
         except _capi.OrthancError as error:
             # Orthanc gives an error code, not the HTTP answer, for a failed call.

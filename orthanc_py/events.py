@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
-from . import _calls, _capi, _events, _runtime, _sdk, cluster
+from . import _calls, _capi, _events, _runtime, _sdk, _sdk_calls, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
@@ -133,7 +133,7 @@ class StoredInstance(_capi.Borrowed):
         """The Orthanc ID of the instance."""
 
     def _call(self, name: str, *args: Any, raw: bool = False) -> Any:
-        return _calls.sdk_function("OrthancPlugin" + name, raw=raw)(self._instance, *args)
+        return _sdk_calls.sdk_function("OrthancPlugin" + name, raw=raw)(self._instance, *args)
 
     @functools.cached_property
     def size(self) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any, Union
 
-from . import _calls, _capi, _sdk
+from . import _calls, _capi, _sdk, _sdk_calls
 
 __all__ = ["RestError", "delete", "get", "get_json", "post", "post_json", "put", "put_json"]
 
@@ -77,7 +77,7 @@ def _call(method: str, function: str, uri: str, *args: Any, plugins: bool = Fals
     if not isinstance(uri, str):
         raise TypeError(f"rest.{method.lower()}() argument 'uri' must be str, not {type(uri).__name__}")
     try:
-        return _calls.sdk_function(function)(uri, *args)
+        return _sdk_calls.sdk_function(function)(uri, *args)
     except _calls.SdkVersionError:
         raise
     except _capi.OrthancError as error:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, NoReturn, TypeVar, Union
 
-from . import _calls, _capi, _capi_rest, _runtime, _sdk
+from . import _calls, _capi, _capi_rest, _runtime, _sdk, _sdk_calls
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .rest import RestError
 
@@ -333,7 +333,7 @@ def _send(output: int, response: Response) -> None:
 def _sdk_call(name: str, output: int, *args: Any) -> None:
     rest_output = _calls.handle_class("OrthancPluginRestOutput")(output)
     try:
-        _calls.sdk_function("OrthancPlugin" + name)(rest_output, *args)
+        _sdk_calls.sdk_function("OrthancPlugin" + name)(rest_output, *args)
     finally:
         rest_output._address = 0  # Orthanc's, not ours to free
 

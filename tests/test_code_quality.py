@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "orthanc_py"
 # Written by tools/gen_sdk.py from the SDK header: as long as the SDK is.
-GENERATED = {PACKAGE / "_sdk.py", PACKAGE / "_enums.py"}
+GENERATED = {PACKAGE / "_sdk.py", PACKAGE / "_enums.py", PACKAGE / "_sdk_calls.py"}
 MAX_MODULE_LINES = 800
 
 

@@ -82,6 +82,7 @@ def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
     require_libclang()
     output = tmp_path / "_sdk.py"
     enums = tmp_path / "_enums.py"
+    calls = tmp_path / "_sdk_calls.py"
     subprocess.run(
         [
             sys.executable,
@@ -92,6 +93,8 @@ def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
             str(output),
             "--enums-output",
             str(enums),
+            "--calls-output",
+            str(calls),
         ],
         check=True,
     )
@@ -106,6 +109,9 @@ def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
     )
     assert enums.read_bytes() == (PACKAGE_DIR / "_enums.py").read_bytes(), (
         "orthanc_py/_enums.py is stale: run `python tools/gen_sdk.py` and commit the result"
+    )
+    assert calls.read_bytes() == (PACKAGE_DIR / "_sdk_calls.py").read_bytes(), (
+        "orthanc_py/_sdk_calls.py is stale: run `python tools/gen_sdk.py` and commit the result"
     )
 
 

@@ -82,7 +82,8 @@ REENTRANT_SERVICES = {
 # Services whose failure in Orthanc 1.10 is not an Orthanc error but a C++
 # exception that escapes through the plugin: what they would trip on is
 # checked first, by the named helper of orthanc_py._calls.
-PRECONDITIONS = {"OrthancPluginGetCommandLineArgument": "check_command_line_index"}
+# (helper, generated functions it is given)
+PRECONDITIONS = {"OrthancPluginGetCommandLineArgument": ("check_command_line_index", "GetCommandLineArgumentsCount")}
 
 # The image services that read (or, for an accessor, keep) pitch * height
 # bytes of a caller's buffer, whatever its length.
@@ -279,7 +280,8 @@ class Writer:
             # Objects Orthanc lent to a callback running on another thread are
             # held until Orthanc is done with them: that callback cannot end meanwhile.
             for name in handles:
-                self.emit(f"lease_{name} = {name}._take_lease() if _getattr({name}, '_owner', None) is not None else None")
+                lent = f"_getattr({name}, '_owner', None) is not None"
+                self.emit(f"lease_{name} = {name}._take_lease() if {lent} else None")
             self.emit("try:")
         body_start = len(self.lines)
         image = all(name in names for name in IMAGE_ARGUMENTS)
@@ -295,8 +297,9 @@ class Writer:
             self.emit(f"if {size} > _len(c_{text}):")
             self.emit(f"raise _size_error({c.python_name + '()'!r}, {size!r}, {size}, {text!r}, c_{text})", 2)
         if fn.name in PRECONDITIONS:
-            args = ", ".join(self.values[p.name] for p in c.parameters)
-            self.emit(f"_{PRECONDITIONS[fn.name]}({c.python_name + '()'!r}, {args})")
+            helper, *needs = PRECONDITIONS[fn.name]
+            args = ", ".join([self.values[p.name] for p in c.parameters] + needs)
+            self.emit(f"_{helper}({c.python_name + '()'!r}, {args})")
         for name, struct in c.out_buffers:
             self.emit(f"c_{name} = _sdk.{struct}()")
             self.locals[name] = f"c_{name}"
@@ -415,7 +418,7 @@ def result_description(c: Convention, sdk: ModuleType) -> str:
     """What the generated function returns, in the notation of ``CONVENTIONS``."""
     fn = c.fn
     if fn.returns.startswith("local:"):
-        base, stars, const = base_type(dict(fn.locals)[fn.returns[6:]])
+        base, stars, _ = base_type(dict(fn.locals)[fn.returns[6:]])
         if stars == 0:
             return "int"
         if base == "char":
@@ -449,13 +452,14 @@ what Orthanc returns, freeing what the plugin owns. The params structs are
 the layouts of ``_sdk`` with pointer fields taking plain addresses (``_wire``).
 
 ``CALLS`` maps each C name to its function, ``RAW`` holds the functions whose
-result the caller interprets, and ``UNSUPPORTED`` says why the others are
-written by hand.
+result the caller interprets, ``UNSUPPORTED`` says why the others are written
+by hand, and :func:`sdk_function` finds one by its C name.
 """
 
 from ctypes import addressof as _addressof
-{ctypes_imports}
-from . import _capi, _sdk
+{ctypes_imports}from typing import Any, Callable
+
+from . import _calls, _capi, _sdk
 from ._calls import PLUGIN_NAME as _PLUGIN_NAME
 from ._calls import TextOut as _TextOut
 from ._calls import address as _address
@@ -481,6 +485,35 @@ _call = _capi.call
 _call_reentrant = _capi.call_reentrant
 # Builtins under names no SDK argument takes (SetMetricsValue has an argument "type").
 _type, _int, _len, _getattr = type, int, len, getattr
+'''
+
+
+POSTAMBLE = '''
+
+class UnsupportedFunction(NotImplementedError):
+    """An SDK function that has no generated call; the message says why."""
+
+
+def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
+    """The generated function of the SDK function ``name`` (``"OrthancPluginRestApiGet"``).
+
+    :param raw: for the functions in ``RAW``: the variant that returns the
+        value their result is computed from.
+    :raises KeyError: no such function in the SDK header.
+    :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
+    """
+    if raw and name in RAW:
+        return RAW[name]
+    function = CALLS.get(name)
+    if function is not None:
+        return function
+    if name in UNSUPPORTED:
+        raise UnsupportedFunction(f"{name} cannot be called generically: {UNSUPPORTED[name]}")
+    raise KeyError(name)
+
+
+# Handle.close() frees the objects the script owns with these.
+_calls.FREE_CALLS.update({c_type: CALLS[name] for c_type, name in _sdk.FREE_FUNCTIONS.items() if name in CALLS})
 '''
 
 
@@ -514,9 +547,10 @@ def render(sdk: ModuleType) -> str:
                         used_ctypes.add(name)
             (raws if raw else calls).append((fn.name, python_name))
             if not raw:
-                parameters = tuple((p.name, p.base, p.kind + ("?" if p.nullable else "")) for p in convention.parameters)
+                parameters = tuple((p.name, p.base, p.kind + ("?" if p.nullable else ""))
+                                   for p in convention.parameters)
                 conventions.append((fn.name, f"({parameters!r}, {result_description(convention, sdk)!r})"))
-    out.append("CALLS = {\n" + "".join(f"    {c!r}: {p},\n" for c, p in calls) + "}\n")
+    out.append("CALLS: dict[str, Callable[..., Any]] = {\n" + "".join(f"    {c!r}: {p},\n" for c, p in calls) + "}\n")
     out.append('"""Each SDK function the generated code calls, by C name."""\n\n')
     out.append("CONVENTIONS = {\n" + "".join(f"    {c!r}: {d},\n" for c, d in conventions) + "}\n")
     out.append('''"""Each function of ``CALLS``: ``((parameter, C base type, kind), ...), result``.
@@ -531,9 +565,10 @@ those that take ``None`` (NULL). The result is ``None``, ``int``, ``str``
 """
 
 ''')
-    out.append("RAW = {\n" + "".join(f"    {c!r}: {p},\n" for c, p in raws) + "}\n")
+    out.append("RAW: dict[str, Callable[..., Any]] = {\n" + "".join(f"    {c!r}: {p},\n" for c, p in raws) + "}\n")
     out.append('"""Functions that compute their result in C: these return the local it is computed from."""\n\n')
     out.append("UNSUPPORTED = {\n" + "".join(f"    {c!r}: {w!r},\n" for c, w in unsupported) + "}\n")
     out.append('"""SDK functions written by hand in the Pythonic layers, with the reason."""\n')
+    out.append(POSTAMBLE)
     imports = "".join(f"from ctypes import {name} as _{name}\n" for name in sorted(used_ctypes))
     return PREAMBLE.format(version=version, ctypes_imports=imports) + "\n\n" + "".join(out)

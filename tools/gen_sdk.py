@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gen_calls  # noqa: E402  # the sibling module that writes the generated calls
+import gen_calls  # the sibling module that writes the generated calls
 
 DEFAULT_HEADER = Path("/usr/include/orthanc/OrthancCPlugin.h")
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "orthanc_py" / "_sdk.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import _calls, _capi, _events
+from .. import _capi, _events, _sdk_calls
 from .._calls import Handle
 from .registration import (
     _call,
@@ -28,17 +28,17 @@ class DicomInstance(Handle):
 
     def HasInstanceMetadata(self, metadata: str) -> int:
         """Returns 1 if the instance has the metadata ``metadata``, 0 otherwise."""
-        return int(_calls.sdk_function("OrthancPluginHasInstanceMetadata", raw=True)(self, metadata) != 0)
+        return int(_sdk_calls.sdk_function("OrthancPluginHasInstanceMetadata", raw=True)(self, metadata) != 0)
 
     def HasInstancePixelData(self) -> int:
         """Returns 1 if the instance has pixel data, 0 otherwise."""
-        return int(_calls.sdk_function("OrthancPluginHasInstancePixelData", raw=True)(self) != 0)
+        return int(_sdk_calls.sdk_function("OrthancPluginHasInstancePixelData", raw=True)(self) != 0)
 
     def GetInstanceData(self) -> bytes:
         """Returns the DICOM file of the instance, as bytes."""
         lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
         try:
-            address = _calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
+            address = _sdk_calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
             return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
         finally:
             if lease is not None:

@@ -7,7 +7,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _capi, _sdk
+from .. import _calls, _capi, _sdk, _sdk_calls
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
@@ -45,7 +45,7 @@ class Image(Handle):
 
     def GetImageBuffer(self) -> bytes:
         """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
-        address = _calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
+        address = _sdk_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
         return _capi.copy_memory(
             address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self)
         )
@@ -60,7 +60,7 @@ def _image_arguments(what: str, format: Any, width: Any, height: Any, pitch: Any
 
 def _pixels_of(image: Image) -> tuple[int, int, int, int, int]:
     """``(address, format, width, height, pitch)`` of an image's pixels."""
-    return (_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image),
+    return (_sdk_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image),
             _call("OrthancPluginGetImagePixelFormat", image), _call("OrthancPluginGetImageWidth", image),
             _call("OrthancPluginGetImageHeight", image), _call("OrthancPluginGetImagePitch", image))
 

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _capi, _sdk
+from .. import _calls, _capi, _sdk, _sdk_calls
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
@@ -383,7 +383,7 @@ def _SubmitJob(self: Handle, priority: int) -> str:
     self._owned = False
     _unsubmitted.pop(self, None)
     try:
-        job_id = _calls.sdk_function("OrthancPluginSubmitJob")(self, priority)
+        job_id = _sdk_calls.sdk_function("OrthancPluginSubmitJob")(self, priority)
     except _capi.OrthancError as error:
         raise _capi.OrthancError(
             error.code, f"{error.description}: Orthanc refused the job of type "

@@ -17,7 +17,7 @@ import threading
 import types
 from typing import Any, Callable
 
-from .. import _calls, _capi, _runtime, _sdk
+from .. import _calls, _capi, _runtime, _sdk, _sdk_calls
 from .._calls import Handle
 
 
@@ -44,7 +44,7 @@ class _SdkMethod:
 
 
 def _call(c_name: str, *args: Any) -> Any:
-    return _calls.sdk_function(c_name)(*args)
+    return _sdk_calls.sdk_function(c_name)(*args)
 
 
 def _handler_name(function: Callable[..., Any]) -> str:

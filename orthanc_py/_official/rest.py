@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from .. import _calls, _capi, _capi_rest, _runtime
+from .. import _calls, _capi, _capi_rest, _runtime, _sdk_calls
 from .._calls import Handle
 from .registration import _handler_name, _SdkMethod
 
@@ -93,7 +93,7 @@ class RestOutput(Handle):
 
 
 def _send_http_status() -> Any:
-    return _calls.sdk_function("OrthancPluginSendHttpStatus")
+    return _sdk_calls.sdk_function("OrthancPluginSendHttpStatus")
 
 
 _MIME_TYPES: dict[str, bytes] = {}
