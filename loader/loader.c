@@ -576,6 +576,12 @@ static PyObject *loader_stack(PyObject *module, PyObject *unused)
                        "free", free_bytes);
 }
 
+/* An address from Python: an int, or None for NULL (ctypes reads a NULL c_void_p as None). */
+static void *address_of(PyObject *value)
+{
+  return value == Py_None ? NULL : PyLong_AsVoidPtr(value);
+}
+
 /* invoke() calls in flight: in all threads, and in this one. */
 static long calls_in_flight = 0;
 static __thread long this_thread_calls = 0;
@@ -631,7 +637,7 @@ static PyObject *loader_take_bytes(PyObject *module, PyObject *const *args, Py_s
     PyErr_SetString(PyExc_TypeError, "take_bytes() takes an address and a size");
     return NULL;
   }
-  void *pointer = PyLong_AsVoidPtr(args[0]);
+  void *pointer = address_of(args[0]);
   if (pointer == NULL && PyErr_Occurred())
     return NULL;
   Py_ssize_t size = PyLong_AsSsize_t(args[1]);
@@ -649,7 +655,7 @@ static PyObject *loader_take_bytes(PyObject *module, PyObject *const *args, Py_s
 static PyObject *loader_take_text(PyObject *module, PyObject *address)
 {
   (void)module;
-  void *pointer = PyLong_AsVoidPtr(address);
+  void *pointer = address_of(address);
   if (pointer == NULL)
   {
     if (PyErr_Occurred())
@@ -675,7 +681,7 @@ static PyObject *loader_in_flight(PyObject *module, PyObject *unused)
 static PyObject *loader_free(PyObject *module, PyObject *address)
 {
   (void)module;
-  void *pointer = PyLong_AsVoidPtr(address);
+  void *pointer = address_of(address);
   if (pointer == NULL && PyErr_Occurred())
     return NULL;
   if (pointer != NULL && context != NULL)

@@ -1,24 +1,20 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Calls any SDK function with Python values, from the facts in ``_sdk.FUNCTIONS``.
+"""What the generated SDK calls (``_sdk_calls``) are made of: conversions, checks and Orthanc's objects.
 
-Every SDK function of ``OrthancCPlugin.h`` fills a params struct from its
-arguments and calls ``InvokeService``. :func:`sdk_function` reads what the
-generator recorded about one function (its arguments, which field gets which
-argument, which locals receive results, what it returns) and builds a Python
-callable that does the same through ctypes:
+``tools/gen_sdk.py`` writes one Python function per SDK function, its calling
+convention classified once, at generation time. Those functions call the
+helpers here, each doing one conversion with the checks that keep a script
+from crashing Orthanc:
 
-- ``const char*`` takes ``str`` (or ``bytes``, or ``None`` for NULL);
-- ``const void*`` followed by its size takes ``bytes`` (or ``str``), the size
-  being derived; a ``const char*`` followed by its size stays two arguments, a
-  text and how many of its bytes to send, as in the official plugin;
-- opaque handles (``OrthancPluginImage*``...) take :class:`Handle` objects;
-- ``OrthancPluginMemoryBuffer*`` targets become ``bytes`` results, freed here;
-- a returned ``char*`` becomes ``str`` (and is freed), a returned handle an
-  owned :class:`Handle` that frees itself.
-
-Functions whose shape does not fit (callback registrations, the HTTP clients
-with header arrays...) are written by hand in the Pythonic layers; for them
-:func:`sdk_function` raises :class:`UnsupportedFunction` saying why.
+- a ``const char*`` takes ``str`` (or ``bytes``): no NUL, which would cut it
+  short in C; no CR or LF where it becomes part of an HTTP header;
+- a ``const void*`` with its size takes ``bytes``, ``str`` or any buffer, the
+  size derived and checked against the range of its C type;
+- C integers are range-checked (ctypes would silently wrap ``-1`` to
+  ``2**32 - 1``), image buffers checked against ``pitch * height``;
+- Orthanc's objects (``OrthancPluginImage*``...) are :class:`Handle` objects:
+  owned ones free themselves, lent ones expire when their callback returns;
+- a returned ``char*`` or memory buffer is copied, then freed.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The ctypes boundary: the only module that calls into Orthanc.
+"""The boundary with Orthanc: every SDK call and every callback passes here.
 
-Every SDK call goes through :func:`invoke`, which calls
-``context->InvokeService`` and turns a failing error code into
-:class:`OrthancError`. Strings and buffers that Orthanc hands out are copied
-into Python objects and freed here, exactly once. Callback trampolines are
-built with :func:`trampoline`, so that no Python exception ever reaches C.
+Every SDK call goes through :func:`call` (the generated functions of
+``_sdk_calls``) or :func:`invoke` (hand-written calls with a ctypes params
+structure): it calls ``context->InvokeService`` and turns a failing error
+code into :class:`OrthancError`. Inside Orthanc, the call itself is made by
+the loader's builtin ``invoke`` (a fraction of the cost of a ctypes foreign
+call), which also counts the calls in flight for :func:`close`. Strings and
+buffers that Orthanc hands out are copied into Python objects and freed
+here, exactly once. Callback trampolines are built with :func:`trampoline`,
+so that no Python exception ever reaches C.
 """
 
 from __future__ import annotations
@@ -415,7 +419,11 @@ def _log(service: Service, message: str) -> None:
         _require(service.name)
         return
     # Orthanc's log takes a C string: drop NULs rather than cut the message.
-    context.invoke_service(context.pointer, int(service), message.replace("\0", "\\0").encode("utf-8", "replace"))
+    text = message.replace("\0", "\\0").encode("utf-8", "replace")
+    if _invoke is not None:
+        _invoke(int(service), text)
+    else:
+        context.invoke_service(context.pointer, int(service), text)
 
 
 def log_info(message: str) -> None:
