@@ -111,6 +111,18 @@ def venv_loader(venv: Path) -> tuple[str, str]:
     return lines[0], f"Python {lines[1]} ({venv})"
 
 
+def add_venv_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--venv", type=Path, default=None,
+                        help="the venv whose orthanc_py is measured (default: .venv-debian when it exists, "
+                             "else this interpreter's)")
+
+
+def measured_venv(args: argparse.Namespace) -> Path:
+    """The venv of ``--venv``, or the default that argument's help states."""
+    venv = args.venv or (Path(".venv-debian") if Path(".venv-debian/bin/python").exists() else Path(sys.prefix))
+    return Path(venv).absolute()
+
+
 # What each configuration serves; "system" is Orthanc's own route, measured on the decorators' server.
 ROUTES = {"decorators": ("system", "hello", "echo"), "module": ("hello", "echo"), "official": ("hello", "echo")}
 PATHS = {"system": "/system", "hello": "/hello", "echo": "/echo"}
@@ -150,12 +162,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run (default: 5)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, of which the median (default: 5)")
-    parser.add_argument("--venv", type=Path, default=None,
-                        help="the venv whose orthanc_py is measured (default: .venv-debian when it exists, "
-                             "else this interpreter's)")
+    add_venv_argument(parser)
     args = parser.parse_args()
-    venv = args.venv or (Path(".venv-debian") if Path(".venv-debian/bin/python").exists() else Path(sys.prefix))
-    loader, interpreter = venv_loader(venv.absolute())
+    loader, interpreter = venv_loader(measured_venv(args))
     load_before = f"{os.getloadavg()[0]:.2f}"
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.http_bench import OFFICIAL_PLUGIN, venv_loader
+from bench.http_bench import OFFICIAL_PLUGIN, add_venv_argument, measured_venv, venv_loader
 from orthanc_py.server import OrthancServer
 from tests.dicom import make_dicom
 
@@ -328,12 +328,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.3,
                         help="seconds spent on each call in each round (default: 0.3)")
     parser.add_argument("--instances", type=int, default=2000, help="instances per ingest (default: 2000)")
-    parser.add_argument("--venv", type=Path, default=None,
-                        help="the venv whose orthanc_py is measured (default: .venv-debian when it exists, "
-                             "else this interpreter's)")
+    add_venv_argument(parser)
     args = parser.parse_args()
-    venv = args.venv or (Path(".venv-debian") if Path(".venv-debian/bin/python").exists() else Path(sys.prefix))
-    loader, interpreter = venv_loader(venv.absolute())
+    loader, interpreter = venv_loader(measured_venv(args))
     if args.what in ("ingest", "all") and shutil.which("storescu") is None:
         print("bench: storescu is not installed (Debian: apt-get install dcmtk)", file=sys.stderr)
         return 2

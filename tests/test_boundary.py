@@ -512,3 +512,32 @@ def test_a_trampoline_returns_its_error_code_when_reporting_fails(make_orthanc):
     assert server.get("/failing").status == 500
     assert server.get("/system").status == 200
     assert "Exception ignored on calling ctypes callback" not in server.log
+
+
+
+EMPTY_SCRIPT = """
+import orthanc
+from orthanc_py import rest, route
+
+@route("/empty")
+def empty(request):
+    return ""
+
+@route("/probe")
+def probe(request):
+    return {
+        "memory buffer of 0 bytes": repr(orthanc.CreateMemoryBuffer(0)),
+        "empty answer, orthanc module": repr(orthanc.RestApiGetAfterPlugins("/empty")),
+        "empty answer, rest": repr(rest.get("/empty", plugins=True)),
+        "absent property": repr(orthanc.GetGlobalProperty(5123, "")),
+    }
+"""
+
+
+def test_empty_buffers_and_texts_from_orthanc_come_back_empty(make_orthanc):
+    # Orthanc leaves the data of an empty memory buffer NULL: the copy is empty bytes, not an error.
+    server = make_orthanc(EMPTY_SCRIPT)
+    answer = server.get("/probe")
+    assert answer.status == 200, server.log[-2000:]
+    assert answer.json() == {"memory buffer of 0 bytes": "b''", "empty answer, orthanc module": "b''",
+                             "empty answer, rest": "b''", "absent property": "''"}
