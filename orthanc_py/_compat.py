@@ -168,8 +168,7 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
             errors_logged = owner is RestOutput and fn.result == "void"
             if answering or errors_logged:
                 function = _answering_method(function, answering, errors_logged)
-            # A plain function: Python binds it to the object in C, with no descriptor of ours on the path.
-            method = _exposed(function, method=True)
+            method = _SdkMethod(_exposed(function, method=True))
             setattr(owner, python_name, method)
             # The official plugin 7.1 drops the class's name from such a
             # method (FindMatcher.IsMatch, StorageArea.Read): both names work.
@@ -190,6 +189,27 @@ for _family in _FAMILIES:
 
 _build_from_sdk(globals())
 __all__.sort()
+
+
+def _make_fast_classes() -> None:
+    """Makes the objects Orthanc lends and the script owns instances of a subclass with plain-function methods.
+
+    The classes of this module keep method descriptors, as the official
+    plugin's C classes have (its introspection sample lists only those);
+    each call through one pays a Python-level ``__get__``. The subclass,
+    named as its class and registered as the class objects are made of
+    (``_calls.handle_class``), has the same methods as plain functions,
+    which Python binds in C. ``RestOutput`` has its own (``_official.rest``).
+    """
+    for c_name, cls in _HANDLE_CLASSES.items():
+        if cls is RestOutput:
+            continue
+        methods = {name: member.function for name, member in vars(cls).items() if isinstance(member, _SdkMethod)}
+        _calls.HANDLE_CLASSES[c_name] = type(cls.__name__, (cls,), {
+            **methods, "__module__": "orthanc", "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+
+
+_make_fast_classes()
 
 
 rest.flatten_lent_output()

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
-from .. import _capi, _events, _sdk_calls
+from .. import _calls, _capi, _events, _sdk_calls
 from .._calls import Handle
 from .registration import (
     _call,
@@ -68,7 +69,8 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
         )
 
     def deliver(address: int, instance_id: str) -> None:
-        instance = DicomInstance.lent(address)
+        # Made of the class with plain-function methods (see _compat._make_fast_classes).
+        instance = cast(DicomInstance, _calls.handle_class(DicomInstance.c_type_name).lent(address))
         try:
             callback(instance, instance_id)
         finally:
