@@ -338,7 +338,9 @@ def test_calls_after_an_answer_see_it_sent_as_in_the_official_plugin(make_orthan
     twice = server.get("/answer-twice")
     assert (twice.status, twice.text) == (200, "first")
     # The SDK's answer functions return nothing in C: the official plugin's
-    # scripts never see Orthanc refuse them, and go on.
+    # scripts never see Orthanc refuse them, and go on. The client has the
+    # first answer while the handler still runs: wait for it to record.
+    server.wait_until(lambda: len(recorded(server)) == 2, timeout=10, what="both handlers' records")
     assert recorded(server) == {"header": "accepted", "twice": "accepted"}
     if plugin is None:
         assert "RestOutput.SetHttpHeader() was refused by Orthanc: Bad sequence of calls" in server.log
