@@ -34,31 +34,12 @@ INTEGER_TYPES = {
     "uint64_t": ctypes.c_uint64,
     "int64_t": ctypes.c_int64,
 }
-ENUM_NAMES = {cls.__name__ for cls in _sdk.ENUMS}
-OPAQUE_NAMES = {cls.__name__ for cls in _sdk.OPAQUE_TYPES}
-STRUCT_TYPES = {cls.__name__: cls for cls in _sdk.STRUCTS}
-BUFFER_TYPES = {"OrthancPluginMemoryBuffer": _sdk.OrthancPluginMemoryBuffer,
-                "OrthancPluginMemoryBuffer64": _sdk.OrthancPluginMemoryBuffer64}
 
 
 PLUGIN_NAME = b"orthanc_py"
 """What the loader's ``OrthancPluginGetName()`` answers."""
-_PLUGIN_NAME_EXPRESSION = "expr:OrthancPluginGetName ( )"
-
-# IRREGULAR functions whose only extra is a NULL test on the result: a NULL
-# result becomes None here, which is the same.
-_NULL_CHECK_ONLY = {"OrthancPluginGetErrorDescription", "OrthancPluginSubmitJob"}
-
 
 SdkVersionError = _capi.SdkVersionError
-
-
-def _base_type(c_type: str) -> tuple[str, int, bool]:
-    """``"const OrthancPluginImage *"`` -> ``("OrthancPluginImage", 1, True)``."""
-    const = c_type.startswith("const ")
-    stripped = c_type[6:] if const else c_type
-    stars = stripped.count("*")
-    return stripped.replace("*", "").replace("const", "").strip(), stars, const
 
 
 _H = TypeVar("_H", bound="Handle")
@@ -510,11 +491,6 @@ def static_text(out: TextOut) -> str | None:
     """A ``const char*`` Orthanc keeps (a static description, a field of its own): copied, not freed."""
     text = out.text
     return None if text is None else text.decode("utf-8", "replace")
-
-
-def take_buffer(buffer: Any) -> bytes:
-    """Copies a memory buffer Orthanc filled, then frees it (FreeMemoryBuffer)."""
-    return _capi.take_bytes(buffer.data, buffer.size)
 
 
 def struct_dict(struct: Any) -> dict[str, Any]:

@@ -299,7 +299,8 @@ def call_reentrant(service: int, params: int | bytes | None, what: str, uri: byt
 def call_error(code: int, what: str) -> OrthancError:
     """The exception for a failed call of ``what``."""
     if code == ErrorCode.UnknownPluginService:
-        return SdkVersionError(code, f"{what}() is not offered by this Orthanc ({orthanc_version()})")
+        call_text = what if what.endswith(")") else f"{what}()"  # hand-written calls name "orthanc.X()"
+        return SdkVersionError(code, f"{call_text} is not offered by this Orthanc ({orthanc_version()})")
     return OrthancError(code, error_description(code))
 
 
@@ -323,18 +324,6 @@ def _set_out_pointer(params: ctypes.Structure, field: str, target: Any) -> None:
     """Points ``params.<field>`` (a ``T**`` out-parameter) at ``target``."""
     field_type: Any = next(entry[1] for entry in params._fields_ if entry[0] == field)
     setattr(params, field, ctypes.cast(ctypes.pointer(target), field_type))
-
-
-def take_string(pointer: ctypes.c_void_p) -> str | None:
-    """Copies a string that Orthanc allocated for us, then frees it."""
-    if not pointer.value:
-        return None
-    try:
-        return ctypes.string_at(pointer.value).decode("utf-8", "replace")
-    finally:
-        context = _context
-        if context is not None:
-            context.free(pointer.value)
 
 
 def _take_bytes(address: int | None, size: int) -> bytes:
@@ -406,7 +395,7 @@ def retrieve_dynamic_string(service: Service, argument: bytes | None = None) -> 
     _set_out_pointer(params, "result", result)
     params.argument = argument
     invoke(service, params)
-    return take_string(result)
+    return take_text(result.value)
 
 
 # --- logging ---------------------------------------------------------------

@@ -74,7 +74,7 @@ class _DicomWebEncoding:
         return c_type(c_binary)
 
     def finish(self, result: ctypes.c_void_p) -> str:
-        text = _capi.take_string(result)
+        text = _capi.take_text(result.value)
         if self.error is not None:
             error, self.error = self.error, None
             raise error
