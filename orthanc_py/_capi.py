@@ -375,6 +375,33 @@ def copy_memory(address: int | None, size: int) -> bytes:
     return (ctypes.c_char * size).from_address(address).raw
 
 
+def fill_memory_buffer(target: Any, data: bytes, wide: bool = True) -> None:
+    """Allocates an Orthanc memory buffer at ``target`` through Orthanc and copies ``data`` into it.
+
+    ``target`` points to an ``OrthancPluginMemoryBuffer64`` (``wide``) or an
+    ``OrthancPluginMemoryBuffer`` (32-bit size) that Orthanc passed to a
+    callback: Orthanc frees it itself, so it must come from Orthanc's allocator.
+
+    :raises ValueError: when ``data`` does not fit a 32-bit size (not ``wide``):
+        the buffer would be allocated short and the copy would run past its end.
+    """
+    if wide:
+        params: Any = _sdk._OrthancPluginCreateMemoryBuffer64()
+        params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer64))
+        service = Service.CreateMemoryBuffer64
+    else:
+        if len(data) > 0xFFFFFFFF:
+            raise ValueError(f"{len(data)} bytes do not fit an Orthanc memory buffer of 32-bit size "
+                             f"(at most {0xFFFFFFFF} bytes)")
+        params = _sdk._OrthancPluginCreateMemoryBuffer()
+        params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer))
+        service = Service.CreateMemoryBuffer
+    params.size = len(data)
+    invoke(service, params, service.name)
+    if data:
+        ctypes.memmove(params.target.contents.data, data, len(data))
+
+
 def copy_rows(target: int, target_pitch: int, source: bytes, source_pitch: int, rows: int, row_size: int) -> None:
     """Copies ``rows`` rows of ``row_size`` bytes of pixels into memory Orthanc owns (an image buffer).
 
@@ -512,6 +539,11 @@ def _original_stderr() -> Any:
 # How much of a long traceback report_exception() writes: its first and last lines.
 _REPORT_HEAD = 150
 _REPORT_TAIL = 50
+
+
+def name_of(function: Any) -> str:
+    """A callable's name for messages and the log: its qualified name, else its ``repr``."""
+    return getattr(function, "__qualname__", None) or repr(function)
 
 
 def report_exception(where: str) -> None:

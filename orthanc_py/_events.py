@@ -209,7 +209,7 @@ class StoredInstanceDispatcher:
 
 def _name_of(function: Callable[..., object]) -> str:
     module = getattr(function, "__module__", None) or "?"
-    return f"{module}.{getattr(function, '__qualname__', repr(function))}"
+    return f"{module}.{_capi.name_of(function)}"
 
 
 def _outside_orthanc(what: str) -> None:

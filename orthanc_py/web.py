@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, NoReturn, TypeVar, Union
 
-from . import _calls, _capi, _capi_rest, _runtime, _sdk, _sdk_calls
+from . import _calls, _capi, _capi_rest, _hooks, _runtime, _sdk_calls
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .rest import RestError
 
@@ -666,8 +666,7 @@ def _check_picklable(rule: str, handler: Callable[..., Any]) -> None:
         ) from None
 
 
-def _name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__qualname__", repr(function))
+_name = _capi.name_of
 
 
 # --- filtering incoming requests ----------------------------------------------------
@@ -691,40 +690,28 @@ class FilterRequest:
         return f"<FilterRequest {self.method} {self.path} from {self.ip}>"
 
 
-_filters: list[Callable[[FilterRequest], bool]] = []
-_runtime.on_new_run(_filters.clear)
-_METHOD_NAMES = {int(m): m.name.upper() for m in _sdk.OrthancPluginHttpMethod}
-
-
 def http_filter(function: F) -> F:
     """Asks the decorated ``handler(request)`` about every HTTP request before Orthanc serves it.
 
     ``request`` is a :class:`FilterRequest`. The handler returns ``True`` to let
     the request through, ``False`` to refuse it (HTTP 403). Several filters
-    may be declared: a request goes through when every one lets it. A filter
-    that raises or returns something else refuses the request (HTTP 500) and
-    the reason goes to Orthanc's log. Filters run on Orthanc's HTTP threads,
-    for every request: keep them quick.
+    may be declared, with this decorator or ``orthanc.RegisterIncomingHttpRequestFilter``:
+    a request goes through when every one lets it, asked in the order declared.
+    A filter that raises or returns something else refuses the request (HTTP
+    500) and the reason goes to Orthanc's log. Filters run on Orthanc's HTTP
+    threads, for every request: keep them quick.
     """
     if not callable(function):
         raise TypeError(f"@http_filter: the handler must be callable, not {type(function).__name__}")
-    if not _filters:
-        from ._compat import RegisterIncomingHttpRequestFilter
 
-        RegisterIncomingHttpRequestFilter(_run_filters)
-    _filters.append(function)
+    def check(method: int, uri: str, ip: str, headers: dict[str, str], get: dict[str, str] | None) -> int:
+        args = {k: urllib.parse.unquote_plus(v) for k, v in get.items()} if get else {}
+        verdict = function(FilterRequest(_capi_rest.HTTP_METHODS.get(method, "GET"), uri, ip, Headers(headers.items()), args))
+        if verdict is True:
+            return 1
+        if verdict is False:
+            return 0
+        raise _hooks.Refused(f"returned {type(verdict).__name__}, not True or False")
+
+    _hooks.http_filters.add(check, "@http_filter", f"the HTTP filter {_name(function)}")
     return function
-
-
-def _run_filters(uri: str, method: int, ip: str, headers: dict[str, str], get: dict[str, str] | None = None) -> bool:
-    request = FilterRequest(
-        _METHOD_NAMES.get(method, "GET"), uri, ip, Headers(headers.items()),
-        {k: urllib.parse.unquote_plus(v) for k, v in (get or {}).items()},
-    )
-    for check in _filters:
-        verdict = check(request)
-        if verdict is not True:
-            if verdict is False:
-                return False
-            raise TypeError(f"the HTTP filter {_name(check)} returned {type(verdict).__name__}, not True or False")
-    return True

@@ -10,7 +10,7 @@ from .. import _calls, _capi, _events, _sdk_calls
 from .._calls import Handle
 from .registration import (
     _call,
-    _handler_name,
+    _name,
 )
 
 __all__ = [
@@ -76,4 +76,4 @@ def RegisterOnStoredInstanceCallback(callback: Callable[[DicomInstance, str], No
         finally:
             _capi.expire(instance)  # lent by Orthanc for this call only
 
-    _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _handler_name(callback))
+    _events.stored_instances.add(deliver, "orthanc.RegisterOnStoredInstanceCallback()", _name(callback))

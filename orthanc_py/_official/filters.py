@@ -16,20 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import _capi, _sdk
+from .. import _hooks
 from .._calls import Handle
-from .registration import (
-    Action,
-    Service,
-    _check_callable,
-    _claim,
-    _decode,
-    _fill_buffer64,
-    _is_int,
-    _lend,
-    _name,
-    _register,
-)
+from .._hooks import Refused
+from .registration import Action, _check_callable, _is_int, _name
 
 __all__ = [
     "RegisterIncomingCStoreInstanceFilter",
@@ -60,54 +50,30 @@ def RegisterIncomingHttpRequestFilter(callback: HttpRequestFilter) -> None:
 
     :param callback: the filter.
     :raises TypeError: when ``callback`` is not callable.
-    :raises RuntimeError: when a filter is already registered.
+    :raises RuntimeError: when this function was already called (``@http_filter`` adds more filters;
+        they all run, in the order declared).
     """
     function = "RegisterIncomingHttpRequestFilter"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "incoming HTTP request filter"):
-        return
-    where = f"the incoming-HTTP-request filter {_name(callback)}"
-    get_method = int(_sdk.OrthancPluginHttpMethod.Get)
-    c_strings = _capi.c_strings
 
-    def c_filter(method: int, uri: bytes | None, ip: bytes | None, headers_count: int, headers_keys: Any,
-                 headers_values: Any, get_count: int, get_keys: Any, get_values: Any) -> int:
-        request: dict[str, Any] = {
-            "method": method,
-            "ip": _decode(ip),
-            "headers": dict(zip(c_strings(headers_keys, headers_count), c_strings(headers_values, headers_count))),
-        }
-        if method == get_method:  # Orthanc gives query arguments for GET only; so does the official plugin
-            request["get"] = dict(zip(c_strings(get_keys, get_count), c_strings(get_values, get_count)))
-        allowed = callback(_decode(uri), **request)
+    def check(method: int, uri: str, ip: str, headers: dict[str, str], get: dict[str, str] | None) -> int:
+        request: dict[str, Any] = {"method": method, "ip": ip, "headers": headers}
+        if get is not None:  # GET only, as Orthanc and the official plugin give them
+            request["get"] = get
+        allowed = callback(uri, **request)
         if allowed is True:
             return 1
         if allowed is False:
             return 0
-        _capi.log_error(
-            f"orthanc_py: {where} returned {type(allowed).__name__}, not True or False; "
-            "the request is refused (HTTP 500)"
-        )
-        return -1
+        raise Refused(f"returned {type(allowed).__name__}, not True or False")
 
-    params = _sdk._OrthancPluginIncomingHttpRequestFilter2()
-    # -1 is Orthanc's "error": the client gets HTTP 500, the request is not served.
-    params.callback = _capi.trampoline(_sdk.OrthancPluginIncomingHttpRequestFilter2, where, on_error=-1)(c_filter)
-    _register(Service.RegisterIncomingHttpRequestFilter2, params, function)
+    _hooks.http_filters.add(check, f"orthanc.{function}()",
+                            f"the incoming-HTTP-request filter {_name(callback)}", once=True)
 
 
 # --- received instances ---------------------------------------------------------------
 
 ReceivedInstanceCallback = Callable[[bytes, int], Any]
-
-REFUSE_INSTANCE = 0
-"""What a failed received-instance callback returns to Orthanc: no action at all.
-
-Orthanc refuses the instance for any value that is not a
-``ReceivedInstanceAction`` ("The ReceivedInstanceCallback has returned an
-invalid value"): the upload or C-STORE fails and nothing is stored. A
-callback that transforms what is stored (de-identification, say) must not
-let the original through when it breaks."""
 
 
 def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None:
@@ -136,47 +102,32 @@ def RegisterReceivedInstanceCallback(callback: ReceivedInstanceCallback) -> None
 
     :param callback: the callback.
     :raises TypeError: when ``callback`` is not callable.
-    :raises RuntimeError: when such a callback is already registered.
+    :raises RuntimeError: when this function was already called (``@on_received_instance`` adds
+        more handlers; they all run, in the order declared, each seeing what the one before kept).
     """
     function = "RegisterReceivedInstanceCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "received-instance callback"):
-        return
-    where = f"the received-instance callback {_name(callback)}"
     actions = {int(action) for action in Action}
 
-    def refuse(why: str) -> int:
-        _capi.log_error(f"orthanc_py: {where} {why}; the instance is refused")
-        return REFUSE_INSTANCE
-
-    def c_received(modified: Any, data: Any, size: int, origin: int) -> int:
-        received = _capi.copy_memory(data, size)
-        try:
-            result = callback(received, origin)
-        except BaseException:  # logged; the instance is refused (see below)
-            _capi.report_exception(f"{where}; the instance is refused")
-            return REFUSE_INSTANCE
+    def transform(received: bytes, origin: int) -> tuple[int, bytes | None]:
+        result = callback(received, origin)
         if not isinstance(result, (tuple, list)):
-            return refuse(f"returned {type(result).__name__}, not a tuple (action, modifiedDicom)")
+            raise Refused(f"returned {type(result).__name__}, not a tuple (action, modifiedDicom)")
         if len(result) != 2:
-            return refuse(f"returned {len(result)} value(s), not a tuple (action, modifiedDicom)")
+            raise Refused(f"returned {len(result)} value(s), not a tuple (action, modifiedDicom)")
         action, buffer = result
         if isinstance(action, bool) or not isinstance(action, int) or int(action) not in actions:
-            return refuse(f"returned the action {action!r}, not an orthanc.ReceivedInstanceAction value")
+            raise Refused(f"returned the action {action!r}, not an orthanc.ReceivedInstanceAction value")
         if action != Action.Modify:
-            return int(action)
+            return int(action), None
         if not isinstance(buffer, (bytes, bytearray, memoryview)):
-            return refuse(f"returned MODIFY with {type(buffer).__name__}, not the modified DICOM file as bytes")
+            raise Refused(f"returned MODIFY with {type(buffer).__name__}, not the modified DICOM file as bytes")
         if not buffer:
-            return refuse("returned MODIFY with an empty file, not the modified DICOM file")
-        _fill_buffer64(modified, bytes(buffer))
-        return int(Action.Modify)
+            raise Refused("returned MODIFY with an empty file, not the modified DICOM file")
+        return int(Action.Modify), bytes(buffer)
 
-    params = _sdk._OrthancPluginReceivedInstanceCallback()
-    params.callback = _capi.trampoline(
-        _sdk.OrthancPluginReceivedInstanceCallback, where, on_error=REFUSE_INSTANCE
-    )(c_received)
-    _register(Service.RegisterReceivedInstanceCallback, params, function)
+    _hooks.received_instances.add(transform, f"orthanc.{function}()",
+                                  f"the received-instance callback {_name(callback)}", once=True)
 
 
 # --- C-STORE filter ----------------------------------------------------------------------
@@ -199,36 +150,20 @@ def RegisterIncomingCStoreInstanceFilter(callback: CStoreInstanceFilter) -> None
 
     :param callback: the filter.
     :raises TypeError: when ``callback`` is not callable.
-    :raises RuntimeError: when such a filter is already registered.
+    :raises RuntimeError: when this function was already called.
     """
     function = "RegisterIncomingCStoreInstanceFilter"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "incoming C-STORE instance filter"):
-        return
-    where = f"the incoming-C-STORE filter {_name(callback)}"
 
-    def c_filter(dimse_status: Any, instance_pointer: Any) -> int:
-        instance = _lend("OrthancPluginDicomInstance", instance_pointer)
-        try:
-            status = callback(instance)
-        finally:
-            _capi.expire(instance)
+    def check(instance: Handle) -> int:
+        status = callback(instance)
         # bool is an int here, as in the official plugin: True refuses with status 1.
         if not isinstance(status, int) or not 0 <= status <= 0xFFFF:
-            _capi.log_error(
-                f"orthanc_py: {where} returned {status!r}, not 0 (store) or a DIMSE status from 1 to 0xFFFF "
-                "(refuse); the C-STORE fails"
-            )
-            return -1
-        if status == 0:
-            return 1  # Orthanc: 1 stores
-        dimse_status[0] = status
-        return 0  # Orthanc: 0 discards, answering dimse_status
+            raise Refused(f"returned {status!r}, not 0 (store) or a DIMSE status from 1 to 0xFFFF (refuse)")
+        return int(status)
 
-    params = _sdk._OrthancPluginIncomingCStoreInstanceFilter()
-    # -1 is Orthanc's "error": the C-STORE fails, nothing is stored.
-    params.callback = _capi.trampoline(_sdk.OrthancPluginIncomingCStoreInstanceFilter, where, on_error=-1)(c_filter)
-    _register(Service.RegisterIncomingCStoreInstanceFilter, params, function)
+    _hooks.cstore_filters.add(check, f"orthanc.{function}()",
+                              f"the incoming-C-STORE filter {_name(callback)}", once=True)
 
 
 # --- DICOM instance filter --------------------------------------------------------------------
@@ -255,29 +190,16 @@ def RegisterIncomingDicomInstanceFilter(callback: DicomInstanceFilter) -> None:
 
     :param callback: the filter.
     :raises TypeError: when ``callback`` is not callable.
-    :raises RuntimeError: when such a filter is already registered.
+    :raises RuntimeError: when this function was already called.
     """
     function = "RegisterIncomingDicomInstanceFilter"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "incoming DICOM instance filter"):
-        return
-    where = f"the incoming-DICOM-instance filter {_name(callback)}"
 
-    def c_filter(instance_pointer: Any) -> int:
-        instance = _lend("OrthancPluginDicomInstance", instance_pointer)
-        try:
-            accepted = callback(instance)
-        finally:
-            _capi.expire(instance)
+    def check(instance: Handle) -> int:
+        accepted = callback(instance)
         if accepted is True or accepted is False or (_is_int(accepted) and accepted in (0, 1)):
             return int(accepted)  # Orthanc: 1 stores, 0 discards
-        _capi.log_error(
-            f"orthanc_py: {where} returned {accepted!r}, not True (store) or False (discard); "
-            "the instance is not stored"
-        )
-        return -1
+        raise Refused(f"returned {accepted!r}, not True (store) or False (discard)")
 
-    params = _sdk._OrthancPluginIncomingDicomInstanceFilter()
-    # -1 is Orthanc's "error": the instance is not stored and the sender is told.
-    params.callback = _capi.trampoline(_sdk.OrthancPluginIncomingDicomInstanceFilter, where, on_error=-1)(c_filter)
-    _register(Service.RegisterIncomingDicomInstanceFilter, params, function)
+    _hooks.dicom_filters.add(check, f"orthanc.{function}()",
+                             f"the incoming-DICOM-instance filter {_name(callback)}", once=True)

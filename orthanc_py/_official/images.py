@@ -7,7 +7,7 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _capi, _sdk, _sdk_calls
+from .. import _calls, _capi, _hooks, _sdk, _sdk_calls
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
@@ -16,11 +16,8 @@ from .registration import (
     Service,
     _call,
     _check_callable,
-    _claim,
-    _fill_buffer32,
     _hand_over,
     _name,
-    _register,
 )
 
 __all__ = [
@@ -177,8 +174,6 @@ def RegisterDecodeImageCallback(callback: DecodeImageCallback) -> None:
     """
     function = "RegisterDecodeImageCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "image decoder"):
-        return
     where = f"the image decoder {_name(callback)}"
     image_pointer = ctypes.POINTER(_sdk.OrthancPluginImage)
 
@@ -194,7 +189,9 @@ def RegisterDecodeImageCallback(callback: DecodeImageCallback) -> None:
 
     params = _sdk._OrthancPluginDecodeImageCallback()
     params.callback = _capi.trampoline(_sdk.OrthancPluginDecodeImageCallback, where, PLUGIN_ERROR)(c_decode)
-    _register(Service.RegisterDecodeImageCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.decode_image.add(callback, by, where, once=True,
+                            connect=lambda: _hooks.register(Service.RegisterDecodeImageCallback, params, by))
 
 
 TranscoderCallback = Callable[[bytes, list[str], bool], Any]
@@ -223,8 +220,6 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
     """
     function = "RegisterTranscoderCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "transcoder"):
-        return
     where = f"the transcoder {_name(callback)}"
     c_strings = _capi.c_strings
 
@@ -242,9 +237,11 @@ def RegisterTranscoderCallback(callback: TranscoderCallback) -> None:
             _capi.log_error(f"orthanc_py: {where} returned {size} bytes; Orthanc takes at most {0xFFFFFFFF} "
                             "(a 32-bit size) from a transcoder")
             return PLUGIN_ERROR
-        _fill_buffer32(transcoded, bytes(result))
+        _capi.fill_memory_buffer(transcoded, bytes(result), wide=False)
         return SUCCESS
 
     params = _sdk._OrthancPluginTranscoderCallback()
     params.callback = _capi.trampoline(_sdk.OrthancPluginTranscoderCallback, where, PLUGIN_ERROR)(c_transcode)
-    _register(Service.RegisterTranscoderCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.transcoder.add(callback, by, where, once=True,
+                          connect=lambda: _hooks.register(Service.RegisterTranscoderCallback, params, by))

@@ -13,19 +13,17 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import _calls, _capi, _sdk, _sdk_calls
+from .. import _calls, _capi, _hooks, _sdk, _sdk_calls
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
     SUCCESS,
     Service,
     _check_callable,
-    _claim,
     _decode,
     _hand_over,
     _is_int,
     _name,
-    _register,
 )
 
 __all__ = [
@@ -436,8 +434,6 @@ def RegisterJobsUnserializer(callback: JobsUnserializer) -> None:
     """
     function = "RegisterJobsUnserializer"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "jobs unserializer"):
-        return
     where = f"the jobs unserializer {_name(callback)}"
 
     def c_unserialize(job_type: bytes | None, serialized: bytes | None) -> int | None:
@@ -448,7 +444,9 @@ def RegisterJobsUnserializer(callback: JobsUnserializer) -> None:
 
     params = _sdk._OrthancPluginJobsUnserializer()
     params.unserializer = _capi.trampoline(_sdk.OrthancPluginJobsUnserializer, where, on_error=0)(c_unserialize)
-    _register(Service.RegisterJobsUnserializer, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.jobs_unserializer.add(callback, by, where, once=True,
+                                 connect=lambda: _hooks.register(Service.RegisterJobsUnserializer, params, by))
 
 
 # Methods of the orthanc module's classes, put there when it is assembled.

@@ -1,23 +1,20 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What the families of the ``orthanc`` module share.
 
-Registering a callback with Orthanc (:func:`_claim`, :func:`_register`),
-lending Orthanc's objects to the script (:func:`_lend`) and handing the
-script's objects over to Orthanc (:func:`_hand_over`), filling Orthanc's
-memory buffers, and the descriptor that makes a function a method of an
-Orthanc object's class. Orthanc takes one handler of each kind; like the
-official plugin, a second registration raises :class:`RuntimeError`.
+Handing the script's objects over to Orthanc (:func:`_hand_over`), checking
+arguments, and the descriptor that makes a function a method of an Orthanc
+object's class. Registering callbacks with Orthanc is :mod:`orthanc_py._hooks`'s
+job: each hook there has one dispatcher, which both APIs add handlers to; like
+the official plugin, an ``orthanc.RegisterXxx()`` function takes one handler.
 """
 
 from __future__ import annotations
 
-import ctypes
 import inspect
-import threading
 import types
 from typing import Any, Callable
 
-from .. import _calls, _capi, _runtime, _sdk, _sdk_calls
+from .. import _calls, _capi, _sdk, _sdk_calls
 from .._calls import Handle
 
 
@@ -47,10 +44,6 @@ def _call(c_name: str, *args: Any) -> Any:
     return _sdk_calls.sdk_function(c_name)(*args)
 
 
-def _handler_name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__qualname__", repr(function))
-
-
 ErrorCode = _capi.ErrorCode
 Service = _capi.Service
 Action = _sdk.OrthancPluginReceivedInstanceAction
@@ -66,68 +59,12 @@ def _decode(value: bytes | None) -> str:
     return value.decode("utf-8", "replace") if value else ""
 
 
-def _name(function: Callable[..., Any]) -> str:
-    return getattr(function, "__qualname__", None) or repr(function)
+_name = _capi.name_of
 
 
 def _check_callable(function: str, argument: str, value: Any) -> None:
     if not callable(value):
         raise TypeError(f"{function}() argument '{argument}' must be callable, not {type(value).__name__}")
-
-
-_registered: set[str] = set()
-_registered_lock = threading.Lock()
-_runtime.on_new_run(_registered.clear)
-
-
-def _claim(function: str, what: str) -> bool:
-    """Whether to register with Orthanc now; raises when Orthanc would refuse.
-
-    Outside Orthanc (a worker process re-running the script) registrations
-    are silent no-ops, so the script runs unchanged there.
-    """
-    if not _capi.is_attached():
-        return False
-    _runtime.require_setup(f"orthanc.{function}()")
-    with _registered_lock:
-        if function in _registered:
-            # Orthanc keeps only one handler of each kind: a second one would
-            # silently replace the first, or be refused by Orthanc.
-            raise RuntimeError(f"orthanc.{function}() was already called: only one {what} can be registered")
-        _registered.add(function)
-    return True
-
-
-def _lend(c_type_name: str, pointer: Any) -> Handle:
-    """Wraps an object that Orthanc lends for one call: never freed by Python.
-
-    The caller expires it (:func:`_capi.expire`) after the call, so that a
-    handle the script kept fails cleanly instead of touching freed memory.
-    """
-    address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
-    return _calls.handle_class(c_type_name).lent(address)
-
-
-def _register(service: Service, params: ctypes.Structure, function: str) -> None:
-    try:
-        _capi.invoke(service, _capi.keep_alive(params), f"orthanc.{function}()")
-    except _capi.OrthancError:
-        with _registered_lock:
-            _registered.discard(function)
-        raise
-
-
-def _fill_buffer64(target: Any, data: bytes) -> None:
-    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer64*``) through Orthanc and copies ``data`` in.
-
-    Orthanc frees that buffer itself, so it must come from Orthanc's allocator.
-    """
-    params = _sdk._OrthancPluginCreateMemoryBuffer64()
-    params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer64))
-    params.size = len(data)
-    _capi.invoke(Service.CreateMemoryBuffer64, params, "CreateMemoryBuffer64")
-    if data:
-        ctypes.memmove(params.target.contents.data, data, len(data))
 
 
 # --- handing objects over to Orthanc ------------------------------------------------------
@@ -159,23 +96,6 @@ def _hand_over(value: Any, c_type_name: str, where: str,
     value._owned = False
     value._address = 0
     return address
-
-
-def _fill_buffer32(target: Any, data: bytes) -> None:
-    """Allocates ``target`` (an ``OrthancPluginMemoryBuffer*``) through Orthanc and copies ``data`` in.
-
-    :raises ValueError: when ``data`` does not fit a 32-bit size: the buffer
-        would be allocated short and the copy would run past its end.
-    """
-    if len(data) > 0xFFFFFFFF:
-        raise ValueError(f"{len(data)} bytes do not fit an Orthanc memory buffer of 32-bit size "
-                         f"(at most {0xFFFFFFFF} bytes)")
-    params = _sdk._OrthancPluginCreateMemoryBuffer()
-    params.target = ctypes.cast(target, ctypes.POINTER(_sdk.OrthancPluginMemoryBuffer))
-    params.size = len(data)
-    _capi.invoke(Service.CreateMemoryBuffer, params, "CreateMemoryBuffer")
-    if data:
-        ctypes.memmove(params.target.contents.data, data, len(data))
 
 
 def _is_int(value: Any) -> bool:

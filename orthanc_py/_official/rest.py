@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .. import _calls, _capi, _capi_rest, _runtime, _sdk_calls
 from .._calls import Handle
-from .registration import _handler_name, _SdkMethod
+from .registration import _name, _SdkMethod
 
 __all__ = [
     "RegisterRestCallback",
@@ -133,7 +133,7 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
     if not _capi.is_attached():
         return  # a worker process re-running the script: nothing to serve
     _runtime.require_setup("orthanc.RegisterRestCallback()")
-    where = f"REST callback {_handler_name(callback)} for {pathRegularExpression}"
+    where = f"REST callback {_name(callback)} for {pathRegularExpression}"
 
     lend = _lend_output
     success, failure = int(_capi.ErrorCode.Success), int(_capi.ErrorCode.Plugin)
@@ -185,9 +185,9 @@ def flatten_lent_output() -> None:
     Called once the ``orthanc`` module is assembled: the methods built from
     the SDK are put on ``RestOutput`` after this module is imported.
     """
-    for _name, _member in list(vars(RestOutput).items()):
-        if isinstance(_member, _SdkMethod):
-            setattr(_LentRestOutput, _name, _member.function)
+    for name, member in list(vars(RestOutput).items()):
+        if isinstance(member, _SdkMethod):
+            setattr(_LentRestOutput, name, member.function)
 
 
 _new_output = object.__new__

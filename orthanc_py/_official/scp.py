@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from .. import _capi, _sdk
+from .. import _capi, _hooks, _sdk
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
@@ -23,12 +23,9 @@ from .registration import (
     Service,
     _call,
     _check_callable,
-    _claim,
     _decode,
     _is_int,
-    _lend,
     _name,
-    _register,
 )
 
 __all__ = [
@@ -62,8 +59,8 @@ FindCallback = Callable[[Handle, Handle, str, str], Any]
 
 def _find_trampoline(c_type: Any, callback: FindCallback, where: str, answers_type: str, query_type: str) -> Any:
     def c_find(answers_pointer: Any, query_pointer: Any, issuer_aet: bytes | None, called_aet: bytes | None) -> int:
-        answers = _lend(answers_type, answers_pointer)
-        query = _lend(query_type, query_pointer)
+        answers = _hooks.lend(answers_type, answers_pointer)
+        query = _hooks.lend(query_type, query_pointer)
         try:
             callback(answers, query, _decode(issuer_aet), _decode(called_aet))
         finally:
@@ -97,14 +94,14 @@ def RegisterFindCallback(callback: FindCallback) -> None:
     """
     function = "RegisterFindCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "C-FIND handler"):
-        return
     params = _sdk._OrthancPluginFindCallback()
     params.callback = _find_trampoline(
         _sdk.OrthancPluginFindCallback, callback, f"the C-FIND callback {_name(callback)}",
         "OrthancPluginFindAnswers", "OrthancPluginFindQuery",
     )
-    _register(Service.RegisterFindCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.find.add(callback, by, f"the C-FIND callback {_name(callback)}", once=True,
+                    connect=lambda: _hooks.register(Service.RegisterFindCallback, params, by))
 
 
 def RegisterWorklistCallback(callback: FindCallback) -> None:
@@ -124,14 +121,14 @@ def RegisterWorklistCallback(callback: FindCallback) -> None:
     """
     function = "RegisterWorklistCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "worklist handler"):
-        return
     params = _sdk._OrthancPluginWorklistCallback()
     params.callback = _find_trampoline(
         _sdk.OrthancPluginWorklistCallback, callback, f"the worklist callback {_name(callback)}",
         "OrthancPluginWorklistAnswers", "OrthancPluginWorklistQuery",
     )
-    _register(Service.RegisterWorklistCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.worklist.add(callback, by, f"the worklist callback {_name(callback)}", once=True,
+                        connect=lambda: _hooks.register(Service.RegisterWorklistCallback, params, by))
 
 
 # --- C-MOVE -------------------------------------------------------------------------------
@@ -174,8 +171,6 @@ def RegisterMoveCallback(callback: MoveCallback) -> None:
     """
     function = "RegisterMoveCallback"
     _check_callable(function, "callback", callback)
-    if not _claim(function, "C-MOVE handler"):
-        return
     where = f"the C-MOVE callback {_name(callback)}"
 
     def c_create(level: int, patient_id: bytes | None, accession_number: bytes | None,
@@ -221,7 +216,9 @@ def RegisterMoveCallback(callback: MoveCallback) -> None:
     params.getMoveSize = _capi.trampoline(_sdk.OrthancPluginGetMoveSize, where, on_error=0)(c_size)
     params.applyMove = _capi.trampoline(_sdk.OrthancPluginApplyMove, where, on_error=PLUGIN_ERROR)(c_apply)
     params.freeMove = _capi.trampoline(_sdk.OrthancPluginFreeMove, where, on_error=None)(c_free)  # type: ignore[arg-type]
-    _register(Service.RegisterMoveCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.move.add(callback, by, where, once=True,
+                    connect=lambda: _hooks.register(Service.RegisterMoveCallback, params, by))
 
 
 # --- storage commitment SCP ------------------------------------------------------------------
@@ -274,8 +271,6 @@ def RegisterStorageCommitmentScpCallback(factory: StorageCommitmentFactory,
     if destructor is not None:
         _check_callable(function, "destructor", destructor)
     _check_callable(function, "lookup", lookup)
-    if not _claim(function, "storage commitment SCP"):
-        return
     c_strings = _capi.c_strings
     lookup_where = f"the storage commitment lookup callback {_name(lookup)}"
 
@@ -318,4 +313,8 @@ def RegisterStorageCommitmentScpCallback(factory: StorageCommitmentFactory,
         f"the storage commitment destructor {_name(destructor) if destructor else ''}", None,  # type: ignore[arg-type]
     )(c_destructor)
     params.lookup = _capi.trampoline(_sdk.OrthancPluginStorageCommitmentLookup, lookup_where, PLUGIN_ERROR)(c_lookup)
-    _register(Service.RegisterStorageCommitmentScpCallback, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.storage_commitment.add(
+        factory, by, f"the storage commitment factory {_name(factory)}", once=True,
+        connect=lambda: _hooks.register(Service.RegisterStorageCommitmentScpCallback, params, by),
+    )

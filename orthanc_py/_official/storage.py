@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import _capi, _sdk
+from .. import _capi, _hooks, _sdk
 from .registration import (
     PLUGIN_ERROR,
     SUCCESS,
     Service,
     _check_callable,
-    _claim,
     _decode,
-    _fill_buffer64,
     _name,
-    _register,
 )
 
 __all__ = [
@@ -57,8 +54,6 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
     function = "RegisterStorageArea"
     for argument, value in (("create", create), ("read", read), ("remove", remove)):
         _check_callable(function, argument, value)
-    if not _claim(function, "storage area"):
-        return
 
     def c_create(uuid: bytes | None, content: int | None, size: int, content_type: int) -> int:
         create(_decode(uuid), content_type, _capi.copy_memory(content, size))
@@ -71,7 +66,7 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
         if not isinstance(data, (bytes, bytearray, memoryview)):
             _capi.log_error(f"orthanc_py: {read_where} returned {type(data).__name__}, not bytes")
             return PLUGIN_ERROR
-        _fill_buffer64(target, bytes(data))
+        _capi.fill_memory_buffer(target, bytes(data))
         return SUCCESS
 
     def c_remove(uuid: bytes | None, content_type: int) -> int:
@@ -90,4 +85,6 @@ def RegisterStorageArea(create: StorageCreate, read: StorageRead, remove: Storag
     params.remove = _capi.trampoline(
         _sdk.OrthancPluginStorageRemove, f"the storage area's remove callback {_name(remove)}", PLUGIN_ERROR
     )(c_remove)
-    _register(Service.RegisterStorageArea2, params, function)
+    by = f"orthanc.{function}()"
+    _hooks.storage_area.add(create, by, f"the storage area of {_name(create)}", once=True,
+                            connect=lambda: _hooks.register(Service.RegisterStorageArea2, params, by))

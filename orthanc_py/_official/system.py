@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from .. import _capi, _runtime, _sdk
+from .. import _capi, _hooks, _sdk
 from .registration import (
-    Service,
     _call,
     _check_callable,
     _name,
-    _register,
 )
 
 __all__ = [
@@ -94,11 +91,6 @@ def LogError(message: str) -> None:
 
 RefreshMetricsCallback = Callable[[], Any]
 
-_metrics_callbacks: list[RefreshMetricsCallback] = []
-_metrics_lock = threading.Lock()
-_runtime.on_new_run(_metrics_callbacks.clear)
-
-
 def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:
     """Registers ``callback()``, called each time Orthanc refreshes its metrics.
 
@@ -115,29 +107,4 @@ def RegisterRefreshMetricsCallback(callback: RefreshMetricsCallback) -> None:
     """
     function = "RegisterRefreshMetricsCallback"
     _check_callable(function, "callback", callback)
-    if not _capi.is_attached():
-        return
-    _runtime.require_setup(f"orthanc.{function}()")
-    with _metrics_lock:
-        first = not _metrics_callbacks
-        _metrics_callbacks.append(callback)
-    if not first:
-        return  # the C callback registered with the first one calls them all
-
-    def c_refresh() -> None:
-        for each in _metrics_callbacks[:]:  # a snapshot: registrations may come from other threads
-            try:
-                each()
-            except BaseException:  # logged; the other callbacks still run
-                _capi.report_exception(f"the refresh-metrics callback {_name(each)}")
-
-    params = _sdk._OrthancPluginRegisterRefreshMetricsCallback()
-    params.callback = _capi.trampoline(
-        _sdk.OrthancPluginRefreshMetricsCallback, "the refresh-metrics callbacks", on_error=None  # type: ignore[arg-type]
-    )(c_refresh)
-    try:
-        _register(Service.RegisterRefreshMetricsCallback, params, function)
-    except _capi.OrthancError:
-        with _metrics_lock:
-            _metrics_callbacks.clear()
-        raise
+    _hooks.metrics.add(callback, f"orthanc.{function}()", f"the refresh-metrics callback {_name(callback)}")
