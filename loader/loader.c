@@ -728,10 +728,14 @@ static PyObject *init_loader_module(void)
  * read its answer holds up its own thread only, never the other callbacks.
  *
  * Orthanc's REST callbacks carry no user data, so each route needs a C
- * function of its own: REST_SLOTS of them are generated below. Python
- * registers any route beyond them through ctypes instead. */
+ * function of its own: REST_SLOTS of them are generated below. Routes
+ * beyond them share one more entry, the overflow entry, whose Python
+ * callable finds the route by matching the URI itself
+ * (orthanc_py_register_rest_overflow()). */
 
-#define REST_SLOTS 1000
+#define REST_SLOTS 1000 /* the number of rest_slot_N functions THOUSAND() makes below */
+#define REST_SLOTS_TEXT "1000" /* REST_SLOTS, for messages */
+#define REST_OVERFLOW REST_SLOTS /* the entry in rest_routes[] of the routes past the slots */
 /* Answers up to this size are copied, and the GIL released before they are
  * sent; larger ones are sent from the Python object, the GIL released around
  * the call and taken again to let go of the object. */
@@ -743,7 +747,7 @@ typedef struct
   char *where; /* "REST callback hello for /hello", for the log */
 } rest_route;
 
-static rest_route rest_routes[REST_SLOTS];
+static rest_route rest_routes[REST_SLOTS + 1];
 static int rest_routes_used = 0;
 
 static OrthancPluginErrorCode send_answer(OrthancPluginRestOutput *output, const void *body, size_t size,
@@ -866,7 +870,15 @@ static OrthancPluginErrorCode rest_call(int slot, OrthancPluginRestOutput *outpu
   HUNDRED(X, p##4) HUNDRED(X, p##5) HUNDRED(X, p##6) HUNDRED(X, p##7) HUNDRED(X, p##8) HUNDRED(X, p##9)
 
 THOUSAND(REST_SLOT, 1)
-static const OrthancPluginRestCallback rest_slots[REST_SLOTS] = {THOUSAND(REST_ENTRY, 1)};
+static const OrthancPluginRestCallback rest_slots[] = {THOUSAND(REST_ENTRY, 1)};
+_Static_assert(sizeof(rest_slots) / sizeof(rest_slots[0]) == REST_SLOTS,
+               "REST_SLOTS must be the number of rest_slot_N functions generated above");
+
+static OrthancPluginErrorCode rest_overflow(OrthancPluginRestOutput *output, const char *url,
+                                            const OrthancPluginHttpRequest *request)
+{
+  return rest_call(REST_OVERFLOW, output, url, request);
+}
 
 /* Called through ctypes.PyDLL (the GIL held): registers `callback` for the
  * URIs matching `regex`, without Orthanc's global lock. Returns 0, or -1 when
@@ -883,6 +895,28 @@ ORTHANC_PLUGINS_API int orthanc_py_register_rest(const char *regex, PyObject *ca
   rest_routes[slot].callback = callback;
   rest_routes[slot].where = where_copy;
   OrthancPluginRegisterRestCallbackNoLock(context, regex, rest_slots[slot]);
+  return 0;
+}
+
+/* Called through ctypes.PyDLL (the GIL held) once every slot is taken:
+ * registers the overflow entry for the URIs matching `regex`. `dispatcher`,
+ * the same for every such route, is called as a route's callback is, and
+ * finds the route whose regular expression matches the URI. Returns 0, or -1
+ * outside Orthanc or without memory. */
+ORTHANC_PLUGINS_API int orthanc_py_register_rest_overflow(const char *regex, PyObject *dispatcher)
+{
+  if (context == NULL)
+    return -1;
+  rest_route *overflow = &rest_routes[REST_OVERFLOW];
+  if (overflow->callback == NULL)
+  {
+    overflow->where = strdup("a REST route past the loader's first " REST_SLOTS_TEXT);
+    if (overflow->where == NULL)
+      return -1;
+    Py_INCREF(dispatcher);
+    overflow->callback = dispatcher;
+  }
+  OrthancPluginRegisterRestCallbackNoLock(context, regex, rest_overflow);
   return 0;
 }
 

@@ -14,7 +14,6 @@ from ._paths import plugin_path
 from ._routing import RuleError
 from ._runtime import SetupError
 from ._version import __version__ as __version__
-from .cluster import every
 from .events import (
     Change,
     ChangeType,
@@ -22,6 +21,7 @@ from .events import (
     ReceivedInstance,
     ResourceType,
     StoredInstance,
+    every,
     on_change,
     on_received_instance,
     on_shutdown,

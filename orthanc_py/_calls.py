@@ -43,7 +43,6 @@ SdkVersionError = _capi.SdkVersionError
 
 
 _H = TypeVar("_H", bound="Handle")
-_LEASES_MADE = threading.Lock()
 
 
 class Handle(_capi.Borrowed):
@@ -94,12 +93,7 @@ class Handle(_capi.Borrowed):
         owner = self._owner
         if owner is None or owner == threading.get_ident():
             return None
-        lease = self._lease
-        if lease is None:
-            with _LEASES_MADE:
-                lease = self._lease
-                if lease is None:
-                    lease = self._lease = threading.RLock()
+        lease = _capi.lease_of(self)
         # Shared first, then taken: _expire() sets "expired" first, then reads
         # "shared"; whichever runs first, the address check after this sees it.
         self._shared = True
@@ -145,6 +139,15 @@ class Handle(_capi.Borrowed):
                 finally:
                     self._address = 0
         self._address = 0
+
+    def detach(self) -> int:
+        """Forgets the Orthanc object without freeing it; returns its address.
+
+        For an object that passes to Orthanc (which frees it from now on), or
+        one that was never the script's to free.
+        """
+        address, self._owned, self._address = self._address, False, 0
+        return address
 
     def __enter__(self) -> Handle:
         return self

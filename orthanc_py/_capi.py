@@ -179,7 +179,7 @@ def is_attached() -> bool:
 
 
 def _may_call_while_closing() -> bool:
-    return bool(getattr(_thread, "orthanc", False)) or threading.get_ident() == _closer
+    return bool(getattr(thread_state, "orthanc", False)) or threading.get_ident() == _closer
 
 
 def _require(what: str) -> _Context:
@@ -504,8 +504,8 @@ def expire(*borrowed: Borrowed | None) -> None:
             each._expire()
 
 
-class _Expired:
-    """Stands in for a C structure that Orthanc has taken back: reading any field raises."""
+class Expired:
+    """Stands in for a C structure that Orthanc has taken back: reading any field raises :class:`ExpiredError`."""
 
     __slots__ = ("message",)
 
@@ -523,6 +523,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Orthanc keeps the addresses of registered callbacks for the life of the
 # process: the CFUNCTYPE objects and params structs must never be collected.
 _keep_alive: list[Any] = []
+
+
+_LEASES_MADE = threading.Lock()
+
+
+def lease_of(holder: Any) -> Any:
+    """``holder._lease``, a lock made on first use (two threads may ask at once): for objects Orthanc lends.
+
+    A thread other than the callback's takes it around each use of the
+    object; the end of the callback takes it too, so that Orthanc never
+    frees the object under a use in progress.
+    """
+    lease = holder._lease
+    if lease is None:
+        with _LEASES_MADE:
+            lease = holder._lease
+            if lease is None:
+                lease = holder._lease = threading.RLock()
+    return lease
 
 
 def keep_alive(obj: Any) -> Any:
@@ -573,9 +592,11 @@ def report_exception(where: str) -> None:
         _original_stderr().write(message + "\n")
 
 
-_thread = threading.local()
+thread_state = threading.local()
+"""What :func:`enter_thread` learnt of the calling thread (``entered``, and whether it is one of Orthanc's)."""
 _pin: Callable[[], int] | None = None
 _register_rest: Callable[[bytes, Any, bytes], int] | None = None
+_register_rest_overflow: Callable[[bytes, Any], int] | None = None
 
 
 def _call_here(function: Callable[..., Any], *args: Any) -> Any:
@@ -600,7 +621,8 @@ _in_flight_elsewhere: Callable[[], int] | None = None
 
 def use_loader(path: str) -> None:
     """Reaches the loader's own functions (the thread-state pinning, the REST routes' entry, its Python stacks)."""
-    global _pin, _register_rest, call_on_python_stack, python_depth, _invoke, _free, _in_flight_elsewhere
+    global _pin, _register_rest, _register_rest_overflow, call_on_python_stack, python_depth
+    global _invoke, _free, _in_flight_elsewhere
     global take_bytes, take_text, _register_on_change_in_loader, _want_changes
     loader = ctypes.PyDLL(path)  # PyDLL: called with the GIL held, as the functions expect
     pin = loader.orthanc_py_pin_thread
@@ -609,6 +631,9 @@ def use_loader(path: str) -> None:
     register = loader.orthanc_py_register_rest
     register.restype, register.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.py_object, ctypes.c_char_p]
     _register_rest = register
+    overflow = loader.orthanc_py_register_rest_overflow
+    overflow.restype, overflow.argtypes = ctypes.c_int, [ctypes.c_char_p, ctypes.py_object]
+    _register_rest_overflow = overflow
     import _orthanc_py_loader  # type: ignore[import-not-found]  # built into the loader
 
     call_on_python_stack = _orthanc_py_loader.call
@@ -624,7 +649,7 @@ def use_loader(path: str) -> None:
     _want_changes = _orthanc_py_loader.want_changes
 
 
-def _enter_thread() -> None:
+def enter_thread() -> None:
     """The first call of this thread into a callback: learn whose thread it is, and pin it.
 
     ctypes creates a thread state when a thread Python has never seen calls
@@ -638,8 +663,8 @@ def _enter_thread() -> None:
         _pin()
     # Orthanc's threads may call it while it stops (they answer the requests
     # and events it still waits for); threads of the script may not.
-    _thread.orthanc = foreign or known is threading.main_thread()
-    _thread.entered = True
+    thread_state.orthanc = foreign or known is threading.main_thread()
+    thread_state.entered = True
 
 
 def _guard(function: Callable[..., Any], where: str, on_error: Any, switch_stack: bool) -> Callable[..., Any]:
@@ -651,8 +676,8 @@ def _guard(function: Callable[..., Any], where: str, on_error: Any, switch_stack
 
     def guarded(*args: Any) -> Any:
         try:
-            if not getattr(_thread, "entered", False):
-                _enter_thread()
+            if not getattr(thread_state, "entered", False):
+                enter_thread()
             if switch_stack:
                 # On Orthanc's small-stacked threads, the callback runs on a
                 # stack of the loader's, deep enough for Python's recursion limit.
@@ -684,6 +709,28 @@ _register_on_change_in_loader: Callable[[Any], int] | None = None
 _want_changes: Callable[[int], None] | None = None
 
 
+def register_rest(regex: bytes, entry: Callable[[int, bytes | None, int], Any], where: str,
+                  overflow_entry: Callable[[int, bytes | None, int], Any]) -> bool:
+    """Registers a REST route's entry with the loader (``rest_call()`` in ``loader.c``).
+
+    ``entry(output, url, request)`` returns Orthanc's error code, or ``(code,
+    body, mime type)``: the answer, sent by the loader without the GIL. The
+    loader has a C entry for each of the first 1000 routes; the routes past
+    them share one, which calls ``overflow_entry`` (the same for all):
+    returns ``True`` when this route is one of those.
+
+    :raises OrthancError: outside Orthanc, or when the loader cannot register it.
+    """
+    _require("RegisterRestCallback")
+    if _register_rest is None or _register_rest_overflow is None:
+        raise OrthancError(ErrorCode.Plugin, "REST routes are served through the orthanc_py loader, not loaded here")
+    if _register_rest(regex, entry, where.encode("utf-8", "replace").replace(b"\0", b"?")) == 0:
+        return False
+    if _register_rest_overflow(regex, overflow_entry) != 0:
+        raise OrthancError(ErrorCode.Plugin, f"the loader could not register {where}")
+    return True
+
+
 def register_on_change(callback: Callable[[int, int, bytes | None], int]) -> None:
     """Registers the process-wide on-change callback (once per run, during start-up).
 
@@ -712,7 +759,23 @@ def want_changes(change_types: Iterable[int] | None) -> None:
 # --- strings Orthanc passes ---------------------------------------------------
 
 def c_strings(array: Any, count: int) -> list[str]:
-    return [(array[i] or b"").decode("utf-8", "replace") for i in range(count)]
+    """``count`` C strings of an array Orthanc passed (a ctypes pointer, or its address), decoded.
+
+    Never read past ``count``; a NULL item, which Orthanc does not send, reads as ``""``.
+    """
+    if not count or not array:
+        return []
+    if isinstance(array, int):
+        array = _CStringArray.from_address(array)
+    items: list[Any] = array[:count]
+    try:
+        return [text.decode("utf-8", "replace") for text in items]
+    except AttributeError:  # a NULL item (None)
+        return [(text or b"").decode("utf-8", "replace") for text in items]
+
+
+# A view of any array of C strings Orthanc passes (c_strings() never reads past the count it gives).
+_CStringArray = ctypes.c_char_p * (1 << 24)
 
 
 

@@ -115,10 +115,18 @@ UNSUPPORTED: dict[str, str] = {}
 
 
 def _answering_method(function: Callable[..., Any], answering: bool, errors_logged: bool) -> Callable[..., Any]:
-    """A ``RestOutput`` method around a generated function: marks the request answered, logs ignored errors."""
+    """A ``RestOutput`` method around a generated function.
+
+    It first sends the answer ``AnswerBuffer()`` left to the loader (Orthanc
+    must see the calls in the script's order), marks the request answered
+    (``answering``) and logs the errors Orthanc reports (``errors_logged``).
+    """
     python_name = function.__name__
 
     def method(*args: Any) -> Any:
+        output = args[0]
+        if getattr(output, "_deferred", None) is not None:
+            output.send_deferred()
         try:
             result = function(*args)
         except _capi.OrthancError as error:
@@ -127,7 +135,7 @@ def _answering_method(function: Callable[..., Any], answering: bool, errors_logg
             rest.log_ignored_error(python_name, error)
             return None
         if answering:
-            args[0].answered = True
+            output.answered = True
         return result
 
     functools.update_wrapper(method, function)
@@ -162,12 +170,10 @@ def _build_from_sdk(namespace: dict[str, Any]) -> None:
         if owner is not None and python_name.startswith("Free"):
             continue  # Handle.close() frees
         if owner is not None:
-            answering = owner is RestOutput and python_name in _ANSWERING
-            # The SDK's answer functions return nothing: in the official
-            # plugin, a refusal (a header after the answer) goes unnoticed.
-            errors_logged = owner is RestOutput and fn.result == "void"
-            if answering or errors_logged:
-                function = _answering_method(function, answering, errors_logged)
+            if owner is RestOutput:
+                # The SDK's answer functions return nothing: in the official
+                # plugin, a refusal (a header after the answer) goes unnoticed.
+                function = _answering_method(function, python_name in _ANSWERING, fn.result == "void")
             method = _SdkMethod(_exposed(function, method=True))
             setattr(owner, python_name, method)
             # The official plugin 7.1 drops the class's name from such a

@@ -130,11 +130,6 @@ class ChangeDispatcher:
                 self._pending -= 1
                 self.delivered += 1
 
-    @property
-    def pending(self) -> int:
-        """Events queued and not yet delivered."""
-        return self._pending
-
     def deliver_stop(self, timeout: float | None) -> int:
         """Queues ``ORTHANC_STOPPED`` (once) and waits until everything queued is delivered.
 

@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 
 class Converter:
@@ -138,5 +138,3 @@ def allow_header(methods: Sequence[str]) -> str:
     """
     return ",".join(sorted(set(methods)))
 
-
-Handler = Callable[..., Any]

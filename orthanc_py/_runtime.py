@@ -2,8 +2,9 @@
 """Start-up and shut-down of Python inside Orthanc.
 
 The loader calls :func:`start` once the interpreter runs, and :func:`stop`
-when Orthanc finalizes its plugins. Nothing else in the package is called
-from C directly except the callback trampolines.
+when Orthanc finalizes its plugins. Everything else C calls is a callback
+the script's run registered: the REST entries (:mod:`._capi_rest`), the
+on-change entry, and the trampolines of :mod:`._capi`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _capi, _events, _logging, _paths
+from . import _capi, _capi_rest, _events, _logging, _paths
 
 log = logging.getLogger("orthanc_py")
 
@@ -69,6 +70,9 @@ def on_new_run(forget: Callable[[], None]) -> None:
     configuration): the interpreter stays, and the script runs again.
     """
     _new_run.append(forget)
+
+
+on_new_run(_capi_rest.forget_routes)
 
 
 class SetupError(RuntimeError):

@@ -2817,5 +2817,14 @@ def sdk_function(name: str, raw: bool = False) -> Callable[..., Any]:
     raise KeyError(name)
 
 
+def call(name: str, *args: Any, raw: bool = False) -> Any:
+    """Calls the SDK function ``OrthancPlugin<name>`` (``"RestApiGet"``) with ``args``: for hand-written code.
+
+    :raises KeyError: no such function in the SDK header.
+    :raises UnsupportedFunction: when its shape needs a hand-written wrapper.
+    """
+    return sdk_function("OrthancPlugin" + name, raw)(*args)
+
+
 # Handle.close() frees the objects the script owns with these.
 _calls.FREE_CALLS.update({c_type: CALLS[name] for c_type, name in _sdk.FREE_FUNCTIONS.items() if name in CALLS})

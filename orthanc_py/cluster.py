@@ -23,7 +23,7 @@ node. Here each such piece of work is *claimed* first, through Orthanc itself:
   dies after the work and before marking it done: then it is done again by
   the node that takes over (at least once, never zero times).
 
-Periodic jobs (:func:`every` with ``once_per_cluster=True``) claim period
+Periodic jobs (:func:`orthanc_py.every` with ``once_per_cluster=True``) claim period
 number ``floor(time / seconds)`` the same way, on one small instance that
 orthanc_py stores for the purpose (patient ``ORTHANC_PY_CLUSTER``); nodes'
 clocks are assumed synchronised (NTP).
@@ -46,17 +46,15 @@ import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable
 
-from . import _capi, _events, _runtime, _sdk, _sdk_calls
-from ._enums import ChangeType, ResourceType
+from . import _capi, _runtime, rest
+from ._enums import ResourceType
 
 __all__ = [
-    "CLAIM_METADATA", "DEFAULT_LEASE", "RETRIES", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "every",
-    "node_id", "run_claimed",
+    "CLAIM_METADATA", "DEFAULT_LEASE", "RETRIES", "ClaimResult", "ClusterConfigError", "Outcome", "claim", "node_id",
+    "run_claimed",
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 CLAIM_METADATA = "orthanc_py_claim"
 """The user-defined metadata that holds the claims of a resource."""
@@ -123,38 +121,6 @@ class ClaimResult:
     until: float = 0.0
 
 
-class _Rest:
-    """Orthanc's REST API with headers (``If-Match``), through ``OrthancPluginCallRestApi``."""
-
-    _METHODS: ClassVar[dict[str, int]] = {
-        "GET": int(_sdk.OrthancPluginHttpMethod.Get),
-        "PUT": int(_sdk.OrthancPluginHttpMethod.Put),
-        "POST": int(_sdk.OrthancPluginHttpMethod.Post),
-        "DELETE": int(_sdk.OrthancPluginHttpMethod.Delete),
-    }
-    _STATUS: ClassVar[dict[int, int]] = {
-        int(_sdk.OrthancPluginErrorCode.UnknownResource): 404,
-        int(_sdk.OrthancPluginErrorCode.InexistentItem): 404,
-        int(_sdk.OrthancPluginErrorCode.Revision): 409,
-    }
-
-    @classmethod
-    def call(cls, method: str, uri: str, body: bytes = b"",
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        pairs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        try:
-            answer, answer_headers, status = _sdk_calls.sdk_function("OrthancPluginCallRestApi")(
-                cls._METHODS[method], uri, pairs, body, 0)
-        except _capi.OrthancError as error:
-            # Orthanc gives an error code, not the HTTP answer, for a failed call.
-            found = cls._STATUS.get(int(error.code))
-            if found is None:
-                raise
-            return found, {}, b""
-        parsed = json.loads(answer_headers or b"{}") if answer_headers else {}
-        return int(status), {str(k).lower(): str(v) for k, v in parsed.items()}, bytes(answer or b"")
-
-
 _node: str | None = None
 
 
@@ -184,31 +150,32 @@ def check_configuration() -> None:
 
 def _read(resource: str) -> tuple[dict[str, Any] | None, str | None]:
     """The claims of ``resource`` (``/studies/<id>``) and their ETag; ``(None, None)`` when it is gone."""
-    status, headers, body = _Rest.call("GET", f"{resource}/metadata/{CLAIM_METADATA}")
-    if status == 200:
+    answer = rest.request("GET", f"{resource}/metadata/{CLAIM_METADATA}")
+    if answer.status == 200:
         try:
-            claims = json.loads(body)
+            claims = answer.json()
         except ValueError:
             claims = {}
-        return (claims if isinstance(claims, dict) else {}), headers.get("etag")
-    if status == 404:
-        exists, _, _ = _Rest.call("GET", resource)
+        return (claims if isinstance(claims, dict) else {}), answer.headers.get("etag")
+    if answer.status == 404:
+        exists = rest.request("GET", resource).status
         return ({}, None) if exists == 200 else (None, None)
-    raise RuntimeError(f"orthanc_py: reading the claims of {resource} answered HTTP {status}: {body[:200]!r}")
+    raise RuntimeError(f"orthanc_py: reading the claims of {resource} answered HTTP {answer.status}: "
+                       f"{answer.body[:200]!r}")
 
 
 def _write(resource: str, claims: dict[str, Any], etag: str | None) -> bool:
     """Compare-and-set: ``True`` when written, ``False`` when another node wrote first."""
     headers = {"If-Match": etag} if etag else {}
-    status, _, body = _Rest.call("PUT", f"{resource}/metadata/{CLAIM_METADATA}",
-                                 json.dumps(claims, sort_keys=True).encode(), headers)
-    if status == 200:
+    answer = rest.request("PUT", f"{resource}/metadata/{CLAIM_METADATA}", json.dumps(claims, sort_keys=True), headers)
+    if answer.status == 200:
         return True
-    if status == 409:  # a newer revision (or a claim created meanwhile): read again
+    if answer.status == 409:  # a newer revision (or a claim created meanwhile): read again
         return False
-    if status == 404:
+    if answer.status == 404:
         return False
-    raise RuntimeError(f"orthanc_py: writing the claims of {resource} answered HTTP {status}: {body[:200]!r}")
+    raise RuntimeError(f"orthanc_py: writing the claims of {resource} answered HTTP {answer.status}: "
+                       f"{answer.body[:200]!r}")
 
 
 def _update(resource: str, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> None:
@@ -333,7 +300,7 @@ def _run_claimed(resource: str, key: str, work: Callable[[], Any], lease: float,
     return result
 
 
-# --- one scheduler thread: lease ends to look at again, periods of @every -------------
+# --- one timer thread: lease ends to look at again, and the periods of @every ----------
 
 class _Scheduler:
     """Runs callables at given times (``time.time()``) on one thread of orthanc_py's."""
@@ -351,7 +318,7 @@ class _Scheduler:
                 return
             heapq.heappush(self._heap, (when, next(self._counter), action))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="orthanc_py-cluster", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="orthanc_py-timers", daemon=True)
                 self._thread.start()
                 # Hooks last one run of the script; so does this scheduler.
                 _runtime.when_stopping(self.stop)
@@ -368,7 +335,7 @@ class _Scheduler:
             try:
                 action()
             except Exception:
-                _capi.report_exception("an orthanc_py cluster task")
+                _capi.report_exception("an orthanc_py timer")
 
     def stop(self) -> None:
         with self._wake:
@@ -380,19 +347,27 @@ class _Scheduler:
 _scheduler = _Scheduler()
 
 
+def schedule(when: float, action: Callable[[], None]) -> None:
+    """Runs ``action()`` at ``when`` (``time.time()``) on orthanc_py's timer thread, until Orthanc stops.
+
+    An action that raises is logged. The periodic jobs of
+    :func:`orthanc_py.every` run here too, one at a time.
+    """
+    _scheduler.at(when, action)
+
+
 def _new_run() -> None:
     global _scheduler, _anchor
     _scheduler.stop()
     _scheduler = _Scheduler()
     _anchor = None
-    _periodic.clear()
 
 
 _runtime.on_new_run(_new_run)
 
 
 def _key(function: Callable[..., Any], what: str) -> str:
-    return f"{what}:{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+    return f"{what}:{getattr(function, '__module__', '?')}.{_capi.name_of(function)}"
 
 
 def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE) -> Callable[[Any], None]:
@@ -420,11 +395,11 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
             except Exception:
                 _capi.report_exception(f"once_per_cluster handler {key} for {resource}")
                 if tries > 1:  # released: another node that fired the change, or this one later, tries again
-                    _scheduler.at(time.time() + lease, lambda: attempt(tries - 1, False))
+                    schedule(time.time() + lease, lambda: attempt(tries - 1, False))
                 return
             if result.outcome is Outcome.HELD:
                 # The holder may die or fail: look again when its lease ends.
-                _scheduler.at(result.until + 0.5, lambda: attempt(tries, False))
+                schedule(result.until + 0.5, lambda: attempt(tries, False))
             elif result.outcome is Outcome.GONE and first:
                 # Nothing to claim on (a DELETED change...): Orthanc fired it on this node only.
                 # Gone at a later look, it was deleted meanwhile: nothing left to do.
@@ -435,11 +410,10 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
     return deliver
 
 
-# --- @every ----------------------------------------------------------------------------
+# --- the periods of @every(once_per_cluster=True) -------------------------------------
 
 _anchor: str | None = None
 _anchor_lock = threading.Lock()
-_periodic: list[Callable[[], None]] = []
 
 
 def _anchor_resource() -> str:
@@ -447,12 +421,11 @@ def _anchor_resource() -> str:
     global _anchor
     with _anchor_lock:
         if _anchor is None:
-            status, _, body = _Rest.call("POST", "/tools/create-dicom",
-                                         json.dumps({"Tags": _ANCHOR_TAGS, "Force": True}).encode())
-            if status != 200:
-                raise RuntimeError(f"orthanc_py: storing the instance of periodic claims answered HTTP {status}: "
-                                   f"{body[:300]!r}")
-            _anchor = f"/instances/{json.loads(body)['ID']}"
+            answer = rest.request("POST", "/tools/create-dicom", {"Tags": _ANCHOR_TAGS, "Force": True})
+            if answer.status != 200:
+                raise RuntimeError(f"orthanc_py: storing the instance of periodic claims answered HTTP "
+                                   f"{answer.status}: {answer.body[:300]!r}")
+            _anchor = f"/instances/{answer.json()['ID']}"
         return _anchor
 
 
@@ -462,73 +435,16 @@ def _forget_anchor() -> None:
         _anchor = None
 
 
-def every(seconds: float, once_per_cluster: bool = False, lease: float | None = None) -> Callable[[F], F]:
-    """Calls the decorated ``job()`` every ``seconds``, from the moment Orthanc has started.
+def run_period(job: Callable[[], Any], period: int, lease: float) -> ClaimResult:
+    """Runs period number ``period`` of the periodic ``job`` if this node claims it (:func:`run_claimed`).
 
-    Runs happen at multiples of ``seconds`` of the clock (``time.time()``), so
-    that the nodes of a cluster agree on the periods. A run that lasts longer
-    than the period makes the next due one start when it ends (runs never
-    overlap on one node).
-
-    :param once_per_cluster: run each period on one node of the cluster only
-        (the first to claim it); without, every node runs every period. A node
-        that dies while running its period leaves it to another node once its
-        lease ends, if that is still within the period.
-    :param lease: seconds a claim holds without renewal (default: ``seconds``, at least 10).
-    :raises ClusterConfigError: with ``once_per_cluster`` on a node not configured for claims.
+    The claims of periods live on orthanc_py's own instance, stored again
+    when it was deleted. A claim of a later period means this one is over
+    (:attr:`Outcome.DONE`).
     """
-    if not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise ValueError(f"every(): seconds must be a positive number, not {seconds!r}")
-    hold = lease if lease is not None else max(float(seconds), 10.0)
-
-    def decorator(function: F) -> F:
-        if not callable(function):
-            raise TypeError(f"@every: the job must be callable, not {type(function).__name__}")
-        if _capi.is_attached():
-            _runtime.require_setup("@every")
-            if once_per_cluster:
-                check_configuration()
-        key = _key(function, "every")
-
-        def tick(period: int) -> None:
-            try:
-                if once_per_cluster:
-                    result = run_claimed(_anchor_resource(), key, function, hold, period)
-                    if result.outcome is Outcome.GONE:  # someone deleted it: store it again
-                        _forget_anchor()
-                        result = run_claimed(_anchor_resource(), key, function, hold, period)
-                    if result.outcome is Outcome.HELD and result.until < (period + 1) * seconds:
-                        _scheduler.at(result.until + 0.1, lambda: tick(period))
-                        return
-                else:
-                    function()
-            except Exception:
-                _capi.report_exception(f"periodic job {key}")
-            # The next period; a run that overran goes on with the period of now.
-            schedule(max(period + 1, current(time.time())))
-
-        def current(now: float) -> int:
-            return int(now // seconds)
-
-        def schedule(period: int) -> None:
-            _scheduler.at(max(period * seconds, time.time()), lambda: tick(period))
-
-        def start() -> None:
-            schedule(current(time.time()) + 1)
-
-        _periodic.append(start)
-        if _capi.is_attached() and len(_periodic) == 1:  # one start-up handler starts every job
-            _events.changes.add(_start_periodic_when_started, "@every", {int(ChangeType.ORTHANC_STARTED)})
-        return function
-
-    return decorator
-
-
-def _start_periodic_when_started(change_type: int, resource_type: int, resource_id: str | None) -> None:
-    if change_type == ChangeType.ORTHANC_STARTED:
-        _start_periodic()
-
-
-def _start_periodic() -> None:
-    for start in list(_periodic):
-        start()
+    key = _key(job, "every")
+    result = run_claimed(_anchor_resource(), key, job, lease, period)
+    if result.outcome is Outcome.GONE:  # someone deleted it: store it again
+        _forget_anchor()
+        result = run_claimed(_anchor_resource(), key, job, lease, period)
+    return result

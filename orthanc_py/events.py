@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Decorators for Orthanc's events: changes, stored instances, start-up and shut-down.
+"""Decorators for Orthanc's events: changes, stored instances, start-up and shut-down, periodic jobs.
 
 >>> @on_change(ChangeType.STABLE_STUDY)
 ... def forward(change):
@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
-from . import _calls, _capi, _events, _runtime, _sdk, _sdk_calls, cluster
+from . import _calls, _capi, _events, _hooks, _runtime, _sdk_calls, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
     "Change", "ChangeType", "InstanceOrigin", "ReceivedInstance", "ResourceType", "StoredInstance",
-    "on_change", "on_received_instance", "on_shutdown", "on_startup", "on_stored_instance",
+    "every", "on_change", "on_received_instance", "on_shutdown", "on_startup", "on_stored_instance",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,7 +134,7 @@ class StoredInstance(_capi.Borrowed):
         """The Orthanc ID of the instance."""
 
     def _call(self, name: str, *args: Any, raw: bool = False) -> Any:
-        return _sdk_calls.sdk_function("OrthancPlugin" + name, raw=raw)(self._instance, *args)
+        return _sdk_calls.call(name, self._instance, *args, raw=raw)
 
     @functools.cached_property
     def size(self) -> int:
@@ -200,7 +201,7 @@ def on_stored_instance(function: F) -> F:
         finally:
             _capi.expire(instance)  # lent by Orthanc for this call only
 
-    _events.stored_instances.add(deliver, "@on_stored_instance", getattr(function, "__qualname__", repr(function)))
+    _events.stored_instances.add(deliver, "@on_stored_instance", _capi.name_of(function))
     return function
 
 
@@ -214,17 +215,14 @@ class ReceivedInstance:
     """How it reached Orthanc (DICOM protocol, REST API...)."""
 
 
-_received_handlers: list[Callable[[ReceivedInstance], Any]] = []
-_runtime.on_new_run(_received_handlers.clear)
-
-
 def on_received_instance(function: F) -> F:
     """Lets the decorated ``handler(instance)`` keep, change or drop each instance before it is stored.
 
     ``instance`` is a :class:`ReceivedInstance`. The handler returns ``None``
     (or ``True``) to store it, ``False`` to drop it (the REST API then answers
     ``"Status": "FilteredOut"``), or ``bytes``: a DICOM file stored instead.
-    Several handlers run in order, each seeing what the one before kept.
+    Several handlers run in order (with ``orthanc.RegisterReceivedInstanceCallback``'s,
+    in the order declared), each seeing what the one before kept.
 
     A handler that raises or returns something else is logged with its name
     and what it returned, and the instance is refused: nothing is stored, the
@@ -234,28 +232,84 @@ def on_received_instance(function: F) -> F:
     """
     if not callable(function):
         raise TypeError(f"@on_received_instance: the handler must be callable, not {type(function).__name__}")
-    if not _received_handlers:
-        from ._compat import RegisterReceivedInstanceCallback
+    keep, modify, drop = (int(a) for a in (_hooks.Action.KeepAsIs, _hooks.Action.Modify, _hooks.Action.Discard))
 
-        RegisterReceivedInstanceCallback(_run_received_handlers)
-    _received_handlers.append(function)
+    def transform(data: bytes, origin: int) -> tuple[int, bytes | None]:
+        verdict = function(ReceivedInstance(data, InstanceOrigin(origin)))
+        if verdict is None or verdict is True:
+            return keep, None
+        if verdict is False:
+            return drop, None
+        if isinstance(verdict, (bytes, bytearray, memoryview)):
+            return modify, bytes(verdict)
+        raise _hooks.Refused(f"returned {type(verdict).__name__}: return None to keep, False to drop, "
+                             "or the new DICOM file as bytes")
+
+    _hooks.received_instances.add(transform, "@on_received_instance",
+                                  f"the @on_received_instance handler {_capi.name_of(function)}")
     return function
 
 
-def _run_received_handlers(data: bytes, origin: int) -> tuple[int, bytes | None]:
-    action = _sdk.OrthancPluginReceivedInstanceAction
-    current, changed = data, False
-    for handler in _received_handlers:
-        verdict = handler(ReceivedInstance(current, InstanceOrigin(origin)))
-        if verdict is None or verdict is True:
-            continue
-        if verdict is False:
-            return int(action.Discard), None
-        if isinstance(verdict, (bytes, bytearray, memoryview)):
-            current, changed = bytes(verdict), True
-            continue
-        raise TypeError(
-            f"@on_received_instance handler {getattr(handler, '__qualname__', handler)} returned "
-            f"{type(verdict).__name__}: return None to keep, False to drop, or the new DICOM file as bytes"
-        )
-    return (int(action.Modify), current) if changed else (int(action.KeepAsIs), None)
+_periodic: list[Callable[[], None]] = []
+_runtime.on_new_run(_periodic.clear)
+
+
+def every(seconds: float, once_per_cluster: bool = False, lease: float | None = None) -> Callable[[F], F]:
+    """Calls the decorated ``job()`` every ``seconds``, from the moment Orthanc has started.
+
+    Runs happen at multiples of ``seconds`` of the clock (``time.time()``), so
+    that the nodes of a cluster agree on the periods. A run that lasts longer
+    than the period makes the next due one start when it ends (runs never
+    overlap on one node). Jobs run one at a time, on a thread of orthanc_py's
+    where calling :mod:`orthanc_py.rest` is safe; one that raises is logged
+    and runs again at the next period.
+
+    :param once_per_cluster: run each period on one node of the cluster only
+        (the first to claim it, see :mod:`orthanc_py.cluster`); without, every
+        node runs every period. A node that dies while running its period
+        leaves it to another node once its lease ends, if that is still within
+        the period.
+    :param lease: seconds a claim holds without renewal (default: ``seconds``, at least 10).
+    :raises ~orthanc_py.cluster.ClusterConfigError: with ``once_per_cluster`` on a node not configured for claims.
+    """
+    if not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"every(): seconds must be a positive number, not {seconds!r}")
+    hold = lease if lease is not None else max(float(seconds), 10.0)
+
+    def decorator(function: F) -> F:
+        if not callable(function):
+            raise TypeError(f"@every: the job must be callable, not {type(function).__name__}")
+        if _capi.is_attached():
+            _runtime.require_setup("@every")
+            if once_per_cluster:
+                cluster.check_configuration()
+        name = f"{getattr(function, '__module__', '?')}.{_capi.name_of(function)}"
+
+        def tick(period: int) -> None:
+            try:
+                if once_per_cluster:
+                    result = cluster.run_period(function, period, hold)
+                    if result.outcome is cluster.Outcome.HELD and result.until < (period + 1) * seconds:
+                        cluster.schedule(result.until + 0.1, lambda: tick(period))  # the holder may die
+                        return
+                else:
+                    function()
+            except Exception:
+                _capi.report_exception(f"periodic job {name}")
+            # The next period; a run that overran goes on with the period of now.
+            schedule(max(period + 1, int(time.time() // seconds)))
+
+        def schedule(period: int) -> None:
+            cluster.schedule(max(period * seconds, time.time()), lambda: tick(period))
+
+        _periodic.append(lambda: schedule(int(time.time() // seconds) + 1))
+        if _capi.is_attached() and len(_periodic) == 1:  # one start-up handler starts every job
+            _add_lifecycle_handler(_start_periodic, ChangeType.ORTHANC_STARTED, "@every")
+        return function
+
+    return decorator
+
+
+def _start_periodic() -> None:
+    for start in list(_periodic):
+        start()

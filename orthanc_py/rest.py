@@ -10,6 +10,9 @@ own, DICOMweb's...), as an HTTP client would.
 >>> study = rest.get_json(f"/studies/{study_id}")
 >>> rest.post("/modalities/sample/store", study_id)
 
+:func:`request` is the general call: any method, request headers
+(``If-Match``...), and the answer's status and headers.
+
 Calls made while the script loads fail: Orthanc's database opens after the
 plugins initialise. Make them from a route, an event handler, or
 ``@on_startup``.
@@ -18,11 +21,13 @@ plugins initialise. Make them from a route, an event handler, or
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Union
 
 from . import _calls, _capi, _sdk, _sdk_calls
 
-__all__ = ["RestError", "delete", "get", "get_json", "post", "post_json", "put", "put_json"]
+__all__ = ["Answer", "RestError", "delete", "get", "get_json", "post", "post_json", "put", "put_json", "request"]
 
 Body = Union[bytes, str, dict[str, Any], list[Any], None]
 
@@ -41,7 +46,10 @@ _HTTP_STATUS = {
     _E.NotAcceptable: 406,
     _E.NotImplemented: 501,
     _E.Timeout: 504,
+    _E.Revision: 409,
 }
+# The failures request() answers as a status instead of raising: an outcome the caller branches on.
+_ANSWERED = frozenset({int(_E.UnknownResource), int(_E.InexistentItem), int(_E.Revision)})
 
 
 class RestError(Exception):
@@ -121,3 +129,66 @@ def post_json(uri: str, body: Body = None, plugins: bool = False) -> Any:
 def put_json(uri: str, body: Body = None, plugins: bool = False) -> Any:
     """PUT ``body`` (a dict or list is sent as JSON) and parse the answer as JSON."""
     return json.loads(put(uri, {} if body is None else body, plugins))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer of :func:`request`."""
+
+    status: int
+    """The HTTP status: 200, 404, 409..."""
+    headers: dict[str, str]
+    """The answer's headers, names in lower case (``answer.headers["etag"]``)."""
+    body: bytes
+    """The answer's body."""
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+def request(method: str, uri: str, body: Body = b"", headers: Mapping[str, str] | None = None,
+            plugins: bool = False) -> Answer:
+    """Calls Orthanc's REST API with request headers; returns the status, headers and body of the answer.
+
+    For conditional writes: read a metadata or an attachment, then write it
+    with ``If-Match`` set to the ETag read. A stale ETag answers ``409``
+    (Orthanc checks ``If-Match`` only with ``"CheckRevisions": true``):
+
+    >>> current = rest.request("GET", f"/instances/{id}/metadata/note")
+    >>> written = rest.request("PUT", f"/instances/{id}/metadata/note", "new",
+    ...                        headers={"If-Match": current.headers["etag"]})
+    >>> if written.status == 409: ...  # written by someone else meanwhile: read again
+
+    Orthanc reports a failed call with an error code, not an HTTP answer.
+    The failures a caller branches on come back as an :class:`Answer`
+    with an empty body: ``404`` for an unknown resource or item,
+    ``409`` for a revision that does not match ``If-Match`` (or a missing
+    ``If-Match`` under ``"CheckRevisions": true``). Any other failure raises.
+
+    :param method: ``"GET"``, ``"POST"``, ``"PUT"`` or ``"DELETE"``.
+    :param body: bytes, str, or a dict/list sent as JSON.
+    :param headers: the request's HTTP headers.
+    :param plugins: go through the routes of plugins too, not only Orthanc's built-in API.
+    :raises RestError: for the other failures (400 for a bad request...), carrying the HTTP status.
+    :raises ValueError: for a method Orthanc's REST API does not take.
+    """
+    if not isinstance(uri, str):
+        raise TypeError(f"rest.request() argument 'uri' must be str, not {type(uri).__name__}")
+    verb = method.upper() if isinstance(method, str) else method
+    try:
+        code = _sdk.OrthancPluginHttpMethod[verb.capitalize()]
+    except (KeyError, AttributeError):
+        names = ", ".join(m.name.upper() for m in _sdk.OrthancPluginHttpMethod)
+        raise ValueError(f"rest.request() argument 'method' must be one of {names}, not {method!r}") from None
+    try:
+        answer, answer_headers, status = _sdk_calls.sdk_function("OrthancPluginCallRestApi")(
+            int(code), uri, headers, _body(body), int(plugins))
+    except _calls.SdkVersionError:
+        raise
+    except _capi.OrthancError as error:
+        if int(error.code) in _ANSWERED:
+            return Answer(_HTTP_STATUS[error.code], {}, b"")  # type: ignore[index]
+        raise RestError(verb, uri, error.code, error.description) from None
+    parsed = json.loads(answer_headers) if answer_headers else {}
+    return Answer(int(status), {str(k).lower(): str(v) for k, v in parsed.items()}, bytes(answer or b""))

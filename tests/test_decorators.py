@@ -521,3 +521,63 @@ def test_offload_accepts_any_executor(make_orthanc):
         """
     )
     assert server.get_json("/where")["thread"].startswith("mine")
+
+
+def test_rest_request_writes_metadata_only_over_the_revision_it_read(make_orthanc):
+    server = make_orthanc(
+        """
+        from orthanc_py import RestError, rest, route
+
+        @route("/notes/<instance>", methods=["GET", "PUT"])
+        def note(request, instance):
+            uri = f"/instances/{instance}/metadata/note"
+            if request.method == "GET":
+                answer = rest.request("GET", uri)
+                return {"status": answer.status, "etag": answer.headers.get("etag"), "note": answer.body.decode()}
+            # A compare-and-set: the note is written over the revision the client read, or not at all.
+            revision = request.headers.get("if-match")
+            answer = rest.request("PUT", uri, request.body, headers={"If-Match": revision} if revision else None)
+            return {"status": answer.status}
+
+        @route("/misuse")
+        def misuse(request):
+            found = {}
+            try:
+                rest.request("POST", "/tools/find", "not JSON")
+            except RestError as error:
+                found["bad body"] = error.status
+            try:
+                rest.request("PATCH", "/system")
+            except ValueError as error:
+                found["bad method"] = str(error)
+            return found
+        """,
+        # Orthanc checks If-Match only with CheckRevisions.
+        config={"CheckRevisions": True, "UserMetadata": {"note": 1025}},
+    )
+    instance = server.upload(make_dicom(patient_id="NOTES"))["ID"]
+
+    def read() -> dict:
+        return server.get_json(f"/notes/{instance}")
+
+    def write(note: str, revision: str | None = None) -> int:
+        headers = {"If-Match": revision} if revision else None
+        return server.request("PUT", f"/notes/{instance}", note, headers=headers).json()["status"]
+
+    assert read()["status"] == 404, "no note yet"
+    assert write("first") == 200
+    first = read()
+    assert (first["status"], first["note"]) == (200, "first") and first["etag"]
+    assert write("second", first["etag"]) == 200
+    assert write("stale", first["etag"]) == 409, "written since that revision was read"
+    assert write("blind") == 409, "with CheckRevisions, an existing note is replaced only over its revision"
+    second = read()
+    assert second["note"] == "second" and second["etag"] != first["etag"]
+    assert write("third", second["etag"]) == 200
+    assert server.get(f"/instances/{instance}/metadata/note").text == "third"
+
+    assert server.get_json("/notes/no-such-instance")["status"] == 404
+    assert server.request("PUT", "/notes/no-such-instance", "x").json()["status"] == 404
+    misuse = server.get_json("/misuse")
+    assert misuse["bad body"] == 400
+    assert "GET, POST, PUT, DELETE" in misuse["bad method"] and "'PATCH'" in misuse["bad method"]

@@ -360,7 +360,7 @@ def test_a_route_calling_another_route_gets_its_answer_and_gives_its_own(make_or
         assert "x-inner" not in answer.headers
 
 
-MANY_ROUTES = 1010  # more than the loader's 1000 C entry points: the last ones are registered through ctypes
+MANY_ROUTES = 1010  # more than the loader's 1000 C entry points: the last ones share its overflow entry
 
 MANY = f"""
 def Numbered(output, uri, **request):

@@ -40,7 +40,7 @@ class DicomInstance(Handle):
         lease = self._take_lease()  # the data stays Orthanc's: the instance must outlive the copy
         try:
             address = _sdk_calls.sdk_function("OrthancPluginGetInstanceData", raw=True)(self)
-            return _capi.copy_memory(address, _call("OrthancPluginGetInstanceSize", self))
+            return _capi.copy_memory(address, _call("GetInstanceSize", self))
         finally:
             if lease is not None:
                 lease.release()

@@ -44,7 +44,7 @@ class Image(Handle):
         """Returns a copy of the pixels: ``GetImagePitch() * GetImageHeight()`` bytes."""
         address = _sdk_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(self)
         return _capi.copy_memory(
-            address, _call("OrthancPluginGetImagePitch", self) * _call("OrthancPluginGetImageHeight", self)
+            address, _call("GetImagePitch", self) * _call("GetImageHeight", self)
         )
 
 
@@ -58,8 +58,8 @@ def _image_arguments(what: str, format: Any, width: Any, height: Any, pitch: Any
 def _pixels_of(image: Image) -> tuple[int, int, int, int, int]:
     """``(address, format, width, height, pitch)`` of an image's pixels."""
     return (_sdk_calls.sdk_function("OrthancPluginGetImageBuffer", raw=True)(image),
-            _call("OrthancPluginGetImagePixelFormat", image), _call("OrthancPluginGetImageWidth", image),
-            _call("OrthancPluginGetImageHeight", image), _call("OrthancPluginGetImagePitch", image))
+            _call("GetImagePixelFormat", image), _call("GetImageWidth", image),
+            _call("GetImageHeight", image), _call("GetImagePitch", image))
 
 
 def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buffer: bytes) -> Image:
@@ -75,7 +75,7 @@ def CreateImageFromBuffer(format: int, width: int, height: int, pitch: int, buff
     _calls.check_image_buffer(what, format, width, height, pitch,
                               _calls.buffer_size(buffer, f"{what} argument 'buffer'"))
     data = _calls._to_bytes(buffer, f"{what} argument 'buffer'")
-    image: Image = _call("OrthancPluginCreateImage", format, width, height)
+    image: Image = _call("CreateImage", format, width, height)
     target, _, _, _, target_pitch = _pixels_of(image)
     _capi.copy_rows(target, target_pitch, data, pitch, height, width * _calls.BYTES_PER_PIXEL[format])
     return image
@@ -122,7 +122,7 @@ def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer
 def _image_copy(image: Image) -> Image:
     """An image with pixels of its own (Orthanc's memory), equal to ``image``."""
     address, format, width, height, pitch = _pixels_of(image)
-    copy: Image = _call("OrthancPluginCreateImage", format, width, height)
+    copy: Image = _call("CreateImage", format, width, height)
     target, _, _, _, target_pitch = _pixels_of(copy)
     row = width * _calls.BYTES_PER_PIXEL.get(format, 0) or min(pitch, target_pitch)
     _capi.copy_rows(target, target_pitch, _capi.copy_memory(address, pitch * height), pitch, height, row)

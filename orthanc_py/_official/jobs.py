@@ -388,7 +388,7 @@ def _SubmitJob(self: Handle, priority: int) -> str:
             f"{state.job_type if state else '?'!r} and deleted it"
         ) from None
     finally:
-        self._address = 0
+        self.detach()
     if job_id is None:
         raise _capi.OrthancError(PLUGIN_ERROR, "Orthanc gave the submitted job no ID")
     return str(job_id)

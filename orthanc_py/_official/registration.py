@@ -40,8 +40,7 @@ class _SdkMethod:
         return types.MethodType(self.function, instance)
 
 
-def _call(c_name: str, *args: Any) -> Any:
-    return _sdk_calls.sdk_function(c_name)(*args)
+_call = _sdk_calls.call
 
 
 ErrorCode = _capi.ErrorCode
@@ -92,9 +91,7 @@ def _hand_over(value: Any, c_type_name: str, where: str,
         return None
     if prepare is not None:
         value = prepare(value)
-    address: int = value._address
-    value._owned = False
-    value._address = 0
+    address: int = value.detach()  # Orthanc frees it from now on
     return address
 
 

@@ -1,5 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""REST and answers: :func:`RegisterRestCallback` and :class:`RestOutput`, the answer to a request."""
+"""REST and answers: :func:`RegisterRestCallback` and :class:`RestOutput`, the answer to a request.
+
+The one answer that a callback gives with ``output.AnswerBuffer()`` on its
+own thread is kept on the ``RestOutput`` and returned to the loader with the
+callback's code (see :mod:`orthanc_py._capi_rest`), which sends it without
+the GIL; any other call on the object first sends it, so that Orthanc sees
+the calls in the script's order.
+"""
 
 from __future__ import annotations
 
@@ -23,21 +30,20 @@ class RestOutput(Handle):
     after_callback = ("answer the request before the callback returns (output.AnswerBuffer(), "
                       "output.SendHttpStatusCode()...); for work that takes longer, answer first and then start it")
 
-    def __init__(self, address: int, owned: bool = False) -> None:
-        super().__init__(address, owned)
-        self.answered = False
+    answered = False
+    _defers = False  # AnswerBuffer() may leave its answer to the loader (the REST callback's own object)
+    _deferred: tuple[bytes, bytes] | None = None  # that answer, (body, MIME type), not sent yet
 
-    @property
-    def address(self) -> int:
-        """The C pointer, as an integer; an answer given before is sent first.
+    def send_deferred(self) -> None:
+        """Sends now the answer ``AnswerBuffer()`` left to the loader, if any: a later call must follow it."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            _capi_rest.answer_buffer(self.address, *deferred)
 
-        ``AnswerBuffer`` leaves the callback's answer to be sent once it
-        returns: any other call on the object (a header, a second answer)
-        reads this property, and must reach Orthanc after that answer.
-        """
-        address = super().address
-        _capi_rest.flush_answer(address)
-        return address
+    def take_deferred(self) -> tuple[bytes, bytes] | None:
+        """The answer left to the loader, which sends it once the callback has returned; ``None`` if none."""
+        deferred, self._deferred = self._deferred, None
+        return deferred
 
     def AnswerBuffer(self, answer: bytes | str, mimeType: str) -> None:
         """Answers the request with ``answer`` (bytes, or str sent as UTF-8) and its MIME type."""
@@ -53,11 +59,16 @@ class RestOutput(Handle):
             mime = _calls._to_header_text(mimeType, "AnswerBuffer() argument 'mimeType'") or b""
             if len(_MIME_TYPES) < 64:
                 _MIME_TYPES[mimeType] = mime
+        if self._defers and self._deferred is None and self._address and self._owner == _get_ident():
+            # The callback's own first answer, on its thread: the loader sends it.
+            _capi_rest.check_answer_size(len(answer))
+            self._deferred = (answer, mime)
+            self.answered = True
+            return
         try:
-            if self._owner == threading.get_ident():
-                # The callback's thread: no lease needed. The property checks the
-                # object again only when it looks closed or expired.
-                _capi_rest.answer_buffer(self._address or self.address, answer, mime)
+            self.send_deferred()
+            if self._owner == _get_ident():
+                _capi_rest.answer_buffer(self.address, answer, mime)
             else:
                 lease = self._take_lease()
                 try:
@@ -84,6 +95,7 @@ class RestOutput(Handle):
                 data = data.encode("utf-8")
             bodySize = len(data) if isinstance(data, (bytes, bytearray)) else 0
         try:
+            self.send_deferred()
             _send_http_status()(self, status, data, bodySize)
         except _capi.OrthancError as error:
             if isinstance(error, _calls.SdkVersionError):
@@ -140,24 +152,26 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
 
     # On every request's path: the request comes read in one pass (plain Python
     # data, nothing to expire); only the answer object is Orthanc's.
-    def handle(output_address: int, uri: str, kwargs: dict[str, Any]) -> int:
+    def handle(output_address: int, uri: str, kwargs: dict[str, Any]) -> _capi_rest.RouteResult:
         output = lend(output_address)
         try:
             callback(output, uri, **kwargs)
+            code = success
         except BaseException:
             _capi.report_exception(where)
-            return failure
-        finally:
-            output._expire()  # Orthanc's answer object is gone once we return
-        if not output.answered:
+            code = failure
+        deferred = output.take_deferred()
+        output._expire()  # Orthanc's answer object is gone once we return
+        if code == success and not output.answered:
             _capi.log_error(
                 f"orthanc_py: {where} returned without answering {kwargs['method']} {uri}; the client gets "
                 "HTTP 500 (answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
             )
-            return failure
-        return success
+            code = failure
+        # An answer given before a failure stays given, as if it had been sent at once.
+        return code if deferred is None else (code, *deferred)
 
-    _capi_rest.register_eager_rest_callback(pathRegularExpression, handle, where)
+    _capi_rest.register_rest_callback(pathRegularExpression, handle, where, eager=True)
 
 
 class _LentRestOutput(RestOutput):
@@ -171,8 +185,8 @@ class _LentRestOutput(RestOutput):
     """
 
     __qualname__ = "RestOutput"
-    answered = False
     _owned = False
+    _defers = True
 
 
 _LentRestOutput.__name__ = "RestOutput"

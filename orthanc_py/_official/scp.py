@@ -45,11 +45,11 @@ class FindQuery(Handle):
 
     def GetFindQueryTagGroup(self, index: int) -> int:
         """Returns the group of the ``index``-th tag of the query."""
-        return int(_call("OrthancPluginGetFindQueryTag", self, index)[0])
+        return int(_call("GetFindQueryTag", self, index)[0])
 
     def GetFindQueryTagElement(self, index: int) -> int:
         """Returns the element of the ``index``-th tag of the query."""
-        return int(_call("OrthancPluginGetFindQueryTag", self, index)[1])
+        return int(_call("GetFindQueryTag", self, index)[1])
 
 
 # --- C-FIND: queries and worklists ------------------------------------------------------

@@ -54,7 +54,7 @@ def LookupDictionary(name: str) -> dict[str, int]:
     :returns: ``{"Group", "Element", "ValueRepresentation", "MinMultiplicity", "MaxMultiplicity"}``.
     :raises OrthancException: for an unknown tag.
     """
-    entry = _call("OrthancPluginLookupDictionary", name)
+    entry = _call("LookupDictionary", name)
     return {
         "Group": entry["group"],
         "Element": entry["element"],

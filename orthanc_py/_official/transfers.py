@@ -61,16 +61,6 @@ _upload_ids = itertools.count(1)
 _uploads_lock = threading.Lock()
 
 
-def _rest_request(request: _capi_rest.HttpRequestView) -> dict[str, Any]:
-    """The keyword arguments of a REST handler, as :func:`orthanc.RegisterRestCallback` gives them (no body)."""
-    return {
-        "method": request.method,
-        "groups": request.groups,
-        "get": dict(request.get),
-        "headers": dict(request.headers),
-    }
-
-
 def _answered(output: Any, where: str, method: str, uri: str) -> int:
     _capi.expire(output)  # lent by Orthanc for the call only
     if output.answered:
@@ -151,19 +141,15 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_handler(output_address: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            request = _capi_rest.HttpRequestView(_capi_rest._HttpRequest.from_address(request_address or 0))
+            kwargs = _capi_rest.read_official_request(request_address or 0, chunked=True)
+            output = RestOutput.lent(output_address or 0)
             try:
-                output = RestOutput.lent(output_address or 0)
-                kwargs = _rest_request(request)
-                try:
-                    handler(output, uri, **kwargs)
-                except BaseException:  # logged; the client gets HTTP 500
-                    _capi.expire(output)
-                    _capi.report_exception(where)
-                    return PLUGIN_ERROR
-                return _answered(output, where, kwargs["method"], uri)
-            finally:
-                _capi.expire(request)
+                handler(output, uri, **kwargs)
+            except BaseException:  # logged; the client gets HTTP 500
+                _capi.expire(output)
+                _capi.report_exception(where)
+                return PLUGIN_ERROR
+            return _answered(output, where, kwargs["method"], uri)
 
         thunk = _capi.trampoline(_RawChunkedFactory, where)(c_handler)
         return ctypes.cast(thunk, _sdk.OrthancPluginRestCallback)
@@ -175,11 +161,7 @@ def RegisterChunkedRestCallback(pathRegularExpression: str, getHandler: ChunkedR
 
         def c_factory(target: int | None, url: bytes | None, request_address: int | None) -> int:
             uri = _decode(url)
-            view = _capi_rest.HttpRequestView(_capi_rest._HttpRequest.from_address(request_address or 0))
-            try:
-                request = _rest_request(view)
-            finally:
-                _capi.expire(view)
+            request = _capi_rest.read_official_request(request_address or 0, chunked=True)
             reader = factory(uri, **request)
             for method in ("AddChunk", "Execute"):
                 if not callable(getattr(reader, method, None)):
