@@ -311,7 +311,7 @@ def error_description(code: int) -> str:
         return f"Orthanc error {code}"
     target = ctypes.c_char_p()
     params = _sdk._OrthancPluginGetErrorDescription()
-    _set_out_pointer(params, "target", target)
+    set_out_pointer(params, "target", target)
     params.error = code
     status = context.invoke_service(context.pointer, int(Service.GetErrorDescription), ctypes.byref(params))
     if status != ErrorCode.Success or not target.value:
@@ -320,7 +320,7 @@ def error_description(code: int) -> str:
     return target.value.decode("utf-8", "replace")
 
 
-def _set_out_pointer(params: ctypes.Structure, field: str, target: Any) -> None:
+def set_out_pointer(params: ctypes.Structure, field: str, target: Any) -> None:
     """Points ``params.<field>`` (a ``T**`` out-parameter) at ``target``."""
     field_type: Any = next(entry[1] for entry in params._fields_ if entry[0] == field)
     setattr(params, field, ctypes.cast(ctypes.pointer(target), field_type))
@@ -419,7 +419,7 @@ def retrieve_dynamic_string(service: Service, argument: bytes | None = None) -> 
     """Calls a service of the ``_OrthancPluginRetrieveDynamicString`` family."""
     result = ctypes.c_void_p()
     params = _sdk._OrthancPluginRetrieveDynamicString()
-    _set_out_pointer(params, "result", result)
+    set_out_pointer(params, "result", result)
     params.argument = argument
     invoke(service, params)
     return take_text(result.value)

@@ -126,7 +126,7 @@ def _answering_method(function: Callable[..., Any], answering: bool, errors_logg
     def method(*args: Any) -> Any:
         output = args[0]
         if getattr(output, "_deferred", None) is not None:
-            output.send_deferred()
+            output._send_deferred()
         try:
             result = function(*args)
         except _capi.OrthancError as error:

@@ -95,7 +95,7 @@ def _encode_dicomweb(function: str, service: Service, version2: bool, dicom: Any
     else:
         params = _sdk._OrthancPluginEncodeDicomWeb()
         params.callback = thunk = encoding.thunk(_sdk.OrthancPluginDicomWebBinaryCallback)
-    _capi._set_out_pointer(params, "target", result)
+    _capi.set_out_pointer(params, "target", result)
     buffer = ctypes.create_string_buffer(data, len(data))
     params.dicom = ctypes.addressof(buffer)
     params.dicomSize = len(data)
@@ -150,7 +150,7 @@ def _instance_dicomweb_held(function: str, service: Service, instance: Handle,
     encoding = _DicomWebEncoding(function, callback)
     result = ctypes.c_void_p()
     params = _sdk._OrthancPluginAccessDicomInstance2()
-    _capi._set_out_pointer(params, "targetStringToFree", result)
+    _capi.set_out_pointer(params, "targetStringToFree", result)
     params.instance = ctypes.cast(address, ctypes.POINTER(_sdk.OrthancPluginDicomInstance))
     params.dicomWebCallback = thunk = encoding.thunk(_sdk.OrthancPluginDicomWebBinaryCallback2)
     params.dicomWebPayload = None

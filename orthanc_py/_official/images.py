@@ -108,7 +108,7 @@ def CreateImageAccessor(format: int, width: int, height: int, pitch: int, buffer
         pixels = (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
     target = ctypes.c_void_p()
     params = _sdk._OrthancPluginCreateImage()
-    _capi._set_out_pointer(params, "target", target)
+    _capi.set_out_pointer(params, "target", target)
     params.format, params.width, params.height, params.pitch = format, width, height, pitch
     params.buffer = ctypes.addressof(pixels)
     _capi.invoke(_capi.Service.CreateImageAccessor, params, what)

@@ -34,13 +34,13 @@ class RestOutput(Handle):
     _defers = False  # AnswerBuffer() may leave its answer to the loader (the REST callback's own object)
     _deferred: tuple[bytes, bytes] | None = None  # that answer, (body, MIME type), not sent yet
 
-    def send_deferred(self) -> None:
+    def _send_deferred(self) -> None:
         """Sends now the answer ``AnswerBuffer()`` left to the loader, if any: a later call must follow it."""
         deferred, self._deferred = self._deferred, None
         if deferred is not None:
             _capi_rest.answer_buffer(self.address, *deferred)
 
-    def take_deferred(self) -> tuple[bytes, bytes] | None:
+    def _take_deferred(self) -> tuple[bytes, bytes] | None:
         """The answer left to the loader, which sends it once the callback has returned; ``None`` if none."""
         deferred, self._deferred = self._deferred, None
         return deferred
@@ -66,7 +66,7 @@ class RestOutput(Handle):
             self.answered = True
             return
         try:
-            self.send_deferred()
+            self._send_deferred()
             if self._owner == _get_ident():
                 _capi_rest.answer_buffer(self.address, answer, mime)
             else:
@@ -95,7 +95,7 @@ class RestOutput(Handle):
                 data = data.encode("utf-8")
             bodySize = len(data) if isinstance(data, (bytes, bytearray)) else 0
         try:
-            self.send_deferred()
+            self._send_deferred()
             _send_http_status()(self, status, data, bodySize)
         except _capi.OrthancError as error:
             if isinstance(error, _calls.SdkVersionError):
@@ -160,7 +160,7 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
         except BaseException:
             _capi.report_exception(where)
             code = failure
-        deferred = output.take_deferred()
+        deferred = output._take_deferred()
         output._expire()  # Orthanc's answer object is gone once we return
         if code == success and not output.answered:
             _capi.log_error(
