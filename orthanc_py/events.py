@@ -22,8 +22,9 @@ from . import _calls, _capi, _events, _hooks, _runtime, _sdk_calls, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 
 __all__ = [
-    "Change", "ChangeType", "InstanceOrigin", "ReceivedInstance", "ResourceType", "StoredInstance",
-    "every", "on_change", "on_received_instance", "on_shutdown", "on_startup", "on_stored_instance",
+    "Change", "ChangeType", "IncomingInstance", "InstanceOrigin", "ReceivedInstance", "ResourceType",
+    "StoredInstance", "cstore_filter", "every", "instance_filter", "on_change", "on_received_instance",
+    "on_shutdown", "on_startup", "on_stored_instance",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,8 +114,8 @@ def _add_lifecycle_handler(function: Callable[[], Any], change_type: int, what: 
     _events.changes.add(deliver, what, {int(change_type)})
 
 
-class StoredInstance(_capi.Borrowed):
-    """An instance Orthanc has just stored; valid while the handler runs.
+class _InstanceView(_capi.Borrowed):
+    """A DICOM instance Orthanc lends to a handler, read through Orthanc; valid while the handler runs.
 
     Each property asks Orthanc when first read, so a handler pays only for
     what it uses. A property first read after the handler returned raises
@@ -122,16 +123,14 @@ class StoredInstance(_capi.Borrowed):
     values read during the handler stay available.
     """
 
+    def __init__(self, address: int) -> None:
+        self._instance = _calls.handle_class("OrthancPluginDicomInstance").lent(address)
+
     def _expire(self, message: str | None = None) -> None:
         self._instance._expire(message or (
-            f"this StoredInstance ({self.id}) was used after its handler returned, and Orthanc has freed it: "
+            f"this {type(self).__name__} was used after its handler returned, and Orthanc has freed it: "
             "read what you need (instance.data, instance.simplified_json...) while the handler runs"
         ))
-
-    def __init__(self, address: int, instance_id: str) -> None:
-        self._instance = _calls.handle_class("OrthancPluginDicomInstance").lent(address)
-        self.id = instance_id
-        """The Orthanc ID of the instance."""
 
     def _call(self, name: str, *args: Any, raw: bool = False) -> Any:
         return _sdk_calls.call(name, self._instance, *args, raw=raw)
@@ -168,11 +167,6 @@ class StoredInstance(_capi.Borrowed):
         """The transfer syntax UID of the DICOM file."""
         return self._call("GetInstanceTransferSyntaxUid") or ""
 
-    def metadata(self, name: str) -> str | None:
-        """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
-        value = self._call("GetInstanceMetadata", name)
-        return None if value is None else str(value)
-
     @functools.cached_property
     def simplified_json(self) -> dict[str, Any]:
         """The DICOM tags as ``{"PatientID": "...", ...}``."""
@@ -185,8 +179,119 @@ class StoredInstance(_capi.Borrowed):
         tags: dict[str, Any] = json.loads(self._call("GetInstanceJson"))
         return tags
 
+
+
+class StoredInstance(_InstanceView):
+    """An instance Orthanc has just stored; valid while the handler runs.
+
+    Each property asks Orthanc when first read, so a handler pays only for
+    what it uses. A property first read after the handler returned raises
+    :class:`RuntimeError` (Orthanc has freed the instance by then); the
+    values read during the handler stay available.
+    """
+
+    def __init__(self, address: int, instance_id: str) -> None:
+        super().__init__(address)
+        self.id = instance_id
+        """The Orthanc ID of the instance."""
+
+    def metadata(self, name: str) -> str | None:
+        """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
+        value = self._call("GetInstanceMetadata", name)
+        return None if value is None else str(value)
+
     def __repr__(self) -> str:
         return f"<StoredInstance {self.id}>"
+
+
+class IncomingInstance(_InstanceView):
+    """An instance Orthanc has received and asks a filter about; valid while the filter runs.
+
+    The same properties as :class:`StoredInstance` but ``id`` and
+    ``metadata()``: Orthanc has not stored it yet.
+    """
+
+    def __repr__(self) -> str:
+        return "<IncomingInstance>"
+
+
+def instance_filter(function: F) -> F:
+    """Asks the decorated ``handler(instance)`` whether to store each instance Orthanc receives.
+
+    It runs for every instance, whatever the way it came (REST API, C-STORE,
+    DICOMweb...), before it is stored. ``instance`` is an
+    :class:`IncomingInstance`. The handler returns ``True`` to store it,
+    ``False`` to discard it: a REST upload then answers ``"Status":
+    "FilteredOut"``, a C-STORE fails. Several filters may be declared, with
+    this decorator or ``orthanc.RegisterIncomingDicomInstanceFilter``: an
+    instance is stored when every one accepts it, asked in the order declared.
+
+    A filter that raises or returns something else is logged with its name,
+    and the instance is not stored (the sender is told): a filter that fails
+    never lets an instance through. Orthanc runs filters synchronously with
+    its core: do not call :mod:`orthanc_py.rest` here.
+    """
+    if not callable(function):
+        raise TypeError(f"@instance_filter: the handler must be callable, not {type(function).__name__}")
+
+    def check(lent: _calls.Handle) -> int:
+        instance = IncomingInstance(lent.address)
+        try:
+            verdict = function(instance)
+        finally:
+            _capi.expire(instance)
+        if verdict is True or verdict is False:
+            return int(verdict)  # Orthanc: 1 stores, 0 discards
+        raise _hooks.Refused(f"returned {type(verdict).__name__}, not True (store) or False (discard)")
+
+    _hooks.dicom_filters.add(check, "@instance_filter", f"the @instance_filter handler {_capi.name_of(function)}")
+    return function
+
+
+REFUSED_OUT_OF_RESOURCES = 0xA700
+"""The DIMSE status a :func:`cstore_filter` that returns ``False`` refuses an instance with.
+
+"Refused: Out of Resources" (DICOM PS3.4, C-STORE statuses), the one status
+of the "Refused" class; other statuses are "Error" ones (``0xA900``, data set
+does not match SOP class; ``0xC000``, cannot understand)."""
+
+
+def cstore_filter(function: F) -> F:
+    """Asks the decorated ``handler(instance)`` about each instance a modality sends by C-STORE.
+
+    ``instance`` is an :class:`IncomingInstance` (``instance.remote_aet`` is
+    the sender). The handler returns ``True`` (or ``0``) to store it, ``False`` to
+    refuse it with the DIMSE status ``0xA700`` ("Refused: Out of
+    Resources"), or the DIMSE status to refuse it with (an ``int`` from 1 to
+    ``0xFFFF``): the modality gets that status and Orthanc stores nothing.
+    Several filters may be declared, with this decorator or
+    ``orthanc.RegisterIncomingCStoreInstanceFilter``: the first refusal
+    answers the modality.
+
+    A filter that raises or returns something else is logged with its name,
+    and the C-STORE fails: the instance stays with the sender, which can
+    send it again.
+    """
+    if not callable(function):
+        raise TypeError(f"@cstore_filter: the handler must be callable, not {type(function).__name__}")
+
+    def check(lent: _calls.Handle) -> int:
+        instance = IncomingInstance(lent.address)
+        try:
+            verdict = function(instance)
+        finally:
+            _capi.expire(instance)
+        if verdict is True or (type(verdict) is int and verdict == 0):  # 0: the official filter's "store"
+            return 0
+        if verdict is False:
+            return REFUSED_OUT_OF_RESOURCES
+        if isinstance(verdict, int) and 1 <= verdict <= 0xFFFF:
+            return verdict
+        raise _hooks.Refused(f"returned {verdict!r}, not True (store), False (refuse) or a DIMSE status "
+                             "from 1 to 0xFFFF (refuse with it)")
+
+    _hooks.cstore_filters.add(check, "@cstore_filter", f"the @cstore_filter handler {_capi.name_of(function)}")
+    return function
 
 
 def on_stored_instance(function: F) -> F:

@@ -17,6 +17,7 @@ import pytest
 from orthanc_py.server import OrthancServer, OrthancStartError
 
 from .dicom import make_dicom
+from .official import dcmtk, needs_dcmtk
 
 MIXED = """
 import io
@@ -25,9 +26,10 @@ import threading
 import orthanc
 import pydicom
 from orthanc_py import (route, http_filter, on_change, on_received_instance, on_stored_instance,
-                        ChangeType)
+                        instance_filter, cstore_filter, ChangeType)
 
-SEEN = {"filters": [], "received": [], "changes": [], "stored": [], "metrics": []}
+SEEN = {"filters": [], "received": [], "changes": [], "stored": [], "metrics": [], "instance filters": [],
+        "cstore filters": []}
 LOCK = threading.Lock()
 
 def note(kind, value):
@@ -88,6 +90,34 @@ def decorated_received(instance):
     if dataset.PatientID == "DROP":
         return False
     return None
+
+# --- instance filters: both must accept -------------------------------------------------------
+def official_instance_filter(instance):
+    patient = json.loads(instance.GetInstanceSimplifiedJson())["PatientID"]
+    note("instance filters", ["official", patient])
+    return patient != "REFUSED-BY-OFFICIAL"
+
+orthanc.RegisterIncomingDicomInstanceFilter(official_instance_filter)
+
+@instance_filter
+def decorated_instance_filter(instance):
+    patient = instance.simplified_json["PatientID"]
+    note("instance filters", ["decorator", patient])
+    return patient != "REFUSED-BY-DECORATOR"
+
+# --- C-STORE filters: the first refusal answers the modality -------------------------------------
+def official_cstore_filter(instance):
+    patient = json.loads(instance.GetInstanceSimplifiedJson())["PatientID"]
+    note("cstore filters", ["official", patient])
+    return 0xA900 if patient == "CSTORE-OFFICIAL" else 0
+
+orthanc.RegisterIncomingCStoreInstanceFilter(official_cstore_filter)
+
+@cstore_filter
+def decorated_cstore_filter(instance):
+    patient = instance.simplified_json["PatientID"]
+    note("cstore filters", ["decorator", patient, instance.remote_aet])
+    return patient != "CSTORE-DECORATOR"
 
 # --- changes and stored instances: both styles ----------------------------------------------
 def official_change(change_type, level, resource):
@@ -167,6 +197,45 @@ def test_received_instances_go_through_both_apis_in_order(mixed):
     ]
     patients = {p["MainDicomTags"]["PatientID"] for p in mixed.get_json("/patients?expand")}
     assert "DROP" not in patients
+
+
+def test_instance_filters_of_both_apis_must_both_accept(mixed):
+    patients = ("FILTER-OK", "REFUSED-BY-OFFICIAL", "REFUSED-BY-DECORATOR")
+    answers = {patient: mixed.post("/instances", make_dicom(patient_id=patient)).json() for patient in patients}
+    assert answers["FILTER-OK"]["Status"] == "Success"
+    assert answers["REFUSED-BY-OFFICIAL"]["Status"] == "FilteredOut"
+    assert answers["REFUSED-BY-DECORATOR"]["Status"] == "FilteredOut"
+    asked = [entry for entry in mixed.get_json("/mixed/seen")["instance filters"] if entry[1] in patients]
+    assert asked == [
+        ["official", "FILTER-OK"], ["decorator", "FILTER-OK"],
+        ["official", "REFUSED-BY-OFFICIAL"],  # refused: the decorator is not asked
+        ["official", "REFUSED-BY-DECORATOR"], ["decorator", "REFUSED-BY-DECORATOR"],
+    ]
+
+
+@needs_dcmtk
+def test_c_store_filters_of_both_apis_answer_the_modality_with_the_first_refusal(mixed, tmp_path):
+    results = {}
+    for patient in ("CSTORE-OK", "CSTORE-OFFICIAL", "CSTORE-DECORATOR"):
+        path = tmp_path / f"{patient}.dcm"
+        path.write_bytes(make_dicom(patient_id=patient))
+        results[patient] = dcmtk("storescu", "-v", "-aet", "MODALITY", "-aec", "ORTHANC", "127.0.0.1",
+                                 str(mixed.dicom_port), str(path))
+    assert results["CSTORE-OK"].returncode == 0, results["CSTORE-OK"].stderr
+    refused_by_official = results["CSTORE-OFFICIAL"].stdout + results["CSTORE-OFFICIAL"].stderr
+    refused_by_decorator = results["CSTORE-DECORATOR"].stdout + results["CSTORE-DECORATOR"].stderr
+    # DCMTK names the statuses: 0xA900 and 0xA700.
+    assert "DataSetDoesNotMatchSOPClass" in refused_by_official, refused_by_official
+    assert "OutOfResources" in refused_by_decorator, refused_by_decorator
+    stored = {p["MainDicomTags"]["PatientID"] for p in mixed.get_json("/patients?expand")}
+    assert "CSTORE-OK" in stored
+    assert not {"CSTORE-OFFICIAL", "CSTORE-DECORATOR"} & stored
+    asked = [entry for entry in mixed.get_json("/mixed/seen")["cstore filters"]]
+    assert asked == [
+        ["official", "CSTORE-OK"], ["decorator", "CSTORE-OK", "MODALITY"],
+        ["official", "CSTORE-OFFICIAL"],
+        ["official", "CSTORE-DECORATOR"], ["decorator", "CSTORE-DECORATOR", "MODALITY"],
+    ]
 
 
 def test_changes_and_stored_instances_reach_the_handlers_of_both_apis(mixed):
