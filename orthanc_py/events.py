@@ -128,9 +128,12 @@ class _InstanceView(_capi.Borrowed):
 
     def _expire(self, message: str | None = None) -> None:
         self._instance._expire(message or (
-            f"this {type(self).__name__} was used after its handler returned, and Orthanc has freed it: "
+            f"this {self._described()} was used after its handler returned, and Orthanc has freed it: "
             "read what you need (instance.data, instance.simplified_json...) while the handler runs"
         ))
+
+    def _described(self) -> str:
+        return type(self).__name__
 
     def _call(self, name: str, *args: Any, raw: bool = False) -> Any:
         return _sdk_calls.call(name, self._instance, *args, raw=raw)
@@ -194,6 +197,9 @@ class StoredInstance(_InstanceView):
         super().__init__(address)
         self.id = instance_id
         """The Orthanc ID of the instance."""
+
+    def _described(self) -> str:
+        return f"StoredInstance ({self.id})"
 
     def metadata(self, name: str) -> str | None:
         """The value of one metadata of the instance (``"TransferSyntax"``, ``"RemoteAET"``...), or ``None``."""
