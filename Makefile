@@ -60,7 +60,7 @@ ROOTS_DIR ?= .roots
 # cluster kits, deep recursion on its CPython. (The tests marked slow, twenty
 # start-stop cycles and twenty in-process restarts, run on the machine's row.)
 PLATFORM_TESTS ?= tests/test_runtime.py tests/test_seed_samples.py tests/test_decorators.py \
-	tests/test_official_rest.py tests/test_official_filters.py tests/test_official_scp.py \
+	tests/test_official_rest.py tests/test_official_filters.py tests/test_hooks_mixed.py tests/test_official_scp.py \
 	tests/test_official_jobs.py tests/test_official_registration.py tests/test_official_storage.py \
 	tests/test_official_system.py tests/test_official_transfers.py tests/test_official_images.py \
 	tests/test_compat_signatures.py tests/test_compat_api.py tests/test_sdk_bindings.py \
