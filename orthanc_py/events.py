@@ -221,6 +221,15 @@ class IncomingInstance(_InstanceView):
         return "<IncomingInstance>"
 
 
+def _ask(function: Callable[[IncomingInstance], Any], lent: _calls.Handle) -> Any:
+    """What a filter says of the instance Orthanc lent; the :class:`IncomingInstance` expires with the call."""
+    instance = IncomingInstance(lent.address)
+    try:
+        return function(instance)
+    finally:
+        _capi.expire(instance)
+
+
 def instance_filter(function: F) -> F:
     """Asks the decorated ``handler(instance)`` whether to store each instance Orthanc receives.
 
@@ -241,11 +250,7 @@ def instance_filter(function: F) -> F:
         raise TypeError(f"@instance_filter: the handler must be callable, not {type(function).__name__}")
 
     def check(lent: _calls.Handle) -> int:
-        instance = IncomingInstance(lent.address)
-        try:
-            verdict = function(instance)
-        finally:
-            _capi.expire(instance)
+        verdict = _ask(function, lent)
         if verdict is True or verdict is False:
             return int(verdict)  # Orthanc: 1 stores, 0 discards
         raise _hooks.Refused(f"returned {type(verdict).__name__}, not True (store) or False (discard)")
@@ -282,11 +287,7 @@ def cstore_filter(function: F) -> F:
         raise TypeError(f"@cstore_filter: the handler must be callable, not {type(function).__name__}")
 
     def check(lent: _calls.Handle) -> int:
-        instance = IncomingInstance(lent.address)
-        try:
-            verdict = function(instance)
-        finally:
-            _capi.expire(instance)
+        verdict = _ask(function, lent)
         if verdict is True or (type(verdict) is int and verdict == 0):  # 0: the official filter's "store"
             return 0
         if verdict is False:
