@@ -197,6 +197,12 @@ def _require(what: str) -> _Context:
     return context
 
 
+OLDEST_ORTHANC = (1, 10, 1)
+"""The oldest Orthanc orthanc_py runs on: the loader refuses to start in an older one
+(``ORTHANC_PLUGINS_MINIMAL_*`` of ``loader/orthanc_sdk_subset.h``). The SDK functions
+of newer Orthancs raise :class:`SdkVersionError` on an Orthanc that lacks them."""
+
+
 def orthanc_version() -> str:
     """The version string of the running Orthanc (``"mainline"`` for a development build)."""
     return _require("orthanc_version()").orthanc_version

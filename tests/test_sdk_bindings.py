@@ -99,9 +99,14 @@ def test_committed_module_is_what_the_generator_writes(tmp_path: Path) -> None:
         check=True,
     )
     committed = load_sdk()
-    if header_version(HEADER.read_text(encoding="utf-8")) != committed.SDK_VERSION:
-        # Another row's Orthanc (a newer SDK): the committed bindings must
-        # call every function they have exactly as this header does.
+    this_header = header_version(HEADER.read_text(encoding="utf-8"))
+    if this_header < committed.SDK_VERSION:
+        # An older row's Orthanc: the committed bindings call every function
+        # this header has exactly as it does (the newer ones besides).
+        assert_same_interface(load_sdk(output), committed)
+        return
+    if this_header > committed.SDK_VERSION:
+        # A newer Orthanc than the bindings know: they call what they have as it does.
         assert_same_interface(committed, load_sdk(output))
         return
     assert output.read_bytes() == SDK_FILE.read_bytes(), (
@@ -142,14 +147,15 @@ def interface(fn: Any) -> tuple[object, ...]:
     return int(fn.service), arguments, fields, fn.assignments, fn.returns
 
 
-def assert_same_interface(committed: types.ModuleType, newer: types.ModuleType) -> None:
+def assert_same_interface(older: types.ModuleType, newer: types.ModuleType) -> None:
+    """Every function of the ``older`` SDK's bindings is called the same way in the ``newer`` one's."""
     # Functions that invoke no service are C code of the header itself (CheckVersionAdvanced...).
     differences = [
-        name for name, fn in committed.FUNCTIONS.items() if fn.service is not None and (
+        name for name, fn in older.FUNCTIONS.items() if fn.service is not None and (
             name not in newer.FUNCTIONS or interface(fn) != interface(newer.FUNCTIONS[name]))
     ]
     assert differences == [], "functions this header declares otherwise than the committed bindings"
-    for enum_class in committed.ENUMS:
+    for enum_class in older.ENUMS:
         newer_enum = getattr(newer, enum_class.__name__)
         assert {m: int(v) for m, v in enum_class.__members__.items()}.items() <= {
             m: int(v) for m, v in newer_enum.__members__.items()}.items(), enum_class.__name__
@@ -245,14 +251,30 @@ def probe_source(sdk: types.ModuleType, header_text: str) -> tuple[str, dict[str
     return "\n".join(lines), expected
 
 
+@pytest.fixture(scope="module")
+def header_sdk(sdk: types.ModuleType, tmp_path_factory: pytest.TempPathFactory) -> types.ModuleType:
+    """The bindings of the installed header: the committed ones, or generated now for another SDK."""
+    if not HEADER.exists():
+        pytest.skip(f"{HEADER} is absent (Debian orthanc-dev)")
+    if header_version(HEADER.read_text(encoding="utf-8")) == sdk.SDK_VERSION:
+        return sdk
+    require_libclang()
+    output = tmp_path_factory.mktemp("header_sdk") / "_sdk.py"
+    scratch = output.parent
+    subprocess.run([sys.executable, str(GENERATOR), "--header", str(HEADER), "--output", str(output),
+                    "--enums-output", str(scratch / "_enums.py"), "--calls-output", str(scratch / "_sdk_calls.py")],
+                   check=True)
+    return load_sdk(output)
+
+
 @needs_header
 def test_struct_layouts_and_enum_values_match_the_c_compiler(
-    sdk: types.ModuleType, header_text: str, tmp_path: Path
+    sdk: types.ModuleType, header_sdk: types.ModuleType, header_text: str, tmp_path: Path
 ) -> None:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler (cc) on PATH")
-    source, expected = probe_source(sdk, header_text)
+    source, expected = probe_source(header_sdk, header_text)
     (tmp_path / "probe.c").write_text(source, encoding="utf-8")
     binary = tmp_path / "probe"
     subprocess.run(
@@ -278,15 +300,30 @@ def test_struct_layouts_and_enum_values_match_the_c_compiler(
         for key in expected
         if expected[key] != measured.get(key)
     }
-    if header_version(header_text) != sdk.SDK_VERSION:
-        # Orthanc 1.13 appended fields to the requests it hands to REST callbacks;
-        # the fields the bindings read keep their offsets (checked above).
-        for name in GROWN_IN_NEWER_SDKS:
-            python_size, c_size = mismatches.get(f"sizeof:{name}", (0, 0))
-            if c_size and c_size > python_size:
-                del mismatches[f"sizeof:{name}"]
     assert not mismatches, f"(python, C) differ: {mismatches}"
-    assert len(sdk.STRUCTS) > 90  # every public and params struct of SDK 1.10 is there
+    if header_sdk is not sdk:  # this row's header is older or newer than the bindings'
+        older, newer = sorted((sdk, header_sdk), key=lambda module: module.SDK_VERSION)
+        assert_older_layouts_kept(newer, older)
+    assert len(header_sdk.STRUCTS) > 90  # every public and params struct of SDK 1.10 is there
+
+
+def assert_older_layouts_kept(sdk: types.ModuleType, header_sdk: types.ModuleType) -> None:
+    """On an older Orthanc, every struct it knows is laid out as the committed bindings say.
+
+    Only a struct Orthanc fills and hands out may have grown at its end
+    (the bindings read the new fields only from an Orthanc that has them).
+    """
+    committed = {struct.__name__: struct for struct in sdk.STRUCTS}
+    for struct in header_sdk.STRUCTS:
+        newer = committed[struct.__name__]
+        for field_name, *_ in struct._fields_:
+            old_field, new_field = getattr(struct, field_name), getattr(newer, field_name)
+            assert (old_field.offset, old_field.size) == (new_field.offset, new_field.size), (
+                f"{struct.__name__}.{field_name}")
+        if struct.__name__ in GROWN_IN_NEWER_SDKS:
+            assert ctypes.sizeof(newer) >= ctypes.sizeof(struct), struct.__name__
+        else:
+            assert ctypes.sizeof(newer) == ctypes.sizeof(struct), struct.__name__
 
 
 # -- completeness against the header ------------------------------------------------
@@ -305,8 +342,11 @@ def test_one_function_entry_per_inline_function(
 ) -> None:
     names = inline_function_names(header_text)
     assert len(names) > 150
-    if header_version(header_text) == sdk.SDK_VERSION:
+    this_header = header_version(header_text)
+    if this_header == sdk.SDK_VERSION:
         assert list(sdk.FUNCTIONS) == names
+    elif this_header < sdk.SDK_VERSION:  # an older SDK's header: the bindings have its functions and newer ones
+        assert set(names) < set(sdk.FUNCTIONS)
     else:  # a newer SDK's header: it declares every function of the bindings' (new ones besides)
         assert set(sdk.FUNCTIONS) < set(names)
 
@@ -334,8 +374,11 @@ def test_libclang_finds_as_many_inline_definitions_as_there_are_entries(
         for c in in_header
         if c.kind == cindex.CursorKind.FUNCTION_DECL and c.is_definition()
     ]
-    same = header_version(HEADER.read_text(encoding="utf-8")) == sdk.SDK_VERSION
-    if not same:  # a newer SDK's header: what the bindings hold, and more
+    this_header = header_version(HEADER.read_text(encoding="utf-8"))
+    same = this_header == sdk.SDK_VERSION
+    if this_header < sdk.SDK_VERSION:  # an older SDK's header: part of what the bindings hold
+        assert set(definitions) < set(sdk.FUNCTIONS)
+    elif this_header > sdk.SDK_VERSION:  # a newer SDK's header: what the bindings hold, and more
         assert set(sdk.FUNCTIONS) < set(definitions)
     else:
         assert len(definitions) == len(sdk.FUNCTIONS)
@@ -355,6 +398,10 @@ def test_libclang_finds_as_many_inline_definitions_as_there_are_entries(
         assert callbacks <= set(sdk.CALLBACKS)
         assert enums == {e.__name__ for e in sdk.ENUMS}
         assert structs == {s.__name__ for s in sdk.STRUCTS + sdk.OPAQUE_TYPES}
+    elif this_header < sdk.SDK_VERSION:
+        assert callbacks <= set(sdk.CALLBACKS)
+        assert enums <= {e.__name__ for e in sdk.ENUMS}
+        assert structs <= {s.__name__ for s in sdk.STRUCTS + sdk.OPAQUE_TYPES}
     else:
         assert {e.__name__ for e in sdk.ENUMS} <= enums
         assert {s.__name__ for s in sdk.STRUCTS + sdk.OPAQUE_TYPES} <= structs
@@ -365,7 +412,7 @@ def test_libclang_finds_as_many_inline_definitions_as_there_are_entries(
 
 def test_spot_checks(sdk: types.ModuleType) -> None:
     service = sdk._OrthancPluginService
-    assert sdk.SDK_VERSION == (1, 10, 1)
+    assert sdk.SDK_VERSION == (1, 13, 0)
     assert service.LogInfo == 1
     assert service.LogWarning == 2
     assert service.LogError == 3
@@ -407,6 +454,12 @@ def test_since_comes_from_the_header_comments(sdk: types.ModuleType) -> None:
     assert sdk.FUNCTIONS["OrthancPluginRegisterWebDavCollection"].since == (1, 10, 1)
     # "/* Primitives for accessing Orthanc Peers (new in 1.4.2) */" heads a group.
     assert sdk.FUNCTIONS["OrthancPluginGetPeers"].since == (1, 4, 2)
+    # "New in SDK 1.11.3" on the enumerator's line.
+    assert sdk.FUNCTIONS["OrthancPluginCreateJob2"].since == (1, 11, 3)
+    # ORTHANC_PLUGIN_SINCE_SDK("1.12.4") on the function, though its service is an old one.
+    assert sdk.FUNCTIONS["OrthancPluginSetRootUri2"].since == (1, 12, 4)
+    assert sdk.FUNCTIONS["OrthancPluginSetRootUri2"].service is sdk._OrthancPluginService.SetPluginProperty
+    assert sdk.FUNCTIONS["OrthancPluginStoreKeyValue"].since == (1, 12, 8)
     # Nothing documented: no guess.
     assert sdk.FUNCTIONS["OrthancPluginLogInfo"].since is None
 

@@ -70,7 +70,10 @@ VERSION_MACROS = tuple(
 )
 
 # "/* New in Orthanc 1.7.0 */" after a service, "(new in 1.4.2)" on a group heading.
-NEW_IN = re.compile(r"\bnew in (?:Orthanc )?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
+NEW_IN = re.compile(r"\bnew in (?:Orthanc |SDK )?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
+# Headers of SDK 1.12.4 and later tag each function newer than Orthanc 1.0.0
+# with ORTHANC_PLUGIN_SINCE_SDK("x.y.z"), which under clang is this annotation.
+SINCE_SDK = re.compile(r"^ORTHANC_PLUGIN_SINCE_SDK (\d+)\.(\d+)\.(\d+)$")
 
 
 class GeneratorError(Exception):
@@ -741,11 +744,25 @@ class HeaderReader:
             params=params,
             arguments=args,
             result=cursor.result_type.spelling,
-            since=since.get(service) if service else None,
+            since=self.declared_since(cursor) or (since.get(service) if service else None),
             doc=one_line(cursor.brief_comment),
             calls=sorted(set(calls)),
             body=BodyReader(self, cursor, invoke).read(),
         )
+
+    @staticmethod
+    def declared_since(cursor: Any) -> tuple[int, int, int] | None:
+        """The version of the function's own ``ORTHANC_PLUGIN_SINCE_SDK`` tag, if the header has one.
+
+        It is more precise than the service's comment: SetRootUri2 invokes
+        the old SetPluginProperty service, yet needs Orthanc 1.12.4.
+        """
+        for child in cursor.get_children():
+            if child.kind.name == "ANNOTATE_ATTR":
+                version = parse_version(SINCE_SDK.match(child.spelling))
+                if version is not None:
+                    return version
+        return None
 
     def _invocation(self, args: list[Any]) -> tuple[str, str | None]:
         """(service enumerator, params struct or None) of one InvokeService call."""

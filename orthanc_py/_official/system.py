@@ -39,8 +39,12 @@ def CheckVersionAdvanced(expectedMajor: int, expectedMinor: int, expectedRevisio
 
 
 def CheckVersion() -> int:
-    """Returns 1 if the running Orthanc is at least the version of the SDK orthanc_py was built from, else 0."""
-    return CheckVersionAdvanced(*_sdk.SDK_VERSION)
+    """Returns 1 if the running Orthanc is one orthanc_py runs on (1.10.1 or newer), else 0.
+
+    The functions of a newer SDK check the running Orthanc themselves: on one
+    that lacks them, they raise an error naming the version they need.
+    """
+    return CheckVersionAdvanced(*_capi.OLDEST_ORTHANC)
 
 
 def GetErrorDescription(error: int) -> str:
