@@ -103,6 +103,17 @@ def _body_of(r: Any) -> bytes:
     return copy_memory(r.body, r.bodySize)
 
 
+# The first Orthanc whose requests carry the HTTP authentication callback's payload
+# (fields appended to OrthancPluginHttpRequest: an older Orthanc's request ends before them).
+AUTHENTICATION_PAYLOAD_SINCE = (1, 12, 9)
+
+
+def _auth_payload_of(r: Any) -> bytes | None:
+    if _capi.release < AUTHENTICATION_PAYLOAD_SINCE or not r.authenticationPayloadSize:
+        return None
+    return copy_memory(r.authenticationPayload, r.authenticationPayloadSize)
+
+
 class HttpRequestView(Borrowed):
     """The request Orthanc passes to a REST callback, read lazily.
 
@@ -157,6 +168,10 @@ class HttpRequestView(Borrowed):
     @property
     def body(self) -> bytes:
         return self._read(_body_of)  # type: ignore[no-any-return]
+
+    @property
+    def auth_payload(self) -> bytes | None:
+        return self._read(_auth_payload_of)  # type: ignore[no-any-return]
 
 
 RestHandler = Callable[[int, str, HttpRequestView], int]

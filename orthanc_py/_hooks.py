@@ -288,6 +288,68 @@ metrics = Hook("refresh-metrics callback", _connect_metrics)
 """Called each time Orthanc refreshes its metrics (a monitoring tool reads them); every handler runs."""
 
 
+# --- HTTP authentication (Orthanc 1.12.9) --------------------------------------------------
+
+AuthStatus = _sdk.OrthancPluginHttpAuthenticationStatus
+
+Authenticate = Callable[[str, str, "dict[str, str]", "dict[str, str]"], "tuple[int, bytes | None]"]
+"""``authenticate(uri, ip, headers, get)`` returns ``(status, payload or redirection path)``, or raises
+:class:`Refused`."""
+
+
+def _connect_http_authentication(hook: Hook) -> None:
+    strings = _capi.c_strings
+    granted, redirect = int(AuthStatus.Granted), int(AuthStatus.Redirect)
+
+    def c_authenticate(status: Any, payload: Any, redirection: Any, uri: bytes | None, ip: bytes | None,
+                       headers_count: int, headers_keys: Any, headers_values: Any, get_count: int, get_keys: Any,
+                       get_values: Any) -> int:
+        headers = dict(zip(strings(headers_keys, headers_count), strings(headers_values, headers_count)))
+        get = dict(zip(strings(get_keys, get_count), strings(get_values, get_count)))
+        entry = hook.handlers[0]
+        result = _run(entry, None, "the request is refused (HTTP 403)", _decode(uri), _decode(ip), headers, get)
+        # A handler that breaks refuses: access is never granted by accident.
+        verdict, data = result if result is not None else (int(AuthStatus.Forbidden), None)
+        status[0] = verdict
+        if data and verdict == granted:
+            _capi.fill_memory_buffer(payload, data, wide=False)
+        elif data and verdict == redirect:
+            _capi.fill_memory_buffer(redirection, data, wide=False)
+        return 0
+
+    params = _sdk._OrthancPluginHttpAuthentication()
+    params.callback = _capi.trampoline(_sdk.OrthancPluginHttpAuthentication, "the HTTP authentication")(c_authenticate)
+    register(Service.RegisterHttpAuthentication, params, "the HTTP authentication")
+
+
+http_authentication = Hook("HTTP authentication handler", _connect_http_authentication, single=True)
+"""Authenticates every HTTP request (Orthanc 1.12.9): Orthanc takes one for all its plugins."""
+
+
+# --- audit logs (Orthanc 1.12.9) ------------------------------------------------------------
+
+AuditLogHandler = Callable[[str, str, int, str, str, bytes], None]
+"""``handler(source_plugin, user_id, resource_type, resource_id, action, data)``."""
+
+
+def _connect_audit_logs(hook: Hook) -> None:
+    def c_audit(source: bytes | None, user: bytes | None, resource_type: int, resource_id: bytes | None,
+                action: bytes | None, data: Any, size: int) -> int:
+        args = (_decode(source), _decode(user), resource_type, _decode(resource_id), _decode(action),
+                _capi.copy_memory(data, size))
+        for entry in hook.handlers:
+            _run(entry, None, "the other audit-log handlers still run", *args)
+        return 0
+
+    params = _sdk._OrthancPluginAuditLogHandler()
+    params.handler = _capi.trampoline(_sdk.OrthancPluginAuditLogHandler, "the audit-log handlers")(c_audit)
+    register(Service.RegisterAuditLogHandler, params, "the audit-log handlers")
+
+
+audit_logs = Hook("audit-log handler", _connect_audit_logs)
+"""Told each audit log a plugin emits (Orthanc 1.12.9); every handler runs."""
+
+
 # --- hooks that hold one handler ----------------------------------------------------------
 
 # Orthanc keeps one of each of these (or the official plugin does, and

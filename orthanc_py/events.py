@@ -20,11 +20,12 @@ from typing import Any, Callable, TypeVar, overload
 
 from . import _calls, _capi, _events, _hooks, _runtime, _sdk_calls, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
+from ._enums import StableStatus as _StableStatus
 
 __all__ = [
-    "Change", "ChangeType", "IncomingInstance", "InstanceOrigin", "ReceivedInstance", "ResourceType",
-    "StoredInstance", "cstore_filter", "every", "instance_filter", "on_change", "on_received_instance",
-    "on_shutdown", "on_startup", "on_stored_instance",
+    "AuditLog", "Change", "ChangeType", "IncomingInstance", "InstanceOrigin", "ReceivedInstance", "ResourceType",
+    "StoredInstance", "cstore_filter", "emit_audit_log", "every", "instance_filter", "mark_stable", "mark_unstable",
+    "on_audit_log", "on_change", "on_received_instance", "on_shutdown", "on_startup", "on_stored_instance",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,6 +41,111 @@ class Change:
     """The level of the resource it happened to (``NONE`` for changes about no resource)."""
     resource_id: str | None
     """The Orthanc ID of the resource, or ``None`` for changes about no resource."""
+
+    def mark_stable(self) -> bool:
+        """Declares the change's patient, study or series stable now: see :func:`mark_stable`."""
+        return mark_stable(self._resource("mark_stable"))
+
+    def mark_unstable(self) -> bool:
+        """Declares the change's patient, study or series not stable: see :func:`mark_unstable`."""
+        return mark_unstable(self._resource("mark_unstable"))
+
+    def _resource(self, what: str) -> str:
+        if self.resource_id is None or self.resource_type not in _STABILISING:
+            raise ValueError(f"Change.{what}(): a {self.change_type.name} change is about no patient, study "
+                             "or series; only those become stable")
+        return self.resource_id
+
+
+_STABILISING = (ResourceType.PATIENT, ResourceType.STUDY, ResourceType.SERIES)
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    """An audit log a plugin emitted: who did what to which resource (Orthanc 1.12.9 and later)."""
+
+    source_plugin: str
+    """The plugin that emitted it, which gives ``action`` and ``data`` their meaning."""
+    user_id: str
+    """The user or entity that acted."""
+    resource_type: ResourceType
+    """The level of the resource acted on."""
+    resource_id: str
+    """The Orthanc ID of the resource."""
+    action: str
+    """What was done (the source plugin's word for it)."""
+    data: bytes
+    """What the source plugin attached."""
+
+    def json(self) -> Any:
+        """``data`` parsed as JSON (what :func:`emit_audit_log` attaches)."""
+        return json.loads(self.data)
+
+
+_AUDIT_SINCE = (1, 12, 9)
+_name = _capi.name_of
+
+
+def on_audit_log(function: F) -> F:
+    """Calls the decorated ``handler(log)`` with each :class:`AuditLog` a plugin emits.
+
+    A handler records it (a database, a message broker...). Several may be
+    declared, with this decorator or ``orthanc.RegisterAuditLogHandler``:
+    each is told, in the order declared; one that raises is logged and the
+    others still run. Handlers run on the thread of the plugin that emits,
+    while it waits: keep them quick.
+
+    :raises SdkVersionError: on an Orthanc older than 1.12.9.
+    """
+    if not callable(function):
+        raise TypeError(f"@on_audit_log: the handler must be callable, not {type(function).__name__}")
+
+    def deliver(source: str, user: str, resource_type: int, resource_id: str, action: str, data: bytes) -> None:
+        function(AuditLog(source, user, ResourceType(resource_type), resource_id, action, data))
+
+    if _capi.is_attached() and _capi.release < _AUDIT_SINCE:
+        raise _calls.too_old("OrthancPluginRegisterAuditLogHandler", _AUDIT_SINCE)
+    _hooks.audit_logs.add(deliver, "@on_audit_log", f"the audit-log handler {_name(function)}")
+    return function
+
+
+def emit_audit_log(action: str, resource_id: str, *, resource_type: ResourceType = ResourceType.STUDY,
+                   user_id: str = "", data: Any = None) -> None:
+    """Emits an audit log, which Orthanc hands to every plugin's audit-log handlers (Orthanc 1.12.9 and later).
+
+    :param action: what was done (``"forwarded"``, ``"anonymized"``...).
+    :param resource_id: the Orthanc ID of the resource acted on.
+    :param resource_type: its level.
+    :param user_id: who acted.
+    :param data: attached as JSON (``bytes`` as they are).
+    :raises SdkVersionError: on an Orthanc older than 1.12.9.
+    """
+    payload = data if isinstance(data, bytes) else json.dumps(data).encode("utf-8")
+    _sdk_calls.call("EmitAuditLog", _calls.PLUGIN_NAME.decode(), user_id, resource_type, resource_id, action, payload)
+
+
+def mark_stable(resource_id: str) -> bool:
+    """Declares a patient, study or series stable now, without waiting ``StableAge`` seconds.
+
+    Orthanc then sends its ``STABLE_PATIENT``, ``STABLE_STUDY`` or
+    ``STABLE_SERIES`` change, as when the delay runs out: for a script that
+    knows a study is complete (a modality's storage commitment, the count
+    of instances it announced), its forwarding starts at once.
+
+    :returns: ``True`` if the resource was not stable yet, ``False`` if it
+        was already (or is unknown to Orthanc).
+    :raises SdkVersionError: on an Orthanc older than 1.12.9, which has no such service.
+    """
+    return bool(_sdk_calls.call("SetStableStatus", resource_id, _StableStatus.STABLE))
+
+
+def mark_unstable(resource_id: str) -> bool:
+    """Declares a patient, study or series not stable: its ``StableAge`` delay starts again.
+
+    :returns: ``True`` if the resource was stable, ``False`` otherwise.
+    :raises SdkVersionError: on an Orthanc older than 1.12.9.
+    """
+    return bool(_sdk_calls.call("SetStableStatus", resource_id, _StableStatus.UNSTABLE))
 
 
 @overload

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from . import _capi_rest
@@ -35,6 +35,9 @@ class Headers(dict):  # type: ignore[type-arg]
         return super().get(name.lower(), default)
 
 
+_UNREAD = object()
+
+
 class Request:
     """An HTTP request to a route.
 
@@ -49,6 +52,7 @@ class Request:
     _headers: Headers | None = None
     _body: bytes | None = None
     _groups: tuple[str, ...] | None = None
+    _auth: Any = _UNREAD
 
     def __init__(self, view: _capi_rest.HttpRequestView | None, path: str, path_params: dict[str, Any],
                  method: str | None = None) -> None:
@@ -87,6 +91,23 @@ class Request:
         return self._body
 
     @property
+    def auth(self) -> Any:
+        """Who the :func:`~orthanc_py.http_auth` handler let in: what it returned for this request.
+
+        ``None`` when the script has no such handler, or on an Orthanc older
+        than 1.12.9 (which hands no identity to routes). A payload that is
+        not JSON (one set through ``orthanc.RegisterHttpAuthentication``)
+        comes as ``bytes``.
+        """
+        if self._auth is _UNREAD:
+            payload = self._from_view().auth_payload
+            try:
+                self._auth = None if payload is None else json.loads(payload)
+            except ValueError:
+                self._auth = payload
+        return self._auth
+
+    @property
     def groups(self) -> tuple[str, ...]:
         """The groups of the rule's regular expression, as Orthanc matched them."""
         if self._groups is None:
@@ -114,6 +135,7 @@ class Request:
         """A complete copy that outlives the handler (and pickles)."""
         copy = Request(None, self.path, self.path_params, self.method)
         copy._args, copy._headers, copy._body, copy._groups = self.args, self.headers, self.body, self.groups
+        copy._auth = self.auth
         return copy
 
     def __getstate__(self) -> dict[str, Any]:
@@ -128,8 +150,10 @@ class Request:
 class Response:
     """An HTTP answer with a status, headers and a content type of one's choosing.
 
-    :param body: ``str`` (sent as UTF-8), ``bytes``, or a ``dict``/``list`` sent as JSON.
-    :param status: the HTTP status (default 200).
+    :param body: ``str`` (sent as UTF-8), ``bytes``, a ``dict``/``list`` sent as JSON, or an
+        iterator (a generator...) of ``bytes``/``str`` chunks, streamed as they come (see
+        :func:`orthanc_py.route`).
+    :param status: the HTTP status (default 200; a streamed answer is always a 200).
     :param headers: extra headers (``str`` values; ``int`` values are turned into text); a
         ``Content-Type`` among them, in any case, becomes the content type. A redirect
         (``302``, ``303``, ``307``) or a ``201`` sends its ``Location`` with the other headers;
@@ -142,10 +166,20 @@ class Response:
         to add headers of its own (header injection).
     """
 
-    def __init__(self, body: str | bytes | dict[str, Any] | list[Any] | None = b"", status: int = 200,
-                 headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    stream: Iterator[bytes | str] | None
+    """The chunks of a streamed answer (``body`` is then empty), else ``None``."""
+
+    def __init__(self, body: str | bytes | dict[str, Any] | list[Any] | Iterator[bytes | str] | None = b"",
+                 status: int = 200, headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
                  content_type: str | None = None) -> None:
-        if isinstance(body, (dict, list)):
+        self.stream = None
+        if isinstance(body, Iterator):
+            if status != 200:
+                raise ValueError(f"a streamed answer is sent with the status 200, not {status}: "
+                                 "answer other statuses with a body that is not an iterator")
+            self.stream = body
+            data, default_type = b"", "application/octet-stream"
+        elif isinstance(body, (dict, list)):
             data, default_type = json.dumps(body).encode("utf-8"), "application/json"
         elif isinstance(body, str):
             data, default_type = body.encode("utf-8"), "text/plain; charset=utf-8"
@@ -154,7 +188,8 @@ class Response:
         elif body is None:
             data, default_type = b"", "application/octet-stream"
         else:
-            raise TypeError(f"Response body must be str, bytes, dict, list or None, not {type(body).__name__}")
+            raise TypeError(f"Response body must be str, bytes, dict, list, an iterator of chunks or None, "
+                            f"not {type(body).__name__}")
         if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
             raise ValueError(f"Response status must be an HTTP status between 200 and 599, not {status!r}")
         self.body = data
@@ -164,7 +199,27 @@ class Response:
         self.content_type = checked_header_value("Content-Type", content_type or given_type or default_type)
 
     def __repr__(self) -> str:
+        if self.stream is not None:
+            return f"<Response {self.status} {self.content_type} streamed>"
         return f"<Response {self.status} {self.content_type} {len(self.body)} bytes>"
+
+    def buffered(self) -> Response:
+        """This answer with its stream read to the end and joined into ``body`` (itself if not streamed)."""
+        if self.stream is not None:
+            self.body = b"".join(map(chunk_bytes, self.stream))
+            self.stream = None
+        return self
+
+
+def chunk_bytes(chunk: Any) -> bytes:
+    """One chunk of a streamed answer as bytes: ``str`` is sent as UTF-8."""
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"a streamed answer's chunks must be bytes or str, not {type(chunk).__name__}")
 
 
 class HTTPError(Exception):
@@ -255,6 +310,23 @@ def pop_content_type(headers: dict[str, str]) -> str | None:
     for name in [n for n in headers if n.lower() == "content-type"]:
         found = headers.pop(name)
     return found
+
+
+class AuthRequest:
+    """What an :func:`~orthanc_py.http_auth` handler knows of a request (Orthanc gives no method)."""
+
+    def __init__(self, path: str, ip: str, headers: Headers, args: dict[str, str]) -> None:
+        self.path = path
+        """The path asked for (any route: Orthanc's own and the script's), without the query string."""
+        self.ip = ip
+        """The client's IP address."""
+        self.headers = headers
+        """The HTTP headers (names match without regard to case)."""
+        self.args = args
+        """The query arguments, decoded."""
+
+    def __repr__(self) -> str:
+        return f"<AuthRequest {self.path} from {self.ip}>"
 
 
 class FilterRequest:

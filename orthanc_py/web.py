@@ -20,13 +20,14 @@ import concurrent.futures
 import json
 import pickle
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, TypeVar, Union
 
 from . import _calls, _capi, _capi_rest, _hooks, _runtime, _sdk_calls
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .http_messages import (
+    AuthRequest,
     FilterRequest,
     Headers,
     HTTPError,
@@ -35,6 +36,7 @@ from .http_messages import (
     abort,
     checked_header_value,
     checked_headers,
+    chunk_bytes,
     make_response,
     pop_content_type,
 )
@@ -42,8 +44,8 @@ from .offload import WorkerCrashed, default_pool, run_in_worker, submit
 from .rest import RestError
 
 __all__ = [
-    "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "WorkerCrashed", "abort", "add_route",
-    "http_filter", "route", "run_in_worker",
+    "AuthRequest", "FilterRequest", "HTTPError", "Request", "Response", "RuleError", "WorkerCrashed", "abort",
+    "add_route", "http_auth", "http_filter", "route", "run_in_worker",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,6 +87,8 @@ def _answer(output: int, response: Response) -> _capi_rest.RouteResult:
         return 0
     for name, value in headers.items():
         _sdk_call("SetHttpHeader", output, name, value)
+    if response.stream is not None:
+        return _stream(output, response.stream, content_type)
     if status == 200:
         _capi_rest.check_answer_size(len(response.body))
         return 0, response.body, content_type.encode("utf-8")
@@ -108,6 +112,45 @@ def _answer(output: int, response: Response) -> _capi_rest.RouteResult:
     return 0
 
 
+# The first Orthanc with OrthancPluginStartStreamAnswer.
+STREAMING_SINCE = (1, 12, 6)
+_buffered_warned: list[bool] = []
+
+
+def _stream(output: int, chunks: Iterator[Any], content_type: str) -> _capi_rest.RouteResult:
+    """Sends each chunk as the handler yields it; on an Orthanc without streams, all of them at once.
+
+    Orthanc sends each chunk while the GIL is released (the SDK call of
+    every chunk), so other threads run while a slow client reads. When
+    the client goes away, the generator is closed (its ``finally`` runs)
+    and nothing more is read from it.
+    """
+    try:
+        if _capi.release < STREAMING_SINCE:
+            if not _buffered_warned:
+                _buffered_warned.append(True)
+                _capi.log_warning(
+                    f"orthanc_py: Orthanc {_capi.orthanc_version()} cannot stream answers (Orthanc 1.12.6 can): "
+                    "routes that return an iterator answer once it is exhausted, all chunks in one body")
+            body = b"".join(map(chunk_bytes, chunks))
+            _capi_rest.check_answer_size(len(body))
+            return 0, body, content_type.encode("utf-8")
+        rest_output = _calls.handle_class("OrthancPluginRestOutput")(output)
+        try:
+            _sdk_calls.call("StartStreamAnswer", rest_output, content_type)
+            for chunk in chunks:
+                data = chunk_bytes(chunk)
+                if data:  # an empty chunk would end the stream for the client (chunked encoding)
+                    _sdk_calls.call("SendStreamChunk", rest_output, data)
+        finally:
+            rest_output.detach()  # Orthanc's, not ours to free
+        return 0
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
 def _sdk_call(name: str, output: int, *args: Any) -> None:
     rest_output = _calls.handle_class("OrthancPluginRestOutput")(output)
     try:
@@ -117,8 +160,8 @@ def _sdk_call(name: str, output: int, *args: Any) -> None:
 
 
 def _run_offloaded(handler: Callable[..., Any], request: Request, params: dict[str, Any]) -> Any:
-    """Runs in a worker process: the handler, then the value to answer with."""
-    return make_response(handler(request, **params))
+    """Runs in a worker process: the handler, then the value to answer with (a stream read to its end)."""
+    return make_response(handler(request, **params)).buffered()
 
 
 # --- routes -------------------------------------------------------------------
@@ -178,14 +221,39 @@ class _Endpoint:
         except _capi.OrthancError as error:
             if error.code != _capi.ErrorCode.NetworkProtocol:
                 _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
-                return int(_capi.ErrorCode.Plugin)
+                return _failure(output, self.compiled.rule, handler, error)
             # The client went away before the answer was sent: nothing to fix.
             # The same words and level as the loader's (send_answer() in loader.c).
             _capi.log_info(f"orthanc_py: {self.where}: the client closed the connection before its answer")
             return 0
-        except Exception:
+        except Exception as error:
             _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
-            return int(_capi.ErrorCode.Plugin)
+            return _failure(output, self.compiled.rule, handler, error)
+
+
+def _failure(output: int, rule: str, handler: Callable[..., Any] | None, error: Exception) -> _capi_rest.RouteResult:
+    """The answer to a request whose route raised ``error`` (already logged).
+
+    Orthanc's own 500, which names no exception, except under ``orthanc-py
+    run`` (``Python.DevelopmentServer``): there the answer's JSON names the
+    exception's type and the route too, for the developer at the client.
+    """
+    failure = int(_capi.ErrorCode.Plugin)
+    if not _runtime.settings.development_server:
+        return failure
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    body = {
+        "HttpError": "Internal Server Error",
+        "HttpStatus": 500,
+        "Message": f"{name} in the route {rule} ({_name(handler)}); its traceback is in Orthanc's log",
+        "Exception": name,
+        "Route": rule,
+    }
+    try:
+        return _answer(output, Response(body, 500))
+    except Exception:  # an answer sent already, or refused: Orthanc's own then
+        return failure
 
 
 _TEXT = b"text/plain; charset=utf-8"
@@ -250,6 +318,27 @@ def route(rule: str, methods: Sequence[str] = ("GET",), offload: Offload = False
     Rules are Flask-style: ``/studies/<study_id>``, ``<int:n>``, ``<float:x>``,
     ``<path:rest>``, ``<uuid:u>``; a rule holding regular-expression syntax and
     no ``<...>`` is taken as a raw Orthanc regular expression.
+
+    The handler returns ``str``, ``bytes``, a ``dict``/``list`` (JSON), a
+    :class:`Response`, ``None`` (204), or ``(body, status[, headers])``. A
+    handler that returns an iterator (a generator) **streams** its chunks
+    (``bytes`` or ``str``): each one is sent as it is yielded, while the GIL
+    is released, and the answer ends when the iterator does. Wrap it in a
+    :class:`Response` to set the content type or headers::
+
+        @route("/export.csv")
+        def export(request):
+            def rows():
+                yield "id,name\n"
+                for study in rest.get_json("/studies"):
+                    yield f"{study},\n"
+            return Response(rows(), content_type="text/csv")
+
+    Orthanc streams from 1.12.6 on; an older one gets every chunk in one
+    buffered answer, and the log says so once. A streamed answer has no
+    length: it ends when Orthanc closes the connection, so an exception
+    after the first chunk ends it short (and is logged). A client that
+    goes away closes the generator, whose ``finally`` runs.
     """
 
     def decorator(function: F) -> F:
@@ -270,6 +359,78 @@ def _check_picklable(rule: str, handler: Callable[..., Any]) -> None:
 
 
 _name = _capi.name_of
+
+
+# --- authentication ---------------------------------------------------------------------
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def http_auth(function: F) -> F:
+    """Authenticates every HTTP request with the decorated ``handler(request)`` (Orthanc 1.12.9 and later).
+
+    ``request`` is an :class:`AuthRequest` (path, client IP, headers, query
+    arguments). The handler returns who the client is -- a ``dict``, a
+    ``str``, ``True``... anything JSON can carry -- to let the request in:
+    routes read it back as :attr:`Request.auth`. ``None`` or ``False``
+    answers HTTP 401. To refuse someone known, ``abort(403)``; to send a
+    browser to a login page, ``raise HTTPError(307, headers={"Location":
+    "/my-app/login"})`` (a path on this Orthanc)::
+
+        @http_auth
+        def check_token(request):
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            user = TOKENS.get(token)
+            if user is None:
+                return None  # 401
+            if request.path.startswith("/tools/") and not user["admin"]:
+                abort(403)
+            return user
+
+    Orthanc takes one such handler for all its plugins, and then ignores its
+    own ``RegisteredUsers`` and ``AuthenticationEnabled`` options. A handler
+    that raises anything else, or returns something JSON cannot carry,
+    refuses the request (HTTP 403) and the reason goes to Orthanc's log:
+    a broken handler never lets a request in. It runs on Orthanc's HTTP
+    threads for every request, Orthanc Explorer's included: keep it quick.
+
+    :raises SdkVersionError: on an Orthanc older than 1.12.9.
+    :raises RuntimeError: when the script has one already (here or with
+        ``orthanc.RegisterHttpAuthentication``).
+    """
+    if not callable(function):
+        raise TypeError(f"@http_auth: the handler must be callable, not {type(function).__name__}")
+    status = _hooks.AuthStatus
+
+    def authenticate(uri: str, ip: str, headers: dict[str, str], get: dict[str, str]) -> tuple[int, bytes | None]:
+        args = {k: urllib.parse.unquote_plus(v) for k, v in get.items()}
+        try:
+            identity = function(AuthRequest(uri, ip, Headers(headers.items()), args))
+        except HTTPError as error:
+            if error.status == 401:
+                return int(status.Unauthorized), None
+            if error.status == 403:
+                return int(status.Forbidden), None
+            location = next((v for n, v in error.headers.items() if n.lower() == "location"), None)
+            if error.status in _REDIRECTS and location:
+                return int(status.Redirect), location.encode("utf-8")
+            raise _hooks.Refused(f"raised HTTPError({error.status}): abort(401), abort(403) or a redirect "
+                                 "with a Location header are the answers Orthanc can give") from None
+        if identity is None or identity is False:
+            return int(status.Unauthorized), None
+        try:
+            payload = json.dumps(identity).encode("utf-8")
+        except (TypeError, ValueError) as error:
+            raise _hooks.Refused(f"returned an identity JSON cannot carry ({error})") from None
+        return int(status.Granted), payload
+
+    if _capi.is_attached() and _capi.release < _AUTH_SINCE:
+        raise _calls.too_old("OrthancPluginRegisterHttpAuthentication", _AUTH_SINCE)
+    _hooks.http_authentication.add(authenticate, "@http_auth", f"the HTTP authentication {_name(function)}")
+    return function
+
+
+_AUTH_SINCE = (1, 12, 9)
 
 
 # --- filtering incoming requests ----------------------------------------------------

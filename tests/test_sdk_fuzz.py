@@ -54,6 +54,7 @@ import traceback
 
 import orthanc
 from orthanc_py import _calls, _capi, _sdk, _sdk_calls, cli
+from orthanc_py import _compat as orthanc_py_compat
 
 PREFIX = "OrthancPlugin"
 SAMPLE = open("sample.dcm", "rb").read()
@@ -113,7 +114,8 @@ def required(function):
                if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-excluded = set(cli.DELIBERATE_EXCLUSIONS)
+# Excluded on purpose, and not reachable (yet): sdk-coverage counts neither.
+excluded = set(cli.DELIBERATE_EXCLUSIONS) | (set(orthanc_py_compat.UNSUPPORTED) - set(cli.COVERED_BY))
 SURFACE = [(name, *entry_point(name)) for name in sorted(_sdk.FUNCTIONS) if name not in excluded]
 
 

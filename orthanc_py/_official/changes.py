@@ -17,7 +17,28 @@ __all__ = [
     "DicomInstance",
     "RegisterOnChangeCallback",
     "RegisterOnStoredInstanceCallback",
+    "SetStableStatus",
 ]
+
+
+def SetStableStatus(resourceId: str, stableStatus: int) -> tuple[int, int]:
+    """Declares a patient, study or series stable (``StableStatus.STABLE``) or not (``UNSTABLE``).
+
+    Returns ``(error code, changed)`` as the official plugin 7.1 does: the
+    error code is 0 when Orthanc accepted the call, and ``changed`` is 1 when
+    the resource's status changed (0 when it already had it, or is unknown).
+    A stable resource gets its ``STABLE_*`` change. Needs Orthanc 1.12.9.
+    """
+    if type(resourceId) is not str or isinstance(stableStatus, bool) or not isinstance(stableStatus, int):
+        raise TypeError("SetStableStatus() takes the resource's ID (str) and orthanc.StableStatus.STABLE (0) or "
+                        f"UNSTABLE (1), not {type(resourceId).__name__} and {type(stableStatus).__name__}")
+    try:
+        changed = _sdk_calls.call("SetStableStatus", resourceId, stableStatus)
+    except _capi.SdkVersionError:
+        raise
+    except _capi.OrthancError as error:
+        return int(error.code), 0
+    return 0, int(changed)
 
 
 class DicomInstance(Handle):
