@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import _paths, server
 from ._paths import install_source, plugin_path, reinstall_command
 from ._version import __version__
-from .devserver import DevServer
+from .devserver import DevServer, port_taken
 
 # Debian's official Python plugin, loaded by Debian's default configuration.
 OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
@@ -24,10 +24,10 @@ OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 # `orthanc-py run` is for development: a study is stable a few seconds after
 # its last instance, not after Orthanc's minute, so that STABLE_* handlers
 # answer while the developer watches.
-DEV_STABLE_AGE = 5
+DEV_STABLE_AGE = server.DEVELOPMENT_STABLE_AGE
 
-# The exit status of `orthanc-py run` when a port it needs is taken (make run
-# adds how to pick other ports).
+# The exit status of `orthanc-py run` when a port it needs is taken (its line
+# names what picks another: the flag, or make run's variable).
 EXIT_PORT_IN_USE = 3
 
 
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Writes an Orthanc configuration that loads orthanc_py with SCRIPT and starts "
         "the Orthanc binary in the foreground. Orthanc accepts HTTP from this machine only "
         "(RemoteAccessAllowed false) unless --config turns remote access on, and then Orthanc's "
-        "authentication applies (RegisteredUsers). Ctrl-C stops it. "
+        "authentication applies (RegisteredUsers). Ctrl-C, or SIGINT or SIGTERM sent to orthanc-py alone, "
+        "stops it cleanly. Once Orthanc serves, orthanc-py lists the script's routes; / opens Orthanc Explorer. "
+        "A route that raises answers the exception's type and the route (here only, not in production). "
         f"When a port is already in use, orthanc-py says so and exits with status {EXIT_PORT_IN_USE}; "
         "when Orthanc stops by itself (the script failed to load, say), a closing line says why.",
     )
@@ -153,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
     base = server.read_orthanc_json(args.config) if args.config else None
     storage = os.path.abspath(args.storage)
     os.makedirs(storage, exist_ok=True)
-    for port, flag in ((args.http_port, "--http-port"), (args.dicom_port, "--dicom-port")):
+    for port, kind in ((args.http_port, "HTTP"), (args.dicom_port, "DICOM")):
         if server.port_in_use(port):
-            print(f"orthanc-py: error: {_port_taken(port, flag)}", file=sys.stderr)
+            print(f"orthanc-py: error: {port_taken(port, kind)}", file=sys.stderr)
             return EXIT_PORT_IN_USE
     configuration = server.build_configuration(args.script, storage, args.http_port, args.dicom_port, base=base)
     if args.stable_age is not None:
@@ -166,24 +168,13 @@ def run(args: argparse.Namespace) -> int:
     return DevServer(binary, script, configuration, args.verbose, args.reload).serve()
 
 
-def _port_taken(port: int, flag: str) -> str:
-    """One line: which port is taken, by what when it can tell, and the flag that picks another."""
-    holder = ""
-    if flag == "--http-port":
-        version = server.orthanc_answering(port)
-        if version is not None:
-            holder = (
-                f" by an Orthanc{' ' + version if version else ''} (Debian's orthanc service listens on 8042 and 4242)"
-            )
-    kind = "HTTP" if flag == "--http-port" else "DICOM"
-    return f"the {kind} port {port} is already in use{holder}; choose another with {flag} N"
-
-
 # SDK functions that scripts have no use for, on purpose.
 DELIBERATE_EXCLUSIONS = {
     "OrthancPluginFreeString": "orthanc_py frees every string Orthanc returns itself",
     "OrthancPluginFreeMemoryBuffer": "orthanc_py copies and frees every buffer Orthanc returns itself",
     "OrthancPluginFreeMemoryBuffer64": "orthanc_py copies and frees every buffer Orthanc returns itself",
+    "OrthancPluginRegisterDatabaseBackendV4": "a database back-end serves every query of Orthanc's index under "
+    "its locks: one in Python would serialise the whole server on the GIL; use Orthanc's SQLite or PostgreSQL",
 }
 
 

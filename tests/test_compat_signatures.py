@@ -34,16 +34,11 @@ UNREACHABLE_IN_OFFICIAL = {"Job", "StorageArea"}
 # What the official plugins 5.0 and 7.1 reach of the SDK of Orthanc 1.11 to 1.13, which the
 # orthanc module does not reach yet (`orthanc-py sdk-coverage` on such an Orthanc).
 NEWER_SDK = {
-    "AcknowledgeQueueValue", "CreateKeysValuesIterator", "DeleteKeyValue", "DequeueValue",
     "DicomConnection.GetConnectionCalledAet", "DicomConnection.GetConnectionRemoteAet",
-    "DicomConnection.GetConnectionRemoteIp", "EmitAuditLog", "EnqueueValue", "ExtendOrthancExplorer2",
-    "GetAttachmentCustomData", "GetDatabaseServerIdentifier", "GetKeyValue", "GetQueueSize",
-    "KeysValuesIterator.GetKey", "KeysValuesIterator.GetValue", "KeysValuesIterator.Next", "LoadDicomInstance",
-    "LogMessage", "RegisterFindCallback2", "RegisterMoveCallback2", "RegisterMoveCallback3",
-    "RegisterStorageArea3", "RegisterStorageCommitmentScpCallback2", "RegisterWorklistCallback2",
-    "ReserveQueueValue", "RestOutput.SendStreamChunk", "RestOutput.StartStreamAnswer", "SetAttachmentCustomData",
-    "SetCurrentThreadName", "SetDescription2", "SetMetricsIntegerValue", "SetRootUri2", "SetStableStatus",
-    "StoreKeyValue",
+    "DicomConnection.GetConnectionRemoteIp", "GetAttachmentCustomData",
+    "RegisterFindCallback2", "RegisterMoveCallback2", "RegisterMoveCallback3", "RegisterStorageArea3",
+    "RegisterStorageCommitmentScpCallback2", "RegisterWorklistCallback2",
+    "SetAttachmentCustomData",
 }
 
 

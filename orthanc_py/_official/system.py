@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .. import _capi, _hooks, _sdk
+from .. import _calls, _capi, _hooks
 from .registration import (
     _call,
     _check_callable,
@@ -17,6 +17,7 @@ from .registration import (
 __all__ = [
     "CheckVersion",
     "CheckVersionAdvanced",
+    "ClearCurrentThreadName",
     "GetErrorDescription",
     "LogError",
     "LogInfo",
@@ -24,6 +25,21 @@ __all__ = [
     "LookupDictionary",
     "RegisterRefreshMetricsCallback",
 ]
+
+
+def ClearCurrentThreadName() -> None:
+    """Removes the name ``SetCurrentThreadName()`` gave the calling thread in Orthanc's logs (Orthanc 1.13.0).
+
+    A thread of the script that is about to serve something else (a pool's
+    worker, say) clears the name it took for its previous task.
+    """
+    if _capi.release < _CLEAR_THREAD_NAME_SINCE:
+        raise _calls.too_old("OrthancPluginClearCurrentThreadName", _CLEAR_THREAD_NAME_SINCE)
+    # The service takes no parameters: InvokeService gets NULL.
+    _capi.call(int(_capi.Service.ClearCurrentThreadName), None, "ClearCurrentThreadName")
+
+
+_CLEAR_THREAD_NAME_SINCE = (1, 13, 0)
 
 
 def CheckVersionAdvanced(expectedMajor: int, expectedMinor: int, expectedRevision: int) -> int:
