@@ -189,6 +189,10 @@ COVERED_BY = {
     # GET arguments and range reads to the older ones.
     "OrthancPluginRegisterIncomingHttpRequestFilter2": "orthanc.RegisterIncomingHttpRequestFilter",
     "OrthancPluginRegisterStorageArea2": "orthanc.RegisterStorageArea",
+    # On Orthanc 1.11.3 and later, a job that is not saved (no serialized
+    # callback) is created through CreateJob2: its content goes over in
+    # Orthanc's buffers instead of a text the plugin keeps.
+    "OrthancPluginCreateJob2": "orthanc.CreateJob",
 }
 
 

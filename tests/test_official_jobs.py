@@ -18,6 +18,7 @@ received is read back through a REST route of the script.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,6 +156,7 @@ KINDS = {
     "text-serialized": {"serialized": lambda: "step 1 of 3"},
     "changing": {"content": lambda: STATE["content"], "serialized": lambda: STATE["serialized"],
                  "progress": lambda: STATE["progress"]},
+    "not-saved": {"content": lambda: STATE["content"], "progress": lambda: STATE["progress"]},
 }
 
 def Step():
@@ -320,3 +322,19 @@ def test_a_job_orthanc_refuses_belongs_to_orthanc_and_is_never_freed_again(make_
         assert refused["jobs alive"] == 0  # Orthanc finalized it
     time.sleep(0.2)
     assert_alive(server)
+
+
+def test_a_job_that_is_not_saved_goes_through_the_newer_service(jobs):
+    """CreateJob2 on Orthanc 1.11.3 and later, except for jobs whose state is saved (Orthanc's own bug)."""
+    deprecated = "deprecated OrthancPluginCreateJob() function"
+    not_saved = submit(jobs, "not-saved")["ID"]
+    job_shows(jobs, not_saved, {"step": 1}, 25)
+    assert jobs.log.count(deprecated) == 0
+    saved = submit(jobs, "changing")["ID"]
+    job_shows(jobs, saved, {"step": 1}, 25)
+    version = jobs.get_json("/system")["Version"]
+    if tuple(map(int, version.split(".")[:3])) >= (1, 11, 3):
+        jobs.wait_for_log(re.escape(deprecated))  # the saved job: Orthanc says the older service is deprecated
+        assert jobs.log.count(deprecated) == 1
+    else:
+        assert jobs.log.count(deprecated) == 0  # Orthanc 1.10 has one service, and no such warning

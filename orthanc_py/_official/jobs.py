@@ -56,7 +56,8 @@ class _JobState:
         # where nothing catches it (the process aborts): a bad value is
         # replaced by the last good one. Before any, the content is "{}" and
         # the job is not saved (NULL).
-        self.good: dict[str, Any] = {"content": _EMPTY_OBJECT, "serialized": None}
+        self.good: dict[str, bytes | None] = {"content": b"{}", "serialized": None}
+        self.buffers: dict[str, Any] = {}
         self.progress = 0.0
         # What was last logged about each callback, so that a bad value that
         # every GET /jobs asks for again is reported once, not per request.
@@ -70,39 +71,37 @@ class _JobState:
             self.complaints[name] = kind
             _capi.log_error(f"orthanc_py: {self.where(name)} {message}")
 
-    def remember(self, name: str, text: bytes | None) -> int | None:
-        """Keeps ``text`` as the last good value of ``name``; returns the address to give Orthanc."""
-        self.complaints.pop(name, None)
-        if text is None:
-            self.good[name] = None
-            return None
-        buffer = ctypes.create_string_buffer(text)
-        self.kept.append(buffer)
-        self.good[name] = buffer
-        return ctypes.addressof(buffer)
-
-    def last_good(self, name: str) -> int | None:
-        buffer = self.good[name]
-        return None if buffer is None else ctypes.addressof(buffer)
-
-    def c_json(self, name: str) -> int | None:
-        """The address of the JSON text of ``callbacks[name]()``, or of the last good one."""
+    def text_of(self, name: str) -> bytes | None:
+        """The JSON text of ``callbacks[name]()``, or the last good one when it fails (logged once)."""
         try:
             value = self.callbacks[name]()
         except BaseException:  # logged; the last good value stays
             _capi.report_exception(self.where(name))
-            return self.last_good(name)
+            return self.good[name]
         if value is None and name == "serialized":
-            return self.remember(name, None)  # NULL: the job is not saved
-        try:
-            text = _job_json(value)
-        except _BadJobValue as error:
-            keeps = (
-                "Orthanc shows the last valid content" if name == "content" else "Orthanc keeps the last valid state"
-            )
-            self.complain(name, error.kind, f"{error}; {keeps} (return a dict of JSON values)")
-            return self.last_good(name)
-        return self.remember(name, text)
+            text = None  # the job is not saved
+        else:
+            try:
+                text = _job_json(value)
+            except _BadJobValue as error:
+                keeps = ("Orthanc shows the last valid content" if name == "content"
+                         else "Orthanc keeps the last valid state")
+                self.complain(name, error.kind, f"{error}; {keeps} (return a dict of JSON values)")
+                return self.good[name]
+        self.complaints.pop(name, None)
+        self.good[name] = text
+        return text
+
+    def c_json(self, name: str) -> int | None:
+        """The address of the JSON text of ``callbacks[name]()``, or of the last good one (CreateJob)."""
+        text = self.text_of(name)
+        if text is None:
+            return None
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.value != text:
+            buffer = self.buffers[name] = ctypes.create_string_buffer(text)
+            self.kept.append(buffer)
+        return ctypes.addressof(buffer)
 
     def c_progress(self) -> float:
         try:
@@ -177,6 +176,8 @@ _jobs: dict[int, _JobState] = {}
 _job_ids = itertools.count(1)
 _jobs_lock = threading.Lock()
 _EMPTY_OBJECT = ctypes.create_string_buffer(b"{}")
+CREATE_JOB2_SINCE = (1, 11, 3)
+_FIELDS = ("finalize", "getProgress", "getContent", "getSerialized", "step", "stop", "reset")
 _job_thunks: dict[str, Any] = {}
 
 
@@ -249,6 +250,23 @@ def _job_callbacks() -> dict[str, Any]:
                 return PLUGIN_ERROR
         return SUCCESS
 
+    # CreateJob2 (Orthanc 1.11.3): the texts are copied into Orthanc's buffers, nothing is kept.
+    def c_content2(target: Any, job: int | None) -> int:
+        state = state_of(job)
+        text = b"{}" if state is None or state.callbacks.get("content") is None else state.text_of("content")
+        _capi.fill_memory_buffer(target, text or b"{}", wide=False)
+        return SUCCESS
+
+    def c_serialized2(target: Any, job: int | None) -> int:
+        state = state_of(job)
+        if state is None or state.callbacks.get("serialized") is None:
+            return 0  # the job is not saved in Orthanc's database
+        text = state.text_of("serialized")
+        if text is None:
+            return 0
+        _capi.fill_memory_buffer(target, text, wide=False)
+        return 1
+
     # Each function handles its own errors, to name the job in the log; the
     # trampoline is the last guard.
     thunks = {
@@ -259,6 +277,12 @@ def _job_callbacks() -> dict[str, Any]:
         )(c_content),
         "getSerialized": _capi.trampoline(_sdk.OrthancPluginJobGetSerialized, "a job's serialize callback", 0)(
             c_serialized
+        ),
+        "getContent2": _capi.trampoline(_sdk.OrthancPluginJobGetContent2, "a job's content callback", PLUGIN_ERROR)(
+            c_content2
+        ),
+        "getSerialized2": _capi.trampoline(_sdk.OrthancPluginJobGetSerialized2, "a job's serialize callback", -1)(
+            c_serialized2
         ),
         "step": _capi.trampoline(_sdk.OrthancPluginJobStep, "a job's step callback", int(StepStatus.Failure))(c_step),
         "stop": _capi.trampoline(_sdk.OrthancPluginJobStop, "a job's stop callback", PLUGIN_ERROR)(c_stop),
@@ -326,14 +350,20 @@ def CreateJob(jobType: str, step: Callable[[], int], *, progress: Callable[[], f
         _jobs[driver] = state
 
     target = ctypes.POINTER(_sdk.OrthancPluginJob)()
-    params = _sdk._OrthancPluginCreateJob()
+    # CreateJob2 hands the content and the state over in Orthanc's buffers;
+    # the older service reads texts the plugin must keep alive. A job whose
+    # state is saved keeps the older service: Orthanc (1.11.3 to 1.13.0, in
+    # PluginsJob::Serialize) asks a CreateJob2 job's content callback for its
+    # state, takes the "success" code 0 for "not serializable", and never saves it.
+    second = _capi.release >= CREATE_JOB2_SINCE and serialized is None
+    params = _sdk._OrthancPluginCreateJob2() if second else _sdk._OrthancPluginCreateJob()
     params.target = ctypes.pointer(target)
     params.job = driver
     params.type = state.type_bytes
-    for field, thunk in thunks.items():
-        setattr(params, field, thunk)
+    for field in _FIELDS:
+        setattr(params, field, thunks[field + "2"] if second and field + "2" in thunks else thunks[field])
     try:
-        _capi.invoke(Service.CreateJob, params, f"orthanc.{function}()")
+        _capi.invoke(Service.CreateJob2 if second else Service.CreateJob, params, f"orthanc.{function}()")
     except BaseException:
         with _jobs_lock:
             _jobs.pop(driver, None)
