@@ -22,7 +22,21 @@ from typing import Any, Callable
 
 from . import _calls, _capi, _enums, _sdk, _sdk_calls
 from ._calls import Handle
-from ._official import changes, dicomweb, filters, http_client, images, jobs, rest, scp, storage, system, transfers
+from ._official import (
+    changes,
+    dicomweb,
+    filters,
+    http_client,
+    images,
+    jobs,
+    rest,
+    scp,
+    security,
+    storage,
+    stores,
+    system,
+    transfers,
+)
 
 # The orthanc module is the union of its families.
 from ._official.changes import *  # noqa: F403
@@ -35,11 +49,14 @@ from ._official.registration import _SdkMethod
 from ._official.rest import *  # noqa: F403
 from ._official.rest import RestOutput
 from ._official.scp import *  # noqa: F403
+from ._official.security import *  # noqa: F403
 from ._official.storage import *  # noqa: F403
+from ._official.stores import *  # noqa: F403
 from ._official.system import *  # noqa: F403
 from ._official.transfers import *  # noqa: F403
 
-_FAMILIES = (rest, changes, filters, scp, storage, jobs, images, transfers, http_client, dicomweb, system)
+_FAMILIES = (rest, changes, filters, scp, security, storage, stores, jobs, images, transfers, http_client, dicomweb,
+             system)
 
 OrthancException = _capi.OrthancError
 """Raised when an Orthanc SDK call fails; ``args`` are ``(code, description)``."""
@@ -64,7 +81,7 @@ def _enum_class(source: Any) -> type:
 
 
 for _source in vars(_enums).values():
-    if isinstance(_source, type) and issubclass(_source, enum.IntEnum) and _source is not enum.IntEnum:
+    if isinstance(_source, type) and issubclass(_source, enum.IntEnum) and not _source.__name__.startswith("_"):
         globals()[_source.__name__] = _enum_class(_source)
         __all__.append(_source.__name__)
 
@@ -107,7 +124,7 @@ for _family in _FAMILIES:
 _ANSWERING = {
     "AnswerBuffer", "CompressAndAnswerPngImage", "CompressAndAnswerJpegImage", "CompressAndAnswerImage",
     "Redirect", "SendHttpStatus", "SendHttpStatusCode", "SendMethodNotAllowed", "SendUnauthorized",
-    "StartMultipartAnswer",
+    "StartMultipartAnswer", "StartStreamAnswer",
 }
 
 UNSUPPORTED: dict[str, str] = {}

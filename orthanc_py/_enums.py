@@ -11,7 +11,20 @@ import time) so that type checkers and editors know every member.
 import enum
 
 
-class ErrorCode(enum.IntEnum):
+class _Named(enum.IntEnum):
+    """An ``int`` that prints as its name: ``str(ChangeType.STABLE_STUDY)`` is ``"STABLE_STUDY"``."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        # A numeric format ("{:d}", "{:x}") gives the number; any other the name.
+        if spec and spec[-1] in "bcdoxXn":
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
+
+
+class ErrorCode(_Named):
     """The various error codes that can be returned by the Orthanc core."""
 
     INTERNAL_ERROR = -1
@@ -128,7 +141,7 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED_MEDIA_TYPE = 3000
 
 
-class HttpMethod(enum.IntEnum):
+class HttpMethod(_Named):
     """The various HTTP methods for a REST call."""
 
     GET = 1
@@ -137,7 +150,7 @@ class HttpMethod(enum.IntEnum):
     DELETE = 4
 
 
-class PixelFormat(enum.IntEnum):
+class PixelFormat(_Named):
     """The memory layout of the pixels of an image."""
 
     GRAYSCALE8 = 1
@@ -153,7 +166,7 @@ class PixelFormat(enum.IntEnum):
     GRAYSCALE64 = 11
 
 
-class ContentType(enum.IntEnum):
+class ContentType(_Named):
     """The content types that are supported by Orthanc plugins."""
 
     UNKNOWN = 0
@@ -162,7 +175,7 @@ class ContentType(enum.IntEnum):
     DICOM_UNTIL_PIXEL_DATA = 3
 
 
-class ResourceType(enum.IntEnum):
+class ResourceType(_Named):
     """The supported types of DICOM resources."""
 
     PATIENT = 0
@@ -172,7 +185,7 @@ class ResourceType(enum.IntEnum):
     NONE = 4
 
 
-class ChangeType(enum.IntEnum):
+class ChangeType(_Named):
     """The supported types of changes that can be signaled to the change callback. Note: This enumeration is not used to store changes in the database!"""
 
     COMPLETED_SERIES = 0
@@ -196,7 +209,7 @@ class ChangeType(enum.IntEnum):
     JOB_FAILURE = 18
 
 
-class CompressionType(enum.IntEnum):
+class CompressionType(_Named):
     """The compression algorithms that are supported by the Orthanc core."""
 
     ZLIB = 0
@@ -206,7 +219,7 @@ class CompressionType(enum.IntEnum):
     NONE = 4
 
 
-class ImageFormat(enum.IntEnum):
+class ImageFormat(_Named):
     """The image formats that are supported by the Orthanc core."""
 
     PNG = 0
@@ -214,7 +227,7 @@ class ImageFormat(enum.IntEnum):
     DICOM = 2
 
 
-class ValueRepresentation(enum.IntEnum):
+class ValueRepresentation(_Named):
     """The value representations present in the DICOM standard."""
 
     AE = 1
@@ -253,7 +266,7 @@ class ValueRepresentation(enum.IntEnum):
     UV = 34
 
 
-class DicomToJsonFormat(enum.IntEnum):
+class DicomToJsonFormat(_Named):
     """The possible output formats for a DICOM-to-JSON conversion."""
 
     FULL = 1
@@ -261,7 +274,7 @@ class DicomToJsonFormat(enum.IntEnum):
     HUMAN = 3
 
 
-class DicomToJsonFlags(enum.IntEnum):
+class DicomToJsonFlags(_Named):
     """Flags to customize a DICOM-to-JSON conversion. By default, binary tags are formatted using Data URI scheme."""
 
     NONE = 0
@@ -275,7 +288,7 @@ class DicomToJsonFlags(enum.IntEnum):
     SKIP_GROUP_LENGTHS = 128
 
 
-class CreateDicomFlags(enum.IntEnum):
+class CreateDicomFlags(_Named):
     """Flags for the creation of a DICOM file."""
 
     NONE = 0
@@ -283,7 +296,7 @@ class CreateDicomFlags(enum.IntEnum):
     GENERATE_IDENTIFIERS = 2
 
 
-class IdentifierConstraint(enum.IntEnum):
+class IdentifierConstraint(_Named):
     """The constraints on the DICOM identifiers that must be supported by the database plugins."""
 
     EQUAL = 1
@@ -292,7 +305,7 @@ class IdentifierConstraint(enum.IntEnum):
     WILDCARD = 4
 
 
-class ConstraintType(enum.IntEnum):
+class ConstraintType(_Named):
     """The constraints on the tags (main DICOM tags and identifier tags) that must be supported by the database plugins."""
 
     EQUAL = 1
@@ -302,7 +315,7 @@ class ConstraintType(enum.IntEnum):
     LIST = 5
 
 
-class InstanceOrigin(enum.IntEnum):
+class InstanceOrigin(_Named):
     """The origin of a DICOM instance that has been received by Orthanc."""
 
     UNKNOWN = 1
@@ -313,7 +326,7 @@ class InstanceOrigin(enum.IntEnum):
     WEB_DAV = 6
 
 
-class JobStepStatus(enum.IntEnum):
+class JobStepStatus(_Named):
     """The possible status for one single step of a job."""
 
     SUCCESS = 1
@@ -321,7 +334,7 @@ class JobStepStatus(enum.IntEnum):
     CONTINUE = 3
 
 
-class JobStopReason(enum.IntEnum):
+class JobStopReason(_Named):
     """Explains why the job should stop and release the resources it has allocated. This is especially important to disambiguate between the \"paused\" condition and the \"final\" conditions (success, failure, or canceled)."""
 
     SUCCESS = 1
@@ -330,14 +343,14 @@ class JobStopReason(enum.IntEnum):
     CANCELED = 4
 
 
-class MetricsType(enum.IntEnum):
+class MetricsType(_Named):
     """The available types of metrics."""
 
     DEFAULT = 0
     TIMER = 1
 
 
-class DicomWebBinaryMode(enum.IntEnum):
+class DicomWebBinaryMode(_Named):
     """The available modes to export a binary DICOM tag into a DICOMweb JSON or XML document. Binary DICOM tags correspond to the tags whose value representation is \"other\" (OB, OD, OF, OL, OV, or OW)."""
 
     IGNORE = 0
@@ -346,7 +359,7 @@ class DicomWebBinaryMode(enum.IntEnum):
     ARRAY_OF_VALUES = 3
 
 
-class StorageCommitmentFailureReason(enum.IntEnum):
+class StorageCommitmentFailureReason(_Named):
     """The available values for the Failure Reason (0008,1197) during storage commitment. http://dicom.nema.org/medical/dicom/2019e/output/chtml/part03/sect_C.14.html#sect_C.14.1.1"""
 
     SUCCESS = 0
@@ -358,7 +371,7 @@ class StorageCommitmentFailureReason(enum.IntEnum):
     DUPLICATE_TRANSACTION_UID = 6
 
 
-class ReceivedInstanceAction(enum.IntEnum):
+class ReceivedInstanceAction(_Named):
     """The action to be taken after ReceivedInstanceCallback is triggered"""
 
     KEEP_AS_IS = 1
@@ -366,7 +379,7 @@ class ReceivedInstanceAction(enum.IntEnum):
     DISCARD = 3
 
 
-class LoadDicomInstanceMode(enum.IntEnum):
+class LoadDicomInstanceMode(_Named):
     """Mode specifying how to load a DICOM instance."""
 
     WHOLE_DICOM = 1
@@ -374,7 +387,7 @@ class LoadDicomInstanceMode(enum.IntEnum):
     EMPTY_PIXEL_DATA = 3
 
 
-class LogLevel(enum.IntEnum):
+class LogLevel(_Named):
     """The log levels supported by Orthanc."""
 
     ERROR = 0
@@ -383,7 +396,7 @@ class LogLevel(enum.IntEnum):
     TRACE = 3
 
 
-class LogCategory(enum.IntEnum):
+class LogCategory(_Named):
     """The log categories supported by Orthanc."""
 
     GENERIC = 1
@@ -395,7 +408,7 @@ class LogCategory(enum.IntEnum):
     LUA = 64
 
 
-class StoreStatus(enum.IntEnum):
+class StoreStatus(_Named):
     """The store status related to the adoption of a DICOM instance."""
 
     SUCCESS = 0
@@ -405,21 +418,21 @@ class StoreStatus(enum.IntEnum):
     STORAGE_FULL = 4
 
 
-class QueueOrigin(enum.IntEnum):
+class QueueOrigin(_Named):
     """The supported modes to remove an element from a queue."""
 
     FRONT = 0
     BACK = 1
 
 
-class StableStatus(enum.IntEnum):
+class StableStatus(_Named):
     """The \"Stable\" status of a resource."""
 
     STABLE = 0
     UNSTABLE = 1
 
 
-class HttpAuthenticationStatus(enum.IntEnum):
+class HttpAuthenticationStatus(_Named):
     """Status associated with the authentication of a HTTP request."""
 
     GRANTED = 0

@@ -854,3 +854,14 @@ def test_the_loaders_sdk_declarations_agree_with_the_header(tmp_path: Path) -> N
     assert "RegisterRestCallbackNoLock -> service 1004, regex /probe, callback passed 1" in ours
     assert "GetErrorDescription -> probe description" in ours
     assert "GetErrorDescription, refused -> Unknown error code" in ours
+
+
+def test_the_pythonic_enums_print_their_names() -> None:
+    from orthanc_py._enums import ChangeType, ResourceType
+
+    change = ChangeType.STABLE_STUDY
+    assert (str(change), f"{change}", f"{change:>14}", "{}".format(change)) == (  # noqa: UP032 (str.format is what is checked)
+        "STABLE_STUDY", "STABLE_STUDY", "  STABLE_STUDY", "STABLE_STUDY")
+    # They stay ints: numeric formats, comparisons and the SDK's calls take the number.
+    assert (f"{change:d}", f"{change:#x}", int(change)) == ("9", "0x9", 9)
+    assert change == 9 and ResourceType(1) is ResourceType.STUDY

@@ -1037,6 +1037,19 @@ import time) so that type checkers and editors know every member.
 """
 
 import enum
+
+
+class _Named(enum.IntEnum):
+    """An ``int`` that prints as its name: ``str(ChangeType.STABLE_STUDY)`` is ``"STABLE_STUDY"``."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        # A numeric format ("{{:d}}", "{{:x}}") gives the number; any other the name.
+        if spec and spec[-1] in "bcdoxXn":
+            return int.__format__(int(self), spec)
+        return format(self.name, spec)
 '''
 
 
@@ -1052,7 +1065,7 @@ def render_python_enums(sdk: Sdk, header_name: str) -> str:
     for e in sdk.enums:
         if not e.name.startswith("OrthancPlugin"):
             continue  # the service and property numbers are the raw layer's business
-        out += ["", "", f"class {e.name[len('OrthancPlugin'):]}(enum.IntEnum):", docstring(e.doc or e.name, 4), ""]
+        out += ["", "", f"class {e.name[len('OrthancPlugin'):]}(_Named):", docstring(e.doc or e.name, 4), ""]
         out += [f"    {upper_snake(name)} = {value}" for name, value, _ in e.members]
     return "\n".join(out) + "\n"
 
