@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
-from . import rest
+from . import kv, queue, rest
 from ._paths import plugin_path
 from ._routing import RuleError
 from ._runtime import SetupError
 from ._version import __version__ as __version__
 from .events import (
+    AuditLog,
     Change,
     ChangeType,
     IncomingInstance,
@@ -23,8 +24,12 @@ from .events import (
     ResourceType,
     StoredInstance,
     cstore_filter,
+    emit_audit_log,
     every,
     instance_filter,
+    mark_stable,
+    mark_unstable,
+    on_audit_log,
     on_change,
     on_received_instance,
     on_shutdown,
@@ -33,6 +38,7 @@ from .events import (
 )
 from .rest import RestError
 from .web import (
+    AuthRequest,
     FilterRequest,
     HTTPError,
     Request,
@@ -40,12 +46,15 @@ from .web import (
     WorkerCrashed,
     abort,
     add_route,
+    http_auth,
     http_filter,
     route,
     run_in_worker,
 )
 
 __all__ = [
+    "AuditLog",
+    "AuthRequest",
     "Change",
     "ChangeType",
     "FilterRequest",
@@ -64,15 +73,22 @@ __all__ = [
     "abort",
     "add_route",
     "cstore_filter",
+    "emit_audit_log",
     "every",
+    "http_auth",
     "http_filter",
     "instance_filter",
+    "kv",
+    "mark_stable",
+    "mark_unstable",
+    "on_audit_log",
     "on_change",
     "on_received_instance",
     "on_shutdown",
     "on_startup",
     "on_stored_instance",
     "plugin_path",
+    "queue",
     "rest",
     "route",
     "run_in_worker",

@@ -99,7 +99,7 @@ def _answer(output: int, response: Response) -> _capi_rest.RouteResult:
             _sdk_call("SendHttpStatusCode", output, status)
         else:
             _sdk_call("SetHttpHeader", output, "Content-Type", content_type)
-            _sdk_call("SendHttpStatus", output, status, response.body, len(response.body))
+            _sdk_call("SendHttpStatus", output, status, response.body)
     except _capi.OrthancError as error:
         if error.code == _capi.ErrorCode.ParameterOutOfRange:
             # Orthanc's HTTP server knows a fixed list of statuses (1.10: no

@@ -89,14 +89,15 @@ class RestOutput(Handle):
         bodySize)``, as 4.0 takes it (C's text and its size), sends its first
         ``bodySize`` bytes in UTF-8.
         """
-        data: object = body
-        if bodySize is None:
-            if isinstance(data, str):
-                data = data.encode("utf-8")
-            bodySize = len(data) if isinstance(data, (bytes, bytearray)) else 0
+        data: object = body.encode("utf-8") if isinstance(body, str) else body
+        if bodySize is not None and isinstance(data, (bytes, bytearray, memoryview)):
+            size = _calls.integer(bodySize, "SendHttpStatus() argument 'bodySize'", 0, 0xFFFFFFFF, "uint32_t")
+            if size > len(data):
+                raise _calls.size_error("SendHttpStatus()", "bodySize", size, "body", bytes(data))
+            data = bytes(data[:size])
         try:
             self._send_deferred()
-            _send_http_status()(self, status, data, bodySize)
+            _send_http_status()(self, status, data)
         except _capi.OrthancError as error:
             if isinstance(error, _calls.SdkVersionError):
                 raise
