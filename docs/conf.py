@@ -42,14 +42,18 @@ extensions = [
 
 exclude_patterns = ["_build"]
 templates_path: list[str] = []
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # code blocks wrap their long lines
 
 html_theme = "alabaster"
 html_title = f"orthanc_py {release}"
 html_theme_options = {
     "description": "Orthanc plugins in Python, in your own venv",
     "fixed_sidebar": False,
-    "page_width": "1100px",
+    # A 1280-pixel screen holds the page, its text as wide as the space
+    # left by the sidebar (no 800-pixel cap); code wraps beyond (_static/custom.css).
+    "page_width": "1240px",
+    "body_max_width": "none",
 }
 
 autodoc_member_order = "bysource"
@@ -73,10 +77,23 @@ MADE_BY_ORTHANC_PY = {
 }
 
 
+# The pytest fixtures of the testing kit: a test names them as parameters and
+# never calls them, and their own parameters are other fixtures (pytest's
+# ``request``, ``tmp_path_factory``...), which say nothing to a reader. The
+# reference shows what a test gets instead: the server, or how to call the
+# factory (as the first line of each docstring says).
+FIXTURES = {
+    "orthanc_py.testing.orthanc": ("()", "OrthancServer"),
+    "orthanc_py.testing.orthanc_factory": ("(script=None, config=None, start=True, **options)", "OrthancServer"),
+    "orthanc_py.testing.orthanc_cluster_factory": (
+        "(script=None, nodes=2, config=None, balancer=True, **options)", "OrthancCluster"),
+}
+
+
 def _hide_internal_constructor(app, what, name, obj, options, signature, return_annotation):  # type: ignore[no-untyped-def]
     if what in ("class", "exception") and name in MADE_BY_ORTHANC_PY:
         return "", None
-    return None
+    return FIXTURES.get(name)
 
 
 def setup(app):  # type: ignore[no-untyped-def]

@@ -118,6 +118,7 @@ def attach(address: int) -> None:
         _context = _Context(address)
         _closing = False
         release = _context.release
+        rest_routes.clear()  # a new run of the script registers its routes again
 
 
 def close(timeout: float) -> bool:
@@ -195,12 +196,6 @@ def _require(what: str) -> _Context:
             "(in a worker process, a plain Python session, or after Orthanc stopped)"
         )
     return context
-
-
-OLDEST_ORTHANC = (1, 10, 1)
-"""The oldest Orthanc orthanc_py runs on: the loader refuses to start in an older one
-(``ORTHANC_PLUGINS_MINIMAL_*`` of ``loader/orthanc_sdk_subset.h``). The SDK functions
-of newer Orthancs raise :class:`SdkVersionError` on an Orthanc that lacks them."""
 
 
 def orthanc_version() -> str:
@@ -730,11 +725,15 @@ def register_rest(regex: bytes, entry: Callable[[int, bytes | None, int], Any], 
     _require("RegisterRestCallback")
     if _register_rest is None or _register_rest_overflow is None:
         raise OrthancError(ErrorCode.Plugin, "REST routes are served through the orthanc_py loader, not loaded here")
-    if _register_rest(regex, entry, where.encode("utf-8", "replace").replace(b"\0", b"?")) == 0:
-        return False
-    if _register_rest_overflow(regex, overflow_entry) != 0:
+    overflow = _register_rest(regex, entry, where.encode("utf-8", "replace").replace(b"\0", b"?")) != 0
+    if overflow and _register_rest_overflow(regex, overflow_entry) != 0:
         raise OrthancError(ErrorCode.Plugin, f"the loader could not register {where}")
-    return True
+    rest_routes.append((regex.decode("utf-8", "replace"), where))
+    return overflow
+
+
+rest_routes: list[tuple[str, str]] = []
+"""The REST routes registered since :func:`attach`, in order: ``(path regular expression, where)``."""
 
 
 def register_on_change(callback: Callable[[int, int, bytes | None], int]) -> None:

@@ -109,6 +109,9 @@ class Settings:
     """``Python.ShutdownGrace``: seconds the script's threads and offloaded work get when Orthanc stops."""
     shutdown_events_timeout: float | None = None
     """``Python.ShutdownEventsTimeout``: the longest wait for queued change events at stop (``None``: all)."""
+    development_server: bool = False
+    """``Python.DevelopmentServer``, which ``orthanc-py run`` sets: a route that raises answers the
+    exception's type and the route, and the script's routes are logged once it has loaded."""
 
     @classmethod
     def from_configuration(cls, config: dict[str, Any], config_path: str | None) -> Settings:
@@ -150,10 +153,16 @@ class Settings:
             )
         timing = {name: _seconds(section, name) for name in ("ShutdownGrace", "ShutdownEventsTimeout")}
         grace = timing["ShutdownGrace"]
+        development = section.get("DevelopmentServer", False)
+        if not isinstance(development, bool):
+            raise ConfigurationError(
+                f'"Python.DevelopmentServer" must be true or false, not {json.dumps(development)}'
+            )
         common: dict[str, Any] = dict(
             verbose=verbose, offload_workers=workers,
             shutdown_grace=DEFAULT_SHUTDOWN_GRACE if grace is None else grace,
             shutdown_events_timeout=timing["ShutdownEventsTimeout"],
+            development_server=development,
         )
         if script is None:
             return cls(script=None, **common)
@@ -316,10 +325,13 @@ def _run_script(path: str) -> bool:
         for check in _after_load:
             check()
     except BaseException as error:  # SystemExit too: the script must not end Orthanc by itself
-        # Show the traceback from the script's own frames: orthanc_py's frame
-        # that ran it says nothing to the user.
+        # Show the traceback from the script's own frames: orthanc_py's frames
+        # that ran it say nothing to the user. A syntax error of the script is
+        # raised by compile() here, with no frame of the script: what is left
+        # is the file, line and caret the SyntaxError carries, as with
+        # `python script.py`.
         trace = error.__traceback__
-        if trace is not None and trace.tb_frame.f_code.co_filename == __file__ and trace.tb_next is not None:
+        while trace is not None and trace.tb_frame.f_code.co_filename == __file__:
             trace = trace.tb_next
         text = "".join(traceback.format_exception(type(error), error, trace)).rstrip()
         _capi.log_error(f"orthanc_py: the script {path} failed while loading:\n{text}")
@@ -327,7 +339,15 @@ def _run_script(path: str) -> bool:
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+    if settings.development_server:
+        _capi.log_warning(f"orthanc_py: routes of the script: {json.dumps(_route_names())}")
     return True
+
+
+def _route_names() -> list[str]:
+    """The routes this run of the script registered, as declared: a rule, or the regular expression."""
+    prefix = "route "  # what web.py names a decorator route by, followed by its rule
+    return [where[len(prefix):] if where.startswith(prefix) else regex for regex, where in _capi.rest_routes]
 
 
 _stop_announced = False

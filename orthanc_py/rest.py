@@ -50,6 +50,13 @@ _HTTP_STATUS = {
 }
 # The failures request() answers as a status instead of raising: an outcome the caller branches on.
 _ANSWERED = frozenset({int(_E.UnknownResource), int(_E.InexistentItem), int(_E.Revision)})
+# What Orthanc answers a call made while the script loads, before it opens its
+# database; its own words name the database, not where the call belongs.
+_WHILE_LOADING = int(_E.DatabaseNotInitialized)
+_LOADING_FIX = (
+    "Orthanc's REST API cannot be called while the script loads, as Orthanc opens its database after the "
+    "plugins start: call it from a function decorated with @on_startup, from a route or from an event handler"
+)
 
 
 class RestError(Exception):
@@ -64,7 +71,8 @@ class RestError(Exception):
     def __init__(self, method: str, uri: str, code: int, description: str) -> None:
         self.method, self.uri, self.code = method, uri, int(code)
         self.status = _HTTP_STATUS.get(self.code, 500)  # type: ignore[call-overload]
-        super().__init__(f"{method} {uri}: {description} (HTTP {self.status}, Orthanc error {self.code})")
+        fix = f"; {_LOADING_FIX}" if self.code == _WHILE_LOADING else ""
+        super().__init__(f"{method} {uri}: {description} (HTTP {self.status}, Orthanc error {self.code}){fix}")
 
 
 def _body(body: Body) -> bytes:

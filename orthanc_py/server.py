@@ -81,6 +81,14 @@ def orthanc_version(binary: str) -> str:
 # Orthanc's own default "StableAge": seconds without a new instance before a
 # patient, study or series is stable (the STABLE_* changes).
 ORTHANC_STABLE_AGE = 60
+# The StableAge of `orthanc-py run` and of the testing kit: a STABLE_* handler
+# answers while the developer watches, or within a test's patience.
+DEVELOPMENT_STABLE_AGE = 5
+
+# Debian's bundle of the system's trusted CA certificates. Orthanc's own default
+# for "HttpsCACertificates" is the folder of its configuration file, which holds
+# no certificate: every outgoing HTTPS call it makes would fail to verify.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def port_in_use(port: int) -> bool:
@@ -146,7 +154,9 @@ def build_configuration(
     plugin are set, and remote access stays off unless ``base`` turns it on.
     Authentication is left to ``base`` and Orthanc: without an
     ``AuthenticationEnabled`` option, Orthanc turns it on exactly when remote
-    access is allowed.
+    access is allowed. Outgoing HTTPS calls verify their peers against the
+    system's CA bundle (:data:`SYSTEM_CA_BUNDLE`), when it exists and ``base``
+    names no ``HttpsCACertificates`` of its own.
     """
     # Never "AuthenticationEnabled": false here: under a user's
     # "RemoteAccessAllowed": true it would open the server to the network.
@@ -154,6 +164,8 @@ def build_configuration(
         "Name": "orthanc-py",
         "RemoteAccessAllowed": False,
     }
+    if os.path.isfile(SYSTEM_CA_BUNDLE):
+        config["HttpsCACertificates"] = SYSTEM_CA_BUNDLE
     config.update(base or {})
     loader = plugin or plugin_path()
     plugins = [p for p in config.get("Plugins", []) if os.path.abspath(p) != loader]

@@ -313,7 +313,7 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
 
 
 def route(rule: str, methods: Sequence[str] = ("GET",), offload: Offload = False) -> Callable[[F], F]:
-    """Registers the decorated function as the handler of ``rule``; see :func:`add_route`.
+    r"""Registers the decorated function as the handler of ``rule``; see :func:`add_route`.
 
     Rules are Flask-style: ``/studies/<study_id>``, ``<int:n>``, ``<float:x>``,
     ``<path:rest>``, ``<uuid:u>``; a rule holding regular-expression syntax and
@@ -326,12 +326,12 @@ def route(rule: str, methods: Sequence[str] = ("GET",), offload: Offload = False
     is released, and the answer ends when the iterator does. Wrap it in a
     :class:`Response` to set the content type or headers::
 
-        @route("/export.csv")
-        def export(request):
+        @route("/studies.csv")
+        def studies(request):
             def rows():
-                yield "id,name\n"
+                yield "id\r\n"
                 for study in rest.get_json("/studies"):
-                    yield f"{study},\n"
+                    yield study + "\r\n"
             return Response(rows(), content_type="text/csv")
 
     Orthanc streams from 1.12.6 on; an older one gets every chunk in one

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -22,7 +23,14 @@ from typing import IO
 import pytest
 
 from orthanc_py import plugin_path
-from orthanc_py.server import find_orthanc, free_port, orthanc_version
+from orthanc_py.server import (
+    SYSTEM_CA_BUNDLE,
+    find_orthanc,
+    free_port,
+    orthanc_answering,
+    orthanc_version,
+    port_in_use,
+)
 
 from .conftest import EXAMPLES
 from .dicom import make_dicom
@@ -194,8 +202,23 @@ def wait_for_system(port: int, process: subprocess.Popen, timeout: float = 60) -
     raise TimeoutError("Orthanc did not answer")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, run_log, stop_signal):
+def kill_tree(process: subprocess.Popen) -> None:
+    """Kills ``orthanc-py run`` and the Orthanc it started (in a session of its own), after a failed test."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    pids = children.read_text().split() if children.exists() else []
+    process.kill()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("stop_signal, to_group", [
+    (signal.SIGINT, True),  # Ctrl-C in a terminal: the whole process group
+    (signal.SIGINT, False),  # an IDE's stop button, kill -INT, timeout -s INT: orthanc-py alone
+    (signal.SIGTERM, False),  # a service manager
+], ids=["SIGINT-group", "SIGINT-alone", "SIGTERM-alone"])
+def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, run_log, stop_signal, to_group):
     http, dicom = free_port(), free_port()
     storage = tmp_path / "storage"
     log = run_log
@@ -207,21 +230,23 @@ def test_run_starts_orthanc_with_the_script_and_stops_cleanly(tmp_path, run_log,
     try:
         system = wait_for_system(http, process)
         assert system["HttpPort"] == http and system["DicomPort"] == dicom
-        # Ctrl-C in a terminal signals the whole process group; a service
-        # manager signals orthanc-py alone.
-        if stop_signal == signal.SIGINT:
-            os.killpg(process.pid, signal.SIGINT)
+        if to_group:
+            os.killpg(process.pid, stop_signal)
         else:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop_signal)
         assert process.wait(60) == 0
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_tree(process)
+    # Orthanc has stopped, not merely orthanc-py: the ports are free again.
+    assert not port_in_use(http) and not port_in_use(dicom)
     log.seek(0)
     output = log.read()
     assert "Hello world!" in output
-    assert f"HTTP    http://127.0.0.1:{http}/" in output
+    banner = f"HTTP    http://127.0.0.1:{http}/ opens Orthanc Explorer, Orthanc's web interface   DICOM port {dicom}"
+    assert banner in output
     assert "remote access is not allowed" in output
+    assert "Orthanc has stopped" in output
     assert (storage / "index").exists()
 
 
@@ -301,10 +326,10 @@ def test_run_names_the_flag_when_a_port_is_in_use(tmp_path, make_orthanc):
         on_dicom = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(free_port()),
                        "--dicom-port", str(busy_dicom), "--storage", str(tmp_path / "s"))
     assert on_http.returncode == 3
+    # Not a port of Debian's orthanc service: the service is not named.
     assert on_http.stderr == (
         f"orthanc-py: error: the HTTP port {taken.http_port} is already in use by an Orthanc "
-        f"{orthanc_version(find_orthanc())} "
-        "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n"
+        f"{orthanc_version(find_orthanc())}; choose another with --http-port N\n"
     )
     assert on_dicom.returncode == 3
     assert (
@@ -317,8 +342,38 @@ def test_run_names_the_flag_when_a_port_is_in_use(tmp_path, make_orthanc):
                      "--dicom-port", str(free_port()), "--storage", str(tmp_path / "s"))
     assert on_guarded.returncode == 3
     assert on_guarded.stderr == (
-        f"orthanc-py: error: the HTTP port {guarded.http_port} is already in use by an Orthanc "
-        "(Debian's orthanc service listens on 8042 and 4242); choose another with --http-port N\n"
+        f"orthanc-py: error: the HTTP port {guarded.http_port} is already in use by an Orthanc; "
+        "choose another with --http-port N\n"
+    )
+
+
+def test_a_taken_port_of_debians_service_names_the_service(tmp_path, make_orthanc):
+    # Debian's service listens on 8042 and 4242: an Orthanc there is named as
+    # it may be, with how to stop it. (When this machine's 8042 is taken
+    # already, by that service or by anything else, the line says what is there.)
+    service = " (Debian's orthanc service listens on 8042 and 4242; sudo systemctl disable --now orthanc stops it)"
+    if not port_in_use(8042):
+        make_orthanc(script=None, http_port=8042)
+    version = orthanc_answering(8042)
+    holder = "" if version is None else f" by an Orthanc{' ' + version if version else ''}"
+    on_http = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", "8042",
+                  "--dicom-port", str(free_port()), "--storage", str(tmp_path / "s"))
+    assert on_http.returncode == 3
+    assert on_http.stderr == (
+        f"orthanc-py: error: the HTTP port 8042 is already in use{holder}{service if holder else ''}; "
+        "choose another with --http-port N\n"
+    )
+    with contextlib.ExitStack() as stack:
+        if not port_in_use(4242):
+            listener = stack.enter_context(socket.socket())
+            listener.bind(("", 4242))
+            listener.listen()
+        on_dicom = cli("run", str(EXAMPLES / "seed" / "hello.py"), "--http-port", str(free_port()),
+                       "--dicom-port", "4242", "--storage", str(tmp_path / "s"))
+    assert on_dicom.returncode == 3
+    assert on_dicom.stderr == (
+        f"orthanc-py: error: the DICOM port 4242 is already in use{service if holder else ''}; "
+        "choose another with --dicom-port N\n"
     )
 
 
@@ -422,3 +477,129 @@ def test_run_reload_restarts_on_changes_and_survives_a_broken_version(tmp_path, 
     assert "change detected: restarting Orthanc" in output
     assert f"orthanc-py: the script {script} failed to load: SyntaxError: " in output
     assert "; waiting for a change to restart" in output
+
+
+@contextlib.contextmanager
+def orthanc_py_run(script: Path, log: IO[str], storage: Path, *options: str) -> Iterator[int]:
+    """``orthanc-py run SCRIPT`` on free ports for the block, which gets the HTTP port; then stopped (code 0)."""
+    http = free_port()
+    process = subprocess.Popen(
+        [CLI, "run", str(script), "--http-port", str(http), "--dicom-port", str(free_port()),
+         "--storage", str(storage), *options],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_system(http, process)
+        yield http
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            kill_tree(process)
+
+
+def wait_for_output(log: IO[str], text: str, timeout: float = 30) -> str:
+    """What ``orthanc-py run`` wrote to ``log``, once it holds ``text``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log.seek(0)
+        output = log.read()
+        if text in output:
+            return output
+        assert time.monotonic() < deadline, f"{text!r} not in the output:\n{output}"
+        time.sleep(0.2)
+
+
+def test_run_lists_the_scripts_routes_once_orthanc_serves(tmp_path, run_log):
+    with orthanc_py_run(EXAMPLES / "decorators" / "rest.py", run_log, tmp_path / "s") as http:
+        output = wait_for_output(run_log, "opens Orthanc Explorer, Orthanc's web interface\n")
+    base = f"http://127.0.0.1:{http}"
+    ours = [line for line in output.splitlines() if line.startswith("orthanc-py: ")]
+    listed = [
+        f"orthanc-py: routes  {base}/tata",
+        f"orthanc-py:         {base}/toto",
+        f"orthanc-py:         {base}/hello/<name>",
+        f"orthanc-py:         {base}/add/<int:a>/<int:b>",
+        f"orthanc-py:         {base}/patients-summary/<patient_id>",
+        f"orthanc-py:         {base}/ opens Orthanc Explorer, Orthanc's web interface",
+    ]
+    start = ours.index(listed[0])
+    assert ours[start:start + len(listed)] == listed, "\n".join(ours)
+    # Listed once Orthanc serves: after its own line saying so.
+    assert output.index("Orthanc has started") < output.index(listed[0])
+
+
+def test_run_without_routes_says_so(tmp_path, run_log):
+    with orthanc_py_run(EXAMPLES / "seed" / "hello.py", run_log, tmp_path / "s") as http:
+        output = wait_for_output(run_log, "orthanc-py: routes  ")
+    assert (f"orthanc-py: routes  none: the script declares no route; http://127.0.0.1:{http}/ opens Orthanc "
+            "Explorer\n") in output
+
+
+def test_run_verifies_https_peers_against_the_systems_ca_bundle(tmp_path, run_log):
+    with orthanc_py_run(EXAMPLES / "seed" / "hello.py", run_log, tmp_path / "s"):
+        output = wait_for_output(run_log, "HTTPS will use the CA certificates from this file: ")
+    assert os.path.isfile(SYSTEM_CA_BUNDLE), "Debian's ca-certificates package provides the bundle"
+    # Not the folder of the configuration file (Orthanc's default), where no certificate is.
+    assert f"HTTPS will use the CA certificates from this file: {SYSTEM_CA_BUNDLE}\n" in output
+
+
+FAILING_ROUTE = """
+from orthanc_py import route
+
+@route("/ratio/<int:n>")
+def ratio(request, n):
+    return {"ratio": 1 / (n - n)}
+"""
+
+
+def test_a_failing_route_names_its_exception_and_route_under_run_only(tmp_path, run_log, make_orthanc):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_ROUTE)
+    with orthanc_py_run(script, run_log, tmp_path / "s") as http:
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/ratio/3", timeout=30)
+        status, body = failed.value.code, json.load(failed.value)
+    assert status == 500
+    assert body["Exception"] == "ZeroDivisionError"
+    assert body["Route"] == "/ratio/<int:n>"
+    assert body["Message"] == "ZeroDivisionError in the route /ratio/<int:n> (ratio); its traceback is in Orthanc's log"
+    run_log.seek(0)
+    assert "ZeroDivisionError: division by zero" in run_log.read()
+    # In production (Orthanc with a configuration of its own; here the testing
+    # kit's), Orthanc's generic error: neither the exception nor the route.
+    production = make_orthanc(script)
+    answer = production.get("/ratio/3")
+    assert answer.status == 500
+    assert "ZeroDivisionError" not in answer.text and "<int:n>" not in answer.text
+    assert "Exception" not in answer.json() and "Route" not in answer.json()
+    assert "ZeroDivisionError: division by zero" in production.log
+
+
+def test_run_of_a_script_calling_the_rest_api_while_loading_says_where_to_call_it(tmp_path):
+    (tmp_path / "early.py").write_text('from orthanc_py import rest\n\nSYSTEM = rest.get_json("/system")\n')
+    result = cli("run", "early.py", "--http-port", str(free_port()), "--dicom-port", str(free_port()),
+                 "--storage", str(tmp_path / "s"), cwd=str(tmp_path))
+    assert result.returncode != 0
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("orthanc-py: the script early.py failed to load: orthanc_py.rest.RestError: GET /system: ")
+    assert last.endswith(
+        "Orthanc's REST API cannot be called while the script loads, as Orthanc opens its database after the "
+        "plugins start: call it from a function decorated with @on_startup, from a route or from an event handler "
+        f"(early.py, line 3); Orthanc stopped with exit code {result.returncode}"
+    ), last
+
+
+def test_run_shows_a_syntax_error_as_python_does_from_the_users_file(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("from orthanc_py import route\n\nVALUE = = 2\n")
+    result = cli("run", str(script), "--http-port", str(free_port()), "--dicom-port", str(free_port()),
+                 "--storage", str(tmp_path / "s"))
+    assert result.returncode != 0
+    report = result.stderr.split(f"orthanc_py: the script {script} failed while loading:\n", 1)[1].splitlines()
+    # As `python broken.py` shows it: the file, the line, the caret, the error; no frame of orthanc_py's.
+    assert report[0] == f'  File "{script}", line 3', result.stderr
+    assert report[1] == "    VALUE = = 2"
+    assert report[2].strip().startswith("^")
+    assert report[3].startswith("SyntaxError: ")
+    assert "Traceback" not in result.stderr and "_runtime.py" not in result.stderr

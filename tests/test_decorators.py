@@ -250,7 +250,7 @@ def test_exceptions_and_unsupported_results_are_500_without_details(app):
     assert "RuntimeError: internal detail 5678" in app.log
     weird = app.get("/weird")
     assert weird.status == 500
-    assert "Response body must be str, bytes, dict, list or None, not float" in app.log
+    assert "Response body must be str, bytes, dict, list, an iterator of chunks or None, not float" in app.log
     assert app.get("/hello").status == 200
 
 

@@ -12,6 +12,7 @@ Chromium is not installed.
 from __future__ import annotations
 
 import argparse
+import html
 import html.parser
 import os
 import re
@@ -182,10 +183,10 @@ def _chromium() -> str:
     pytest.skip("Chromium is not installed (Debian: apt-get install chromium); CI installs it")
 
 
-def _rendered_dom(page: Path, tmp_path: Path) -> str:
+def _rendered_dom(page: Path, tmp_path: Path, *flags: str) -> str:
     profile = tmp_path / f"chromium-{page.stem}"
     result = subprocess.run(
-        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
+        [_chromium(), *CHROMIUM_FLAGS, *flags, f"--user-data-dir={profile}", "--dump-dom", page.resolve().as_uri()],
         check=False,
         capture_output=True,
         text=True,
@@ -216,3 +217,109 @@ def test_pages_render_in_chromium(site: Path, tmp_path: Path, page: str, title: 
         assert "orthanc_py.route" in parser.ids
     if page == "api/orthanc.html":
         assert "orthanc.RegisterRestCallback" in parser.ids
+
+
+def test_readme_tables_are_whole() -> None:
+    # A table row after a paragraph is no row: Markdown shows it as raw text with its pipes.
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    orphans = []
+    for number, line in enumerate(lines):
+        if not line.startswith("|"):
+            continue
+        start = number
+        while start > 0 and lines[start - 1].startswith("|"):
+            start -= 1
+        if not (start + 1 < len(lines) and re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", lines[start + 1])):
+            orphans.append(f"README.md:{number + 1}: {line[:60]}")
+    assert not orphans, "table rows outside a table:\n" + "\n".join(orphans)
+
+
+def test_the_pytest_kit_says_how_to_install_pytest(site: Path) -> None:
+    text = re.sub(r"<[^>]+>", "", (site / "api" / "orthanc_py.html").read_text(encoding="utf-8"))
+    assert "pip install 'orthanc-py[testing]'" in text
+    assert "pip install 'orthanc-py[testing]'" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def _signature(text: str, name: str) -> str:
+    start = text.index(f'id="{name}"')
+    return html.unescape(re.sub(r"<[^>]+>", "", text[start:text.index("</dt>", start)]).split(">", 1)[1]).strip()
+
+
+def test_api_reference_shows_what_a_test_gets_from_the_fixtures(site: Path) -> None:
+    text = (site / "api" / "orthanc_py.html").read_text(encoding="utf-8")
+    # Not the fixtures' own parameters (other fixtures: request, tmp_path_factory...), which a test never passes.
+    assert _signature(text, "orthanc_py.testing.orthanc") == "orthanc_py.testing.orthanc() → OrthancServer¶"
+    assert _signature(text, "orthanc_py.testing.orthanc_factory") == (
+        "orthanc_py.testing.orthanc_factory(script=None, config=None, start=True, **options) → OrthancServer¶")
+    assert "tmp_path_factory" not in _signature(text, "orthanc_py.testing.orthanc_cluster_factory")
+    # Right after the fixtures, the server's methods a test calls first, before the rest of the page.
+    order = ["testing.orthanc", "testing.orthanc_factory", "server.OrthancServer", "server.OrthancServer.get",
+             "server.OrthancServer.get_json", "server.OrthancServer.upload", "server.OrthancServer.wait_for_log",
+             "server.OrthancServer.wait_until", "server.OrthancServer.start", "testing.orthanc_cluster_factory",
+             "cluster.claim"]
+    positions = [text.index(f'id="orthanc_py.{name}"') for name in order]
+    assert positions == sorted(positions), dict(zip(order, positions))
+
+
+def _commands(page: str) -> list[str]:
+    """The shell lines of a page's ``code-block:: sh`` blocks."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"^\.\. code-block:: sh\n\n((?:   .*\n|\n)+)", text, re.M)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_quickstart_and_tutorial_run_scripts_the_same_way() -> None:
+    for page in ("quickstart.rst", "tutorial.rst"):
+        runs = [line for line in _commands(page) if " run " in line and "orthanc-py" in line]
+        in_checkout = 0
+        for line in runs:
+            command, _, comment = line.partition("#")
+            script = command.split(" run ", 1)[1].strip()
+            assert command.startswith("~/orthanc-venv/bin/orthanc-py run "), f"{page}: {line}"
+            if "checkout" in comment:
+                assert comment.strip() == f"or, in a checkout: make run SCRIPT={script}", f"{page}: {line}"
+                in_checkout += 1
+        assert in_checkout, f"{page} does not say how to run a script in a checkout"
+
+
+def test_the_quickstarts_upload_stores_pydicoms_sample_file(make_orthanc) -> None:
+    # The commands as printed, with this venv's Python and a test Orthanc's port.
+    server = make_orthanc(script=None)
+    lines = _commands("quickstart.rst")
+    start = next(i for i, line in enumerate(lines) if line.startswith("CT_SMALL="))
+    script = "\n".join(lines[start:start + 2]).replace("~/orthanc-venv/bin/python", sys.executable)
+    script = script.replace("http://localhost:8042", server.url)
+    assert "curl" in script
+    result = subprocess.run(["sh", "-e", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("{") and '"Status" : "Success"' in result.stdout
+    (instance,) = server.get_json("/instances")
+    assert server.get_json(f"/instances/{instance}/simplified-tags")["Modality"] == "CT"
+
+
+# What a reader's window shows: a 1280-pixel screen, the pages with the most code.
+CODE_PAGES = ["quickstart.html", "tutorial.html", "deployment.html", "configuration.html", "scale-out.html"]
+MEASURE_CODE = """
+<script>
+  // Each code block whose lines reach past its box (hidden behind a scroll bar).
+  const cut = [...document.querySelectorAll("pre")]
+    .filter((block) => block.scrollWidth > block.clientWidth + 1)
+    .map((block) => block.textContent.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), ""));
+  document.body.setAttribute("data-cut-code", JSON.stringify(cut));
+</script>
+"""
+
+
+@pytest.mark.parametrize("page", CODE_PAGES)
+def test_code_blocks_show_whole_lines_at_1280_pixels(site: Path, tmp_path: Path, page: str) -> None:
+    # A copy of the page, beside it (its stylesheets load the same), measures its own code blocks.
+    measured = site / f"measured-{page}"
+    measured.write_text((site / page).read_text(encoding="utf-8").replace("</body>", MEASURE_CODE + "</body>"))
+    try:
+        dom = _rendered_dom(measured, tmp_path, "--window-size=1280,800")
+    finally:
+        measured.unlink()
+    found = re.search(r'data-cut-code="([^"]*)"', dom)
+    assert found, "the measuring script did not run"
+    cut = html.unescape(found.group(1))
+    assert cut == "[]", f"{page}: code lines cut at 1280 pixels: {cut}"

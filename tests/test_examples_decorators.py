@@ -53,7 +53,10 @@ def test_rest_path_parameters(example: Example) -> None:  # noqa: F811
 
 def test_changes_without_a_sample_file_says_so(example: Example) -> None:  # noqa: F811
     server = example("changes")  # examples/decorators holds no sample.dcm
-    server.wait_for_log(printed(f"No {DECORATORS / 'sample.dcm'}: nothing to upload"))
+    server.wait_for_log(printed(
+        f"No {DECORATORS / 'sample.dcm'}: nothing to upload (copy a DICOM file there, such as pydicom's: "
+        "pydicom.data.get_testdata_file('CT_small.dcm') gives its path)"
+    ))
     assert server.get_json("/instances") == []
 
 

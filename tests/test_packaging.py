@@ -69,6 +69,35 @@ def test_the_pages_name_the_archive_of_this_version() -> None:
     assert {name for _, name in named} == {f"orthanc_py-{VERSION}.tar.gz"}, named
 
 
+def test_the_testing_extra_brings_pytest(dist: Path) -> None:
+    # pip install 'orthanc-py[testing]': the pytest plugin of orthanc_py.testing, with pytest.
+    (wheel,) = dist.glob(f"orthanc_py-{VERSION}-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(f"orthanc_py-{VERSION}.dist-info/METADATA").decode()
+    assert "Provides-Extra: testing" in metadata.splitlines()
+    testing = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "testing" in line]
+    assert testing == ['Requires-Dist: pytest>=8; extra == "testing"'], testing
+
+
+def test_the_pages_install_what_pip_can_install() -> None:
+    # `pip install ./orthanc_py` in a checkout names the package folder, which pip
+    # cannot install: a local argument is the checkout itself or a release archive.
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst")),
+             *sorted((REPO / "examples").glob("*/README.md"))]
+    local = [
+        (page.name, argument) for page in pages
+        for argument in re.findall(r"pip install (?:-\S+ )*([^\s`]+)", page.read_text())
+        if argument.strip("'\"").startswith(".")
+    ]
+    assert {page for page, _ in local} >= {"README.md", "quickstart.rst", "deployment.rst"}
+    for page, argument in local:
+        path = re.sub(r"\[\w+\]$", "", argument.strip("'\"").rstrip(";,"))  # an extra too: '.[testing]'
+        if path.endswith(".tar.gz"):
+            assert path == f"./orthanc_py-{VERSION}.tar.gz", (page, argument)
+        else:
+            assert (REPO / path / "pyproject.toml").is_file(), f"{page}: pip install {argument} is no project"
+
+
 HIDE_SDK_HEADERS = f"""
 if [ -d {SDK_HEADERS} ]; then mount -t tmpfs -o size=1m none {SDK_HEADERS} || exit 97; fi
 [ ! -e {SDK_HEADERS}/OrthancCPlugin.h ] || exit 98

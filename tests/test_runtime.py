@@ -141,6 +141,7 @@ def test_script_that_fails_to_load_stops_orthanc_with_its_traceback(make_orthanc
         ({"Python": {"ShutdownGrace": -1}}, '"Python.ShutdownGrace" must be a number of seconds (0 or more), not -1'),
         ({"Python": {"ShutdownEventsTimeout": "5"}},
          '"Python.ShutdownEventsTimeout" must be a number of seconds (0 or more), not "5"'),
+        ({"Python": {"DevelopmentServer": "yes"}}, '"Python.DevelopmentServer" must be true or false, not "yes"'),
         (
             {"PythonScript": "a.py", "Python": {"Path": "b.py"}},
             '"Python.Path" (b.py) and "PythonScript" (a.py) name different scripts: keep only one',

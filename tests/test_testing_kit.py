@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+
+from orthanc_py.server import SYSTEM_CA_BUNDLE
 
 from .conftest import EXAMPLES
 
@@ -77,8 +81,82 @@ def test_a_server_started_by_the_test_itself_skips_too(pytester, monkeypatch):
     )
 
 
-def test_a_forgotten_orthanc_script_option_is_explained(pytester):
+def test_a_forgotten_orthanc_script_option_is_explained_for_both_files(pytester):
     pytester.makepyfile("def test_needs_orthanc(orthanc):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(['*the "orthanc" fixture needs the script to load: set orthanc_script*'])
+    result.stdout.fnmatch_lines([
+        '*the "orthanc" fixture needs the script to load: name it in pytest.ini, under [[]pytest[]], as '
+        "orthanc_script = your_script.py (no quotes), or in pyproject.toml, under [[]tool.pytest.ini_options[]], "
+        'as orthanc_script = "your_script.py"; or use orthanc_factory(script)*'
+    ])
+
+
+ROUTE = "from orthanc_py import route\n\n@route('/mine')\ndef mine(request):\n    return 'mine'\n"
+
+
+def test_a_quoted_script_in_pytest_ini_is_the_path_inside_the_quotes(pytester):
+    # The pyproject.toml spelling, copied into pytest.ini: the quotes are not part of the path.
+    pytester.makefile(".py", mine=ROUTE)
+    pytester.makeini('[pytest]\northanc_script = "mine.py"\n')
+    pytester.makepyfile("def test_mine(orthanc):\n    assert orthanc.get('/mine').text == 'mine'\n")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+STABLE = """
+from orthanc_py import ChangeType, on_change
+
+@on_change(ChangeType.STABLE_STUDY)
+def stable(change):
+    print("stable study", change.resource_id)
+"""
+
+STABLE_TESTS = """
+import time
+
+from pydicom.data import get_testdata_file
+
+
+def test_a_study_is_stable_within_seconds(orthanc):
+    assert orthanc.configuration["StableAge"] == {stable_age}
+    study = orthanc.upload(get_testdata_file("CT_small.dcm"))["ParentStudy"]
+    started = time.monotonic()
+    orthanc.wait_for_log(f"stable study {{study}}", timeout=30)
+    assert time.monotonic() - started < 30
+
+
+def test_a_config_of_the_tests_own_wins(orthanc_factory):
+    assert orthanc_factory(config={{"StableAge": 7}}).configuration["StableAge"] == 7
+"""
+
+
+def test_studies_are_stable_after_five_seconds_as_under_orthanc_py_run(pytester):
+    # Orthanc's own StableAge is 60 s: a test waiting 30 s for STABLE_STUDY would fail.
+    pytester.makefile(".py", stable=STABLE)
+    pytester.makeini("[pytest]\northanc_script = stable.py\n")
+    pytester.makepyfile(STABLE_TESTS.format(stable_age=5))
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_orthanc_stable_age_changes_it_and_a_bad_value_is_named(pytester):
+    pytester.makefile(".py", stable=STABLE)
+    pytester.makeini("[pytest]\northanc_script = stable.py\northanc_stable_age = 1\n")
+    pytester.makepyfile(STABLE_TESTS.format(stable_age=1))
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+    pytester.makeini("[pytest]\northanc_script = stable.py\northanc_stable_age = soon\n")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-k", "stable_within")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "*orthanc_stable_age must be a whole number of seconds, at least 1, not 'soon' "
+        "(Orthanc's StableAge for the servers of the testing kit)*"
+    ])
+
+
+def test_the_kits_servers_verify_https_peers_against_the_systems_ca_bundle(make_orthanc):
+    server = make_orthanc(script=None)
+    assert os.path.isfile(SYSTEM_CA_BUNDLE), "Debian's ca-certificates package provides the bundle"
+    server.wait_for_log(rf"HTTPS will use the CA certificates from this file: {re.escape(SYSTEM_CA_BUNDLE)}$")

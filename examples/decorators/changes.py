@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Listening to changes: uploads sample.dcm when Orthanc starts, prints each new instance.
 
-Try it (with a DICOM file named sample.dcm next to this script):
+Try it with a DICOM file named sample.dcm next to this script; pydicom's CT_small.dcm will do:
+    cp "$(python -c 'from pydicom.data import get_testdata_file; print(get_testdata_file("CT_small.dcm"))')" \
+        examples/decorators/sample.dcm
     orthanc-py run examples/decorators/changes.py
     curl http://localhost:8042/instances
 """
@@ -19,7 +21,8 @@ def started():
     if SAMPLE.exists():
         rest.post("/instances", SAMPLE.read_bytes())
     else:
-        print(f"No {SAMPLE}: nothing to upload")
+        print(f"No {SAMPLE}: nothing to upload (copy a DICOM file there, such as pydicom's: "
+              "pydicom.data.get_testdata_file('CT_small.dcm') gives its path)")
 
 
 @on_change(ChangeType.NEW_INSTANCE)

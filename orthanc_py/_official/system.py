@@ -60,7 +60,12 @@ def CheckVersion() -> int:
     The functions of a newer SDK check the running Orthanc themselves: on one
     that lacks them, they raise an error naming the version they need.
     """
-    return CheckVersionAdvanced(*_capi.OLDEST_ORTHANC)
+    return CheckVersionAdvanced(*_OLDEST_ORTHANC)
+
+
+# The oldest Orthanc orthanc_py runs on: the loader refuses to start in an older one
+# (ORTHANC_PLUGINS_MINIMAL_* of loader/orthanc_sdk_subset.h).
+_OLDEST_ORTHANC = (1, 10, 1)
 
 
 def GetErrorDescription(error: int) -> str:
