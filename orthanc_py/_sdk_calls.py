@@ -2672,6 +2672,25 @@ def SendStreamChunk(output, answer, /):
             lease_output.release()
 
 
+_P_AdoptDicomInstance = _wire(_sdk._OrthancPluginAdoptDicomInstance, ('customData', 'dicom'))
+
+def AdoptDicomInstance(dicom, customData, /):
+    """Adopt a DICOM instance read from the filesystem.
+
+    Wraps the SDK function ``OrthancPluginAdoptDicomInstance``.
+    """
+    if _capi.release < (1, 12, 8):
+        raise _too_old('OrthancPluginAdoptDicomInstance', (1, 12, 8))
+    c_dicom = _data(dicom, "AdoptDicomInstance() argument 'dicom'", 18446744073709551615)
+    c_customData = _data(customData, "AdoptDicomInstance() argument 'customData'", 4294967295)
+    c_instanceId = _sdk.OrthancPluginMemoryBuffer()
+    c_attachmentUuid = _sdk.OrthancPluginMemoryBuffer()
+    c_storeStatus = _c_int32()
+    _params = _P_AdoptDicomInstance(instanceId=_addressof(c_instanceId), attachmentUuid=_addressof(c_attachmentUuid), storeStatus=_addressof(c_storeStatus), dicom=c_dicom, dicomSize=_len(c_dicom), customData=c_customData, customDataSize=_len(c_customData))
+    _call(46, _addressof(_params), 'AdoptDicomInstance')  # AdoptDicomInstance
+    return (_capi.take_bytes(c_instanceId.data, c_instanceId.size), _capi.take_bytes(c_attachmentUuid.data, c_attachmentUuid.size), c_storeStatus.value)  # memory buffers: copied, then freed here
+
+
 _P_GetAttachmentCustomData = _wire(_sdk._OrthancPluginGetAttachmentCustomData, ('attachmentUuid',))
 
 def GetAttachmentCustomData(attachmentUuid, /):
@@ -3180,6 +3199,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     'OrthancPluginLogMessage': LogMessage,
     'OrthancPluginStartStreamAnswer': StartStreamAnswer,
     'OrthancPluginSendStreamChunk': SendStreamChunk,
+    'OrthancPluginAdoptDicomInstance': AdoptDicomInstance,
     'OrthancPluginGetAttachmentCustomData': GetAttachmentCustomData,
     'OrthancPluginSetAttachmentCustomData': SetAttachmentCustomData,
     'OrthancPluginStoreKeyValue': StoreKeyValue,
@@ -3344,6 +3364,7 @@ CONVENTIONS = {
     'OrthancPluginLogMessage': ((('message', 'char', 'text'), ('plugin', 'char', 'text'), ('file', 'char', 'text'), ('line', 'uint32_t', 'int'), ('category', 'OrthancPluginLogCategory', 'int'), ('level', 'OrthancPluginLogLevel', 'int')), 'None'),
     'OrthancPluginStartStreamAnswer': ((('output', 'OrthancPluginRestOutput', 'handle'), ('contentType', 'char', 'header-text')), 'None'),
     'OrthancPluginSendStreamChunk': ((('output', 'OrthancPluginRestOutput', 'handle'), ('answer', 'void', 'bytes')), 'None'),
+    'OrthancPluginAdoptDicomInstance': ((('dicom', 'void', 'bytes'), ('customData', 'void', 'bytes')), 'tuple[bytes, bytes, int]'),
     'OrthancPluginGetAttachmentCustomData': ((('attachmentUuid', 'char', 'text'),), 'bytes'),
     'OrthancPluginSetAttachmentCustomData': ((('attachmentUuid', 'char', 'text'), ('customData', 'void', 'bytes')), 'None'),
     'OrthancPluginStoreKeyValue': ((('storeId', 'char', 'text'), ('key', 'char', 'text'), ('value', 'void', 'bytes')), 'None'),
@@ -3424,7 +3445,6 @@ UNSUPPORTED = {
     'OrthancPluginRegisterWebDavCollection': "argument 'isExistingFolder' is a C callback (OrthancPluginWebDavIsExistingFolderCallback); use the registration function",
     'OrthancPluginRegisterStorageArea3': "argument 'create' is a C callback (OrthancPluginStorageCreate2); use the registration function",
     'OrthancPluginRegisterDatabaseBackendV4': "argument 'operations' is a C callback (OrthancPluginCallDatabaseBackendV4); use the registration function",
-    'OrthancPluginAdoptDicomInstance': "argument 'storeStatus' has type OrthancPluginStoreStatus *",
     'OrthancPluginRegisterHttpAuthentication': "argument 'callback' is a C callback (OrthancPluginHttpAuthentication); use the registration function",
     'OrthancPluginRegisterAuditLogHandler': "argument 'handler' is a C callback (OrthancPluginAuditLogHandler); use the registration function",
     'OrthancPluginRegisterWorklistCallback2': "argument 'callback' is a C callback (OrthancPluginWorklistCallback2); use the registration function",

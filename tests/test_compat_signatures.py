@@ -33,13 +33,7 @@ API = json.loads((ROOT / "tests" / "data" / "official-plugin-4.0-api.json").read
 UNREACHABLE_IN_OFFICIAL = {"Job", "StorageArea"}
 # What the official plugins 5.0 and 7.1 reach of the SDK of Orthanc 1.11 to 1.13, which the
 # orthanc module does not reach yet (`orthanc-py sdk-coverage` on such an Orthanc).
-NEWER_SDK = {
-    "DicomConnection.GetConnectionCalledAet", "DicomConnection.GetConnectionRemoteAet",
-    "DicomConnection.GetConnectionRemoteIp", "GetAttachmentCustomData",
-    "RegisterFindCallback2", "RegisterMoveCallback2", "RegisterMoveCallback3", "RegisterStorageArea3",
-    "RegisterStorageCommitmentScpCallback2", "RegisterWorklistCallback2",
-    "SetAttachmentCustomData",
-}
+NEWER_SDK: set[str] = set()
 
 
 @pytest.fixture(scope="module")

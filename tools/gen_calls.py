@@ -198,6 +198,9 @@ def classify(fn: Any, sdk: ModuleType, raw: bool = False) -> Convention:
             convention.out_buffers.append((name, base))
         elif base in INTEGER_TYPES and stars == 1 and not const:
             convention.out_scalars.append((name, base))
+        elif base in enums and stars == 1 and not const:
+            # An enum Orthanc writes (AdoptDicomInstance's store status): a 32-bit C int, returned as an int.
+            convention.out_scalars.append((name, "int32_t"))
         elif base in structs and stars == 1 and not const:
             convention.out_structs.append((name, base))
         elif base in opaque and stars == 1:

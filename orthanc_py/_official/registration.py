@@ -66,6 +66,21 @@ def _check_callable(function: str, argument: str, value: Any) -> None:
         raise TypeError(f"{function}() argument '{argument}' must be callable, not {type(value).__name__}")
 
 
+def _require_sdk(function: str, service_function: str) -> None:
+    """Refuses a registration that the running Orthanc cannot take, before anything is registered.
+
+    Orthanc older than the SDK function ``OrthancPlugin<service_function>``
+    does not know its service: the script learns it here, from the function
+    it called (``function``), rather than from a handler that never runs.
+    Outside Orthanc nothing is checked (:data:`_capi.release` is then the newest).
+
+    :raises SdkVersionError: ``"RegisterFindCallback2() needs Orthanc 1.12.10 or newer; this Orthanc is 1.10.1"``.
+    """
+    since = _sdk.FUNCTIONS[f"OrthancPlugin{service_function}"].since
+    if since is not None and _capi.release < since:
+        raise _calls.too_old(f"OrthancPlugin{function}", since)
+
+
 # --- handing objects over to Orthanc ------------------------------------------------------
 
 def _hand_over(value: Any, c_type_name: str, where: str,
