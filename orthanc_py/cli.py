@@ -193,6 +193,10 @@ COVERED_BY = {
     # callback) is created through CreateJob2: its content goes over in
     # Orthanc's buffers instead of a text the plugin keeps.
     "OrthancPluginCreateJob2": "orthanc.CreateJob",
+    # orthanc.RegisterMoveCallback2 is the official plugin's four-callback form
+    # of the older C-MOVE service; the SDK's RegisterMoveCallback2 (with the
+    # DicomConnection) is what orthanc.RegisterMoveCallback3 registers.
+    "OrthancPluginRegisterMoveCallback2": "orthanc.RegisterMoveCallback3",
 }
 
 

@@ -677,14 +677,16 @@ def header_bodies(header_text: str) -> dict[str, str]:
 def test_assigned_fields_match_the_header_text(
     sdk: types.ModuleType, header_text: str
 ) -> None:
-    """An independent, textual reading of the ``params.x = ...;`` lines."""
-    assignment = re.compile(r"^\s*params\.([\w.]+)\s*=[^=]", re.MULTILINE)
+    """An independent, textual reading of the ``params.x = ...;`` lines (``m.x`` where the local is ``m``)."""
+    invoked = re.compile(r"InvokeService\(\s*context\s*,\s*\w+\s*,\s*&(\w+)\s*\)")
     # The C branch only: RegisterStorageArea has "#ifdef __cplusplus ::free #else".
     cplusplus = re.compile(r"#ifdef\s+__cplusplus\b.*?#else", re.DOTALL)
     for name, text in header_bodies(header_text).items():
         if name not in sdk.FUNCTIONS:
             continue  # a newer SDK's function (test_one_function_entry_per_inline_function says which)
         text = cplusplus.sub("", text)
+        local = invoked.search(text)
+        assignment = re.compile(rf"^\s*{local.group(1) if local else 'params'}\.([\w.]+)\s*=[^=]", re.MULTILINE)
         fields = tuple(f for f, _ in sdk.FUNCTIONS[name].assignments)
         assert fields == tuple(assignment.findall(text)), name
 
