@@ -8,6 +8,7 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -536,12 +537,32 @@ def test_run_without_routes_says_so(tmp_path, run_log):
             "Explorer\n") in output
 
 
+def running_configuration(http_port: int) -> dict:
+    """The configuration file the Orthanc serving ``http_port`` was started with (found from its command line)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # the process ended meanwhile
+        for argument in arguments:
+            if argument.endswith(b"/orthanc.json") and os.path.isfile(argument):
+                configuration = json.loads(Path(argument.decode()).read_text())
+                if configuration.get("HttpPort") == http_port:
+                    return configuration
+    raise AssertionError(f"no Orthanc serving port {http_port} runs with an orthanc.json")
+
+
 def test_run_verifies_https_peers_against_the_systems_ca_bundle(tmp_path, run_log):
-    with orthanc_py_run(EXAMPLES / "seed" / "hello.py", run_log, tmp_path / "s"):
-        output = wait_for_output(run_log, "HTTPS will use the CA certificates from this file: ")
+    with orthanc_py_run(EXAMPLES / "seed" / "hello.py", run_log, tmp_path / "s") as http:
+        configuration = running_configuration(http)
+        output = wait_for_output(run_log, "has started")
     assert os.path.isfile(SYSTEM_CA_BUNDLE), "Debian's ca-certificates package provides the bundle"
     # Not the folder of the configuration file (Orthanc's default), where no certificate is.
-    assert f"HTTPS will use the CA certificates from this file: {SYSTEM_CA_BUNDLE}\n" in output
+    assert configuration["HttpsCACertificates"] == SYSTEM_CA_BUNDLE
+    version = re.search(r"Orthanc (\d+)\.(\d+)", output)
+    if version and (int(version.group(1)), int(version.group(2))) < (1, 13):
+        # Orthanc up to 1.12 says at start which file it uses (1.13 no longer logs it).
+        assert f"HTTPS will use the CA certificates from this file: {SYSTEM_CA_BUNDLE}\n" in output
 
 
 FAILING_ROUTE = """

@@ -72,10 +72,14 @@ def test_the_newer_functions_do_what_the_official_plugin_does(make_orthanc, plug
                 answer[name]["text"], name
         else:
             assert answer[name] == {"absent": True}, name
-    if RELEASE >= (1, 12, 4):
+    # What the calls did, where they ran (the official plugin 5.0 has neither function).
+    if answer["log"] == {"result": None}:
         server.wait_for_log("newer-sdk log line")
-    if RELEASE >= (1, 12, 1):
+    if answer["metrics"] == {"result": None}:
         assert "orthanc_py_newer 7" in server.get("/tools/metrics-prometheus").text
+    if plugin is None:
+        assert (answer["log"] == {"result": None}) == (RELEASE >= (1, 12, 4))
+        assert (answer["metrics"] == {"result": None}) == (RELEASE >= (1, 12, 1))
 
 
 CLEAR = """

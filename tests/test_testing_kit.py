@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -159,4 +160,9 @@ def test_orthanc_stable_age_changes_it_and_a_bad_value_is_named(pytester):
 def test_the_kits_servers_verify_https_peers_against_the_systems_ca_bundle(make_orthanc):
     server = make_orthanc(script=None)
     assert os.path.isfile(SYSTEM_CA_BUNDLE), "Debian's ca-certificates package provides the bundle"
-    server.wait_for_log(rf"HTTPS will use the CA certificates from this file: {re.escape(SYSTEM_CA_BUNDLE)}$")
+    with open(server.config_path, encoding="utf-8") as configuration:
+        assert json.load(configuration)["HttpsCACertificates"] == SYSTEM_CA_BUNDLE
+    version = re.match(r"(\d+)\.(\d+)", server.get_json("/system")["Version"])
+    if version and (int(version.group(1)), int(version.group(2))) < (1, 13):
+        # Orthanc up to 1.12 says at start which file it uses (1.13 no longer logs it).
+        server.wait_for_log(rf"HTTPS will use the CA certificates from this file: {re.escape(SYSTEM_CA_BUNDLE)}$")
