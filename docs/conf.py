@@ -72,6 +72,10 @@ MADE_BY_ORTHANC_PY = {
     "orthanc_py.Change",
     "orthanc_py.StoredInstance",
     "orthanc_py.ReceivedInstance",
+    "orthanc_py.FindQuery",
+    "orthanc_py.WorklistQuery",
+    "orthanc_py.MoveRequest",
+    "orthanc_py.Connection",
     "orthanc_py.rest.RestError",
     "orthanc_py.server.HttpAnswer",
 }

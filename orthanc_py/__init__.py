@@ -37,6 +37,7 @@ from .events import (
     on_stored_instance,
 )
 from .rest import RestError
+from .scp import Connection, FindQuery, MoveRequest, WorklistQuery, find_scp, move_scp, worklist_scp
 from .web import (
     AuthRequest,
     FilterRequest,
@@ -57,10 +58,13 @@ __all__ = [
     "AuthRequest",
     "Change",
     "ChangeType",
+    "Connection",
     "FilterRequest",
+    "FindQuery",
     "HTTPError",
     "IncomingInstance",
     "InstanceOrigin",
+    "MoveRequest",
     "ReceivedInstance",
     "Request",
     "ResourceType",
@@ -70,17 +74,20 @@ __all__ = [
     "SetupError",
     "StoredInstance",
     "WorkerCrashed",
+    "WorklistQuery",
     "abort",
     "add_route",
     "cstore_filter",
     "emit_audit_log",
     "every",
+    "find_scp",
     "http_auth",
     "http_filter",
     "instance_filter",
     "kv",
     "mark_stable",
     "mark_unstable",
+    "move_scp",
     "on_audit_log",
     "on_change",
     "on_received_instance",
@@ -92,4 +99,5 @@ __all__ = [
     "rest",
     "route",
     "run_in_worker",
+    "worklist_scp",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import re
 import urllib.parse
 from typing import Callable
@@ -21,7 +22,8 @@ import pytest
 from orthanc_py.server import OrthancServer, OrthancStartError, find_orthanc, orthanc_version
 
 from .conftest import EXAMPLES
-from .dicom import make_dicom, make_study
+from .dicom import make_dicom, make_study, sop_instance_uids
+from .test_scp_decorators import findscu, move_responses, movescu, peer_ip
 
 NEWER = EXAMPLES / "newer"
 VERSION = orthanc_version(find_orthanc())
@@ -114,3 +116,39 @@ def test_complete_studies_are_stable_without_waiting(make_orthanc: Start) -> Non
     server.wait_for_log(re.escape(f"SetStableStatus() {TOO_OLD}"))
     assert server.get_json(f"/studies/{study}")["IsStable"] is False
     assert "is complete" not in server.log
+
+
+def test_modality_services_answer_find_worklist_and_move(make_orthanc: Start, storescp, tmp_path) -> None:
+    worklists = tmp_path / "worklists"
+    worklists.mkdir()
+    for name, patient, station in (("mine", "Alice", "PEERSCU"), ("other", "Bob", "CT2"), ("any", "Carol", "")):
+        step = {"Modality": "CT", "ScheduledStationAETitle": station, "ScheduledProcedureStepStartDate": "20240101"}
+        (worklists / f"{name}.json").write_text(json.dumps({"PatientName": patient, "PatientID": name.upper(),
+                                                            "ScheduledProcedureStepSequence": [step]}))
+    server = make_orthanc(NEWER / "modality_services.py", config={
+        "WorklistsFolder": str(worklists),
+        "DicomModalities": {"peer": ["PEERSCU", "127.0.0.1", 104], "pacs": storescp.modality()},
+    })
+    uid, files = make_study(2, patient_id="SERVED", study_date="20240315")
+    for data in files:
+        server.upload(data)
+    who = f"PEERSCU ({peer_ip(server) or 'address unknown'})"
+
+    result, studies = findscu(server, tmp_path / "find", "-S", "QueryRetrieveLevel=STUDY", "StudyDate=20240301-",
+                              "PatientID=SERV*", "StudyInstanceUID", "PatientName", called="ORTHANC")
+    assert result.returncode == 0, result.stderr
+    assert [(s.StudyInstanceUID, s.PatientID, str(s.PatientName), s.StudyDate) for s in studies] == [
+        (uid, "SERVED", "Doe^John", "20240315")]
+    server.wait_for_log(re.escape(f"C-FIND (STUDY) from {who} calling ORTHANC: 1 match(es)"))
+    _result, none = findscu(server, tmp_path / "none", "-S", "QueryRetrieveLevel=STUDY", "StudyDate=-20231231")
+    assert none == []
+
+    # Bob is scheduled on another station.
+    _result, procedures = findscu(server, tmp_path / "worklist", "-W", "PatientName", "PatientID")
+    assert sorted(str(item.PatientName) for item in procedures) == ["Alice", "Carol"]
+    server.wait_for_log(re.escape(f"worklist C-FIND from {who} calling ANYCALLED: 2 of 2 procedure(s)"))
+
+    moved = movescu(server, storescp.aet, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}")
+    assert move_responses(moved)[-1] == "Final Move Response (Success)", moved.stderr
+    assert sop_instance_uids([path.read_bytes() for path in storescp.wait_for_files(2)]) == sop_instance_uids(files)
+    server.wait_for_log(re.escape(f"C-MOVE of 2 instance(s) to STORESCP for {who} calling MOVECALLED"))
