@@ -10,6 +10,7 @@ from orthanc_py._calls import Handle as _Handle
 
 __all__ = [
     "AcknowledgeQueueValue",
+    "AdoptDicomInstance",
     "AutodetectMimeType",
     "BufferCompression",
     "CallRestApi",
@@ -17,6 +18,7 @@ __all__ = [
     "CheckVersion",
     "CheckVersionAdvanced",
     "ChunkedHttpClient",
+    "ClearCurrentThreadName",
     "CompressJpegImage",
     "CompressPngImage",
     "CompressionType",
@@ -116,16 +118,21 @@ __all__ = [
     "QueueOrigin",
     "ReadFile",
     "ReceivedInstanceAction",
+    "RegisterAuditLogHandler",
     "RegisterChunkedRestCallback",
     "RegisterDecodeImageCallback",
     "RegisterDictionaryTag",
     "RegisterErrorCode",
     "RegisterFindCallback",
+    "RegisterFindCallback2",
+    "RegisterHttpAuthentication",
     "RegisterIncomingCStoreInstanceFilter",
     "RegisterIncomingDicomInstanceFilter",
     "RegisterIncomingHttpRequestFilter",
     "RegisterJobsUnserializer",
     "RegisterMoveCallback",
+    "RegisterMoveCallback2",
+    "RegisterMoveCallback3",
     "RegisterOnChangeCallback",
     "RegisterOnStoredInstanceCallback",
     "RegisterPrivateDictionaryTag",
@@ -133,10 +140,13 @@ __all__ = [
     "RegisterRefreshMetricsCallback",
     "RegisterRestCallback",
     "RegisterStorageArea",
+    "RegisterStorageArea3",
     "RegisterStorageCommitmentScpCallback",
+    "RegisterStorageCommitmentScpCallback2",
     "RegisterTranscoderCallback",
     "RegisterWebDavCollection",
     "RegisterWorklistCallback",
+    "RegisterWorklistCallback2",
     "ReserveQueueValue",
     "ResourceType",
     "RestApiDelete",
@@ -175,7 +185,15 @@ __all__ = [
 ]
 
 def AcknowledgeQueueValue(queueId: str, valueId: int, /) -> None:
-    """Acknowledge that a queue value has been properly consumed by the plugin and can be permanently removed from the queue."""
+    """Removes a reserved value from the queue ``queueId`` for good: it was handled."""
+    ...
+
+def AdoptDicomInstance(
+    dicom: bytes | bytearray | memoryview | str,
+    customData: bytes | bytearray | memoryview | str,
+    /,
+) -> tuple[str, str, int]:
+    """Indexes a DICOM file that the storage area keeps where it is already (Orthanc 1.12.8 or newer)."""
     ...
 
 def AutodetectMimeType(path: str, /) -> str:
@@ -237,6 +255,10 @@ def ChunkedHttpClient(
     answerChunk: Callable[[bytes], Any] | None = ...,
 ) -> tuple[bytes, dict[str, str], int]:
     """Makes an HTTP call with chunked transfers: the body is sent, and the answer read, piece by piece."""
+    ...
+
+def ClearCurrentThreadName() -> None:
+    """Removes the name ``SetCurrentThreadName()`` gave the calling thread in Orthanc's logs (Orthanc 1.13.0)."""
     ...
 
 def CompressJpegImage(format: int, width: int, height: int, pitch: int, buffer: bytes | str, quality: int, /) -> bytes:
@@ -326,7 +348,7 @@ def CreateJob(
     ...
 
 def CreateKeysValuesIterator(storeId: str, /) -> KeysValuesIterator:
-    """Create an iterator over the key-value pairs of a key-value store in the Orthanc database."""
+    """An iterator over the pairs of the store ``storeId`` (see :class:`KeysValuesIterator`)."""
     ...
 
 def CreateMemoryBuffer(size: int, /) -> bytes:
@@ -342,11 +364,11 @@ def DecodeDicomImage(buffer: bytes | str, frameIndex: int, /) -> Image:
     ...
 
 def DeleteKeyValue(storeId: str, key: str, /) -> None:
-    """Delete a key-value pair from the Orthanc database."""
+    """Deletes ``key`` from the store ``storeId``; a key that is not there is no error."""
     ...
 
-def DequeueValue(queueId: str, origin: int, /) -> tuple[bytes, int]:
-    """Dequeue a value from a queue."""
+def DequeueValue(queueId: str, origin: int, /) -> bytes | None:
+    """Takes a value out of the queue ``queueId`` for good; ``None`` when there is none to take."""
     ...
 
 def DicomBufferToJson(buffer: bytes | str, format: int, flags: int, maxStringLength: int, /) -> str:
@@ -354,7 +376,7 @@ def DicomBufferToJson(buffer: bytes | str, format: int, flags: int, maxStringLen
     ...
 
 class DicomConnection(_Handle):
-    """An Orthanc object (OrthancPluginDicomConnection)."""
+    """The DICOM association a request came through (Orthanc 1.12.10 or newer)."""
     def __enter__(self) -> DicomConnection: ...
     def GetConnectionCalledAet(self, /) -> str:
         """Get the called AET of a DICOM connection."""
@@ -475,8 +497,8 @@ def EncodeDicomWebXml2(dicom: bytes, callback: Callable[[list[tuple[int, int, in
     """Returns a DICOM file (``bytes``) in DICOMweb XML (``str``)."""
     ...
 
-def EnqueueValue(queueId: str, value: bytes | str, /) -> None:
-    """Append a value to the back of a queue."""
+def EnqueueValue(queueId: str, value: bytes | bytearray | memoryview | str, /) -> None:
+    """Appends ``value`` (not empty: ``bytes``, ``str`` stored as UTF-8, or another buffer) to the queue ``queueId``."""
     ...
 
 class ErrorCode:
@@ -704,8 +726,8 @@ def GetGlobalProperty(property: int, defaultValue: str, /) -> str:
     """Get the value of a global property."""
     ...
 
-def GetKeyValue(storeId: str, key: str, /) -> tuple[bytes, int]:
-    """Get the value associated with a key in the Orthanc key-value store."""
+def GetKeyValue(storeId: str, key: str, /) -> bytes | None:
+    """The value stored under ``key`` in the store ``storeId``, or ``None`` when there is none."""
     ...
 
 def GetOrthancDirectory() -> str:
@@ -721,7 +743,7 @@ def GetPeers() -> Peers:
     ...
 
 def GetQueueSize(queueId: str, /) -> int:
-    """Get the number of elements that are currently stored in a queue."""
+    """How many values the queue ``queueId`` holds, reserved ones included; 0 for a queue never used."""
     ...
 
 def GetTagName(group: int, element: int, privateCreator: str | None, /) -> str:
@@ -847,25 +869,25 @@ class JobStopReason:
     CANCELED: int
 
 class KeysValuesIterator(_Handle):
-    """An Orthanc object (OrthancPluginKeysValuesIterator)."""
+    """Walks over the keys and values of a store, in the lexicographical order of the keys."""
     def __enter__(self) -> KeysValuesIterator: ...
-    def GetKey(self, /) -> str:
-        """Get the current key of an iterator over a key-value store."""
+    def GetKey(self) -> str | None:
+        """The key of the current pair; ``None`` before the first :meth:`Next` and after the last."""
         ...
-    def GetValue(self, /) -> bytes:
-        """Get the current value of an iterator over a key-value store."""
+    def GetValue(self) -> bytes:
+        """The value of the current pair."""
         ...
-    def KeysValuesIteratorGetKey(self, /) -> str:
-        """Get the current key of an iterator over a key-value store."""
+    def KeysValuesIteratorGetKey(self) -> str | None:
+        """The key of the current pair; ``None`` before the first :meth:`Next` and after the last."""
         ...
-    def KeysValuesIteratorGetValue(self, /) -> bytes:
-        """Get the current value of an iterator over a key-value store."""
+    def KeysValuesIteratorGetValue(self) -> bytes:
+        """The value of the current pair."""
         ...
-    def KeysValuesIteratorNext(self, /) -> int:
-        """Read the next element of an iterator over a key-value store."""
+    def KeysValuesIteratorNext(self) -> bool:
+        """Moves to the next pair; returns ``False`` once there is none."""
         ...
-    def Next(self, /) -> int:
-        """Read the next element of an iterator over a key-value store."""
+    def Next(self) -> bool:
+        """Moves to the next pair; returns ``False`` once there is none."""
         ...
 
 def LoadDicomInstance(instanceId: str, mode: int, /) -> DicomInstance:
@@ -1004,6 +1026,10 @@ class ReceivedInstanceAction:
     MODIFY: int
     DISCARD: int
 
+def RegisterAuditLogHandler(callback: Callable[..., Any]) -> None:
+    """Registers ``callback(sourcePlugin, userId, resourceType, resourceId, action, logData)``."""
+    ...
+
 def RegisterChunkedRestCallback(
     pathRegularExpression: str,
     getHandler: Callable[..., Any] | None = ...,
@@ -1030,6 +1056,14 @@ def RegisterFindCallback(callback: Callable[[Any, Any, str, str], Any]) -> None:
     """Registers ``callback(answers, query, issuerAet, calledAet)``, which answers C-FIND requests."""
     ...
 
+def RegisterFindCallback2(callback: Callable[[Any, Any, DicomConnection], Any]) -> None:
+    """Registers ``callback(answers, query, connection)``, which answers C-FIND requests (Orthanc 1.12.10 or newer)."""
+    ...
+
+def RegisterHttpAuthentication(callback: Callable[..., Any]) -> None:
+    """Registers ``callback(uri, **request)``, which authenticates every HTTP request Orthanc receives."""
+    ...
+
 def RegisterIncomingCStoreInstanceFilter(callback: Callable[[Any], int]) -> None:
     """Registers ``callback(instance)``, asked for each instance received by C-STORE."""
     ...
@@ -1048,6 +1082,24 @@ def RegisterJobsUnserializer(callback: Callable[[str, str], Any]) -> None:
 
 def RegisterMoveCallback(callback: Callable[..., Any]) -> None:
     """Registers ``callback(**request)``, which carries out C-MOVE requests."""
+    ...
+
+def RegisterMoveCallback2(
+    create: Callable[..., Any],
+    getMoveSize: Callable[[Any], int],
+    applyMove: Callable[[Any], Any],
+    freeMove: Callable[[Any], Any],
+) -> None:
+    """Carries out C-MOVE requests through a driver per request, one sub-operation at a time."""
+    ...
+
+def RegisterMoveCallback3(
+    create: Callable[..., Any],
+    getMoveSize: Callable[[Any], int],
+    applyMove: Callable[[Any], Any],
+    freeMove: Callable[[Any], Any],
+) -> None:
+    """As :func:`RegisterMoveCallback2`, with ``create(connection, **request)`` (Orthanc 1.12.10 or newer)."""
     ...
 
 def RegisterOnChangeCallback(callback: Callable[[int, int, str | None], None]) -> None:
@@ -1091,12 +1143,26 @@ def RegisterStorageArea(
     """Makes Orthanc keep all its files (DICOM instances and attachments) through three callbacks."""
     ...
 
+def RegisterStorageArea3(
+    create: Callable[[str, int, int, bytes, Any | None], tuple[int, bytes | bytearray | memoryview | None]],
+    read: Callable[[str, int, int, int, bytes], tuple[int, bytes | bytearray | memoryview]],
+    remove: Callable[[str, int, bytes], int],
+) -> None:
+    """Makes Orthanc keep all its files through three callbacks, with custom data per file (Orthanc 1.12.8 or newer)."""
+    ...
+
 def RegisterStorageCommitmentScpCallback(
     factory: Callable[[str, str, list[str], list[str], str, str], Any],
-    destructor: Callable[[Any], Any] | None,
-    lookup: Callable[[Any, str, str], int],
+    lookup: Callable[[str, str, Any], int],
 ) -> None:
     """Makes the script answer the storage commitment requests Orthanc receives (its N-ACTION SCP)."""
+    ...
+
+def RegisterStorageCommitmentScpCallback2(
+    factory: Callable[[str, str, list[str], list[str], DicomConnection], Any],
+    lookup: Callable[[str, str, Any], int],
+) -> None:
+    """As :func:`RegisterStorageCommitmentScpCallback`, the factory given the connection (Orthanc 1.12.10 or newer)."""
     ...
 
 def RegisterTranscoderCallback(callback: Callable[[bytes, list[str], bool], Any]) -> None:
@@ -1119,10 +1185,12 @@ def RegisterWorklistCallback(callback: Callable[[Any, Any, str, str], Any]) -> N
     """Registers ``callback(answers, query, issuerAet, calledAet)``, which answers worklist C-FIND requests."""
     ...
 
-def ReserveQueueValue(queueId: str, origin: int, releaseTimeout: int, /) -> tuple[bytes, int, int]:
-    """Reserve a value from a queue, which means that the message is not available to other consumers. The value is either: - removed from
-    the queue when one calls OrthancPluginAcknowledgeQueueValue() - or made available again for consumers after the releaseTimeout has
-    expired."""
+def RegisterWorklistCallback2(callback: Callable[[Any, Any, DicomConnection], Any]) -> None:
+    """Registers ``callback(answers, query, connection)``, which answers worklist C-FIND requests (Orthanc 1.12.10+)."""
+    ...
+
+def ReserveQueueValue(queueId: str, origin: int, releaseTimeout: int, /) -> tuple[bytes, int] | tuple[None, None]:
+    """Reserves a value of the queue ``queueId``: no one else gets it until it is acknowledged or expires."""
     ...
 
 class ResourceType:
@@ -1225,8 +1293,8 @@ class ServerChunkedRequestReader(_Handle):
     """An Orthanc object (OrthancPluginServerChunkedRequestReader)."""
     def __enter__(self) -> ServerChunkedRequestReader: ...
 
-def SetAttachmentCustomData(attachmentUuid: str, customData: bytes | str, /) -> None:
-    """Update the custom data associated with an attachment in the Orthanc database."""
+def SetAttachmentCustomData(attachmentUuid: str, customData: bytes | bytearray | memoryview | str | None, /) -> None:
+    """Replaces the custom data that Orthanc keeps with a file of the storage area (Orthanc 1.12.8 or newer)."""
     ...
 
 def SetCurrentThreadName(threadName: str, /) -> None:
@@ -1261,8 +1329,8 @@ def SetRootUri2(plugin: str, uri: str, /) -> None:
     """Set the URI where the plugin provides its Web interface."""
     ...
 
-def SetStableStatus(resourceId: str, stableStatus: int, /) -> int:
-    """Change the "Stable" status of a resource."""
+def SetStableStatus(resourceId: str, stableStatus: int) -> tuple[int, int]:
+    """Declares a patient, study or series stable (``StableStatus.STABLE``) or not (``UNSTABLE``)."""
     ...
 
 class StableStatus:
@@ -1306,8 +1374,8 @@ class StorageCommitmentFailureReason:
     CLASS_INSTANCE_CONFLICT: int
     DUPLICATE_TRANSACTION_UID: int
 
-def StoreKeyValue(storeId: str, key: str, value: bytes | str, /) -> None:
-    """Store a key-value pair in the Orthanc database."""
+def StoreKeyValue(storeId: str, key: str, value: bytes | bytearray | memoryview | str, /) -> None:
+    """Stores ``value`` under ``key`` in the store ``storeId``, replacing what was there."""
     ...
 
 class StoreStatus:
