@@ -203,6 +203,9 @@ class HttpAnswer:
         return f"<HttpAnswer {self.status} {self.body[:80]!r}>"
 
 
+_PORT_ATTEMPTS = 3
+
+
 class OrthancServer:
     """One Orthanc process with orthanc_py loaded, in its own work folder.
 
@@ -236,6 +239,9 @@ class OrthancServer:
         self.binary = find_orthanc(binary)
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
+        # Ports this object chose: another process may take one between its
+        # choice and Orthanc's bind (tests run side by side), so start() picks again.
+        self._chosen_ports = (http_port is None, dicom_port is None)
         self.config_path = os.path.join(self.workdir, "orthanc.json")
         self.log_path = os.path.join(self.workdir, "orthanc.log")
         self.verbose = verbose
@@ -265,21 +271,45 @@ class OrthancServer:
         :param wait: wait until ``/system`` answers.
         :raises OrthancStartError: when Orthanc exits or does not answer in time.
         """
-        with open(self.config_path, "w", encoding="utf-8") as out:
-            json.dump(self.configuration, out, indent=2)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - Orthanc's stdout until stop() closes it
-        command = [self.binary, self.config_path] + (["--verbose"] if self.verbose else [])
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
-        if wait:
-            self.wait_ready(timeout)
+        for attempt in range(_PORT_ATTEMPTS):
+            with open(self.config_path, "w", encoding="utf-8") as out:
+                json.dump(self.configuration, out, indent=2)
+            logged_before = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - Orthanc's stdout until stop() closes it
+            command = [self.binary, self.config_path] + (["--verbose"] if self.verbose else [])
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except OrthancStartError:
+                if attempt + 1 == _PORT_ATTEMPTS or not self._take_other_ports(logged_before):
+                    raise
         return self
+
+    def _take_other_ports(self, logged_before: int) -> bool:
+        """After a start that failed on a port another process took: new ports where this object chose them."""
+        self._close_log()
+        with open(self.log_path, "rb") as log:
+            log.seek(logged_before)
+            if b"already in use" not in log.read():  # "The TCP port of the HTTP server is ... already in use"
+                return False
+        if not any(self._chosen_ports):
+            return False
+        if self._chosen_ports[0]:
+            self.http_port = free_port()
+        if self._chosen_ports[1]:
+            self.dicom_port = free_port()
+        self.configuration.update({"HttpPort": self.http_port, "DicomPort": self.dicom_port})
+        return True
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Waits until the REST API answers ``/system`` (a 401 counts, when authentication is on)."""

@@ -166,3 +166,24 @@ def test_the_kits_servers_verify_https_peers_against_the_systems_ca_bundle(make_
     if version and (int(version.group(1)), int(version.group(2))) < (1, 13):
         # Orthanc up to 1.12 says at start which file it uses (1.13 no longer logs it).
         server.wait_for_log(rf"HTTPS will use the CA certificates from this file: {re.escape(SYSTEM_CA_BUNDLE)}$")
+
+
+def test_a_server_whose_chosen_port_is_taken_meanwhile_starts_on_another(tmp_path):
+    """Tests run side by side: a port free when chosen may be taken before Orthanc binds it."""
+    import socket
+
+    from orthanc_py.server import OrthancServer
+
+    server = OrthancServer(str(tmp_path / "orthanc"))
+    taken = server.http_port
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.bind(("127.0.0.1", taken))
+        other.listen()
+        server.start()
+        try:
+            assert server.http_port != taken
+            assert server.get_json("/system")["Name"] == "orthanc-py"
+            assert "already in use" in server.log  # the first attempt, in the same log
+        finally:
+            server.stop()
