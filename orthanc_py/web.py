@@ -140,7 +140,7 @@ def _stream(output: int, chunks: Iterator[Any], content_type: str) -> _capi_rest
             _sdk_calls.call("StartStreamAnswer", rest_output, content_type)
             for chunk in chunks:
                 data = chunk_bytes(chunk)
-                if data:  # an empty chunk would end the stream for the client (chunked encoding)
+                if data:  # nothing to send: no SDK call for an empty chunk
                     _sdk_calls.call("SendStreamChunk", rest_output, data)
         finally:
             rest_output.detach()  # Orthanc's, not ours to free
