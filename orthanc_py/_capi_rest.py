@@ -19,7 +19,7 @@ import re
 import threading
 from typing import Any, Callable, Union
 
-from . import _capi, _sdk
+from . import _capi, _metrics, _sdk
 from ._capi import Borrowed, ErrorCode, Expired, Service, copy_memory, report_exception
 
 
@@ -213,7 +213,7 @@ RouteResult = Union[int, tuple[int, bytes, bytes]]
 
 
 def register_rest_callback(path_regex: str, handler: Callable[[int, str, Any], RouteResult], where: str,
-                           eager: bool = False) -> None:
+                           eager: bool = False, route: str | None = None) -> _metrics.RouteStats:
     """Registers ``handler(output_address, uri, request)`` for URIs matching ``path_regex``.
 
     ``request`` is an :class:`HttpRequestView`, expired when the handler
@@ -224,14 +224,21 @@ def register_rest_callback(path_regex: str, handler: Callable[[int, str, Any], R
     Orthanc runs the callbacks of several requests at once (the no-lock
     registration), and Python's GIL is released whenever a handler waits.
 
+    :param route: the route's name in the metrics (its rule); ``path_regex`` by default.
+    :returns: the route's figures. Its entry counts each request and its
+        time, and as an error each exception that reaches it; ``handler``
+        counts in ``errors`` the requests it fails itself (an error code, a
+        5xx answer): the entry does not look at results, which costs every request.
     :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
     regex = path_regex.encode("utf-8")
     if b"\0" in regex:
         raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
-    entry = _rest_entry(handler, read_official_request if eager else view_of, not eager, where)
+    stats = _metrics.route(route or path_regex)
+    entry = _rest_entry(handler, read_official_request if eager else view_of, not eager, where, stats)
     if _capi.register_rest(regex, entry, where, _overflow_entry):
         _overflow_routes.append((re.compile(path_regex), entry))
+    return stats
 
 
 def view_of(request: int) -> HttpRequestView:
@@ -240,31 +247,42 @@ def view_of(request: int) -> HttpRequestView:
 
 
 def _rest_entry(handler: Callable[[int, str, Any], RouteResult], read: Callable[[int], Any], lent: bool,
-                where: str) -> Callable[[int, bytes | None, int], RouteResult]:
+                where: str, stats: _metrics.RouteStats) -> Callable[[int, bytes | None, int], RouteResult]:
     """The Python function the loader calls for each request to a route: the handler's result, or a failure.
 
     What :func:`_capi.trampoline` does (the thread's first entry, every
     exception caught and logged) is written out here, in one Python
     function: it runs on every request. With ``lent``, what ``read``
     returns is a :class:`Borrowed` view, expired when the handler returns.
+    Each request is counted in ``stats`` (see :mod:`._metrics`), inline: a
+    method call would cost as much as the counting. A request within the
+    first bucket's bound, the usual one, skips the search for its bucket.
     """
     failure = int(ErrorCode.Plugin)
     enter = _capi.enter_thread
     thread = _capi.thread_state
+    clock, bucket_of, bounds, buckets = _metrics.clock, _metrics.bucket_of, _metrics.BUCKETS, stats.buckets
+    first = bounds[0]
 
     def entry(output: int, url: bytes | None, request: int) -> RouteResult:
+        started = clock()
         try:
             if not getattr(thread, "entered", False):
                 enter()
             argument = read(request)
             try:
-                return handler(output, url.decode("utf-8", "replace") if url else "", argument)
+                result = handler(output, url.decode("utf-8", "replace") if url else "", argument)
             finally:
                 if lent:
                     argument._expire()  # Orthanc frees the request once we return
         except BaseException:
             report_exception(where)
-            return failure
+            stats.errors += 1
+            result = failure
+        seconds = clock() - started
+        stats.seconds += seconds
+        buckets[0 if seconds <= first else bucket_of(bounds, seconds)] += 1
+        return result
 
     return entry
 

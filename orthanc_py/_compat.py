@@ -139,6 +139,7 @@ def _answering_method(function: Callable[..., Any], answering: bool, errors_logg
     (``answering``) and logs the errors Orthanc reports (``errors_logged``).
     """
     python_name = function.__name__
+    sends_status = python_name == "SendHttpStatusCode"  # SendHttpStatus is RestOutput's own
 
     def method(*args: Any) -> Any:
         output = args[0]
@@ -153,6 +154,8 @@ def _answering_method(function: Callable[..., Any], answering: bool, errors_logg
             return None
         if answering:
             output.answered = True
+            if sends_status:
+                output._status = args[1]  # the route's figures count a 5xx as an error
         return result
 
     functools.update_wrapper(method, function)

@@ -17,13 +17,14 @@ when Orthanc announces its stop.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
-from . import _capi, _sdk
+from . import _capi, _metrics, _sdk
 
 ChangeHandler = Callable[[int, int, Optional[str]], None]
 SetupCheck = Callable[[str], None]
@@ -51,11 +52,13 @@ class ChangeDispatcher:
     def __init__(self, require_setup: SetupCheck, orthanc_stopped: Callable[[], None]) -> None:
         self._require_setup = require_setup
         self._orthanc_stopped = orthanc_stopped
-        self._handlers: list[ChangeHandler] = []
+        # Each handler with the change types it acts on (None: all), and its figures.
+        self._handlers: list[tuple[ChangeHandler, frozenset[int] | None, _metrics.HandlerStats]] = []
         self._queue: queue.SimpleQueue[tuple[int, int, str | None] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._pending = 0  # queued and not yet delivered to every handler
+        self._pending = 0  # queued and not yet delivered to every handler: the backlog
+        self._queued_at: collections.deque[float] = collections.deque()  # when each of them was queued, in order
         self._stop_queued = False
         self._closed = False
         self._abandoned = False  # the wait at stop is over: deliver nothing more
@@ -77,7 +80,8 @@ class ChangeDispatcher:
             raise TypeError(f"{what}: the handler must be callable, not {type(handler).__name__}")
         if _capi.is_attached():
             self._require_setup(what)
-        self._handlers.append(handler)
+        types = None if change_types is None else frozenset(int(t) for t in change_types)
+        self._handlers.append((handler, types, _metrics.handler("change", _capi.name_of(handler))))
         if change_types is None:
             self._wanted = None
         elif self._wanted is not None:
@@ -110,6 +114,7 @@ class ChangeDispatcher:
     def _put(self, item: tuple[int, int, str | None]) -> None:
         with self._lock:
             self._pending += 1
+            self._queued_at.append(time.monotonic())
             if self._worker is None:
                 self._worker = threading.Thread(target=self._deliver, name="orthanc_py-changes", daemon=True)
                 self._worker.start()
@@ -121,14 +126,27 @@ class ChangeDispatcher:
             if item is None or self._abandoned:
                 return
             change_type, resource_type, resource_id = item
-            for handler in list(self._handlers):
+            for handler, types, stats in list(self._handlers):
+                # Every handler is called, and those that asked for some change
+                # types only (the decorators') filter: they count those only.
+                if types is None or change_type in types:
+                    stats.deliveries += 1
                 try:
                     handler(change_type, resource_type, resource_id)
                 except BaseException:  # SystemExit too: one handler must not end the delivery of others
+                    stats.failures += 1
                     _capi.report_exception(f"on-change handler {_name_of(handler)}")
             with self._lock:
                 self._pending -= 1
+                self._queued_at.popleft()
                 self.delivered += 1
+
+    def backlog(self) -> tuple[int, float, int]:
+        """The events waiting (queued, or being delivered), how long the oldest has waited, and those delivered."""
+        with self._lock:
+            waiting, delivered = self._pending, self.delivered
+            oldest = self._queued_at[0] if self._queued_at else None
+        return waiting, 0.0 if oldest is None else time.monotonic() - oldest, delivered
 
     def deliver_stop(self, timeout: float | None) -> int:
         """Queues ``ORTHANC_STOPPED`` (once) and waits until everything queued is delivered.
@@ -183,7 +201,7 @@ class StoredInstanceDispatcher:
 
     def __init__(self, require_setup: SetupCheck) -> None:
         self._require_setup = require_setup
-        self._handlers: list[tuple[StoredInstanceHandler, str]] = []
+        self._handlers: list[tuple[StoredInstanceHandler, str, _metrics.HandlerStats]] = []
 
     def add(self, handler: StoredInstanceHandler, what: str, name: str) -> None:
         """Adds ``handler(instance_address, instance_id)``; ``name`` is used in error logs."""
@@ -191,13 +209,15 @@ class StoredInstanceDispatcher:
             self._require_setup(what)
             if not self._handlers:
                 _capi.register_on_stored_instance(self._on_stored, "the on-stored-instance callback")
-        self._handlers.append((handler, name))
+        self._handlers.append((handler, name, _metrics.handler("stored_instance", name)))
 
     def _on_stored(self, address: int, instance_id: str) -> int:
-        for handler, name in list(self._handlers):
+        for handler, name, stats in list(self._handlers):
+            stats.deliveries += 1
             try:
                 handler(address, instance_id)
             except BaseException:  # SystemExit too: the other handlers still get the instance
+                stats.failures += 1
                 _capi.report_exception(f"on-stored-instance handler {name}")
         return int(_capi.ErrorCode.Success)
 
@@ -231,3 +251,4 @@ def new_run(require_setup: SetupCheck, orthanc_stopped: Callable[[], None]) -> N
     global changes, stored_instances
     changes = ChangeDispatcher(require_setup, orthanc_stopped)
     stored_instances = StoredInstanceDispatcher(require_setup)
+    _metrics.watch_changes(changes.backlog)

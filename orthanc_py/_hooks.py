@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from . import _calls, _capi, _runtime, _sdk
+from . import _calls, _capi, _metrics, _runtime, _sdk
 
 Service = _capi.Service
 
@@ -39,6 +39,8 @@ class Entry(NamedTuple):
     """What declared it: ``orthanc.RegisterIncomingHttpRequestFilter()``, ``@http_filter``..."""
     where: str
     """The handler as the log names it: ``the incoming-HTTP-request filter check_token``."""
+    stats: _metrics.HandlerStats | None = None
+    """Its figures (deliveries, failures), for the hooks whose dispatcher runs it here (:func:`_run`)."""
 
 
 class Refused(Exception):
@@ -57,11 +59,15 @@ class Hook:
         with Orthanc; called with the first handler of a run (``None`` for hooks
         that hold one handler: :meth:`add` registers that handler's callback).
     :param single: the hook holds one handler: a second one is refused.
+    :param kind: the hook's name in the metrics (``kind="http_filter"``): each
+        handler's deliveries and failures are counted; ``None``: not counted.
     """
 
-    def __init__(self, what: str, connect: Callable[[Hook], None] | None = None, single: bool = False) -> None:
+    def __init__(self, what: str, connect: Callable[[Hook], None] | None = None, single: bool = False,
+                 kind: str | None = None) -> None:
         self.what = what
         self.single = single
+        self.kind = kind
         self._connect = connect
         self._lock = threading.Lock()
         # Replaced, never changed in place: a C callback iterates it without a lock.
@@ -88,7 +94,9 @@ class Hook:
         if not _capi.is_attached():
             return False
         _runtime.require_setup(by)
-        entry = Entry(handler, by, where)
+        # Every caller ends ``where`` with the handler's name: the metrics' label.
+        stats = None if self.kind is None else _metrics.handler(self.kind, where.rsplit(" ", 1)[-1])
+        entry = Entry(handler, by, where, stats)
         with self._lock:
             for other in self.handlers:
                 if once and other.by == by:
@@ -159,7 +167,7 @@ def _connect_http_filters(hook: Hook) -> None:
     register(Service.RegisterIncomingHttpRequestFilter2, params, "the incoming-HTTP-request filters")
 
 
-http_filters = Hook("incoming HTTP request filter", _connect_http_filters)
+http_filters = Hook("incoming HTTP request filter", _connect_http_filters, kind="http_filter")
 """Asked before Orthanc serves any HTTP request; a request goes through when every filter lets it."""
 
 
@@ -207,7 +215,7 @@ def _connect_received_instances(hook: Hook) -> None:
     register(Service.RegisterReceivedInstanceCallback, params, "the received-instance handlers")
 
 
-received_instances = Hook("received-instance callback", _connect_received_instances)
+received_instances = Hook("received-instance callback", _connect_received_instances, kind="received_instance")
 """Keeps, changes or drops each instance Orthanc receives, before it is stored (Orthanc takes one such callback:
 the plugin's runs every handler in turn)."""
 
@@ -237,7 +245,7 @@ def _connect_dicom_filters(hook: Hook) -> None:
     register(Service.RegisterIncomingDicomInstanceFilter, params, "the incoming-DICOM-instance filters")
 
 
-dicom_filters = Hook("incoming DICOM instance filter", _connect_dicom_filters)
+dicom_filters = Hook("incoming DICOM instance filter", _connect_dicom_filters, kind="instance_filter")
 """Asked whether to store each instance Orthanc receives, whatever the way; all must accept it."""
 
 
@@ -266,7 +274,7 @@ def _connect_cstore_filters(hook: Hook) -> None:
     register(Service.RegisterIncomingCStoreInstanceFilter, params, "the incoming-C-STORE filters")
 
 
-cstore_filters = Hook("incoming C-STORE instance filter", _connect_cstore_filters)
+cstore_filters = Hook("incoming C-STORE instance filter", _connect_cstore_filters, kind="cstore_filter")
 """Asked for each instance received by C-STORE; the first refusal answers the modality."""
 
 
@@ -285,7 +293,16 @@ def _connect_metrics(hook: Hook) -> None:
 
 
 metrics = Hook("refresh-metrics callback", _connect_metrics)
-"""Called each time Orthanc refreshes its metrics (a monitoring tool reads them); every handler runs."""
+"""Called each time Orthanc refreshes its metrics (a monitoring tool reads them); every handler runs.
+
+orthanc_py's own figures (:mod:`._metrics`) are its first handler, added at each run."""
+
+
+def _add_own_metrics() -> None:
+    metrics.add(_metrics.refresh, "orthanc_py", "orthanc_py's metrics (routes, handlers, queues)")
+
+
+_runtime.at_each_run(_add_own_metrics)
 
 
 # --- HTTP authentication (Orthanc 1.12.9) --------------------------------------------------
@@ -322,7 +339,8 @@ def _connect_http_authentication(hook: Hook) -> None:
     register(Service.RegisterHttpAuthentication, params, "the HTTP authentication")
 
 
-http_authentication = Hook("HTTP authentication handler", _connect_http_authentication, single=True)
+http_authentication = Hook("HTTP authentication handler", _connect_http_authentication, single=True,
+                           kind="http_auth")
 """Authenticates every HTTP request (Orthanc 1.12.9): Orthanc takes one for all its plugins."""
 
 
@@ -346,7 +364,7 @@ def _connect_audit_logs(hook: Hook) -> None:
     register(Service.RegisterAuditLogHandler, params, "the audit-log handlers")
 
 
-audit_logs = Hook("audit-log handler", _connect_audit_logs)
+audit_logs = Hook("audit-log handler", _connect_audit_logs, kind="audit_log")
 """Told each audit log a plugin emits (Orthanc 1.12.9); every handler runs."""
 
 
@@ -375,12 +393,18 @@ def _decode(value: bytes | None) -> str:
 def _run(entry: Entry, failure: Any, consequence: str, *args: Any) -> Any:
     """One handler of a hook: its result, or ``failure`` once the reason is in Orthanc's log.
 
-    Each handler is run on its own, so that the log names the one that failed.
+    Each handler is run on its own, so that the log names the one that failed,
+    and its figures count it.
     """
+    stats = entry.stats
+    if stats is not None:
+        stats.deliveries += 1
     try:
         return entry.handler(*args)
     except Refused as refusal:
         _capi.log_error(f"orthanc_py: {entry.where} {refusal}; {consequence}")
     except Exception:
         _capi.report_exception(f"{entry.where}; {consequence}")
+    if stats is not None:
+        stats.failures += 1
     return failure

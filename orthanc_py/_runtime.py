@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import _capi, _capi_rest, _events, _logging, _paths
+from . import _capi, _capi_rest, _events, _logging, _metrics, _paths
 
 log = logging.getLogger("orthanc_py")
 
@@ -46,6 +46,8 @@ _when_stopping: list[Callable[[], None]] = []
 _on_stop: list[Callable[[], None]] = []
 # What each module forgets when a new run starts (routes, filters...).
 _new_run: list[Callable[[], None]] = []
+# What orthanc_py registers for itself at each run, before the script.
+_each_run: list[Callable[[], None]] = []
 
 
 def after_load(check: Callable[[], None]) -> None:
@@ -70,6 +72,17 @@ def on_new_run(forget: Callable[[], None]) -> None:
     configuration): the interpreter stays, and the script runs again.
     """
     _new_run.append(forget)
+
+
+def at_each_run(register: Callable[[], None]) -> None:
+    """Registers what orthanc_py adds to each run of a script, before the script runs.
+
+    ``register`` is called while registrations are open, as the script's
+    own are: its handlers (the refresher of orthanc_py's metrics) go with
+    the script's into the same hooks. One that raises is logged, and the
+    script still runs.
+    """
+    _each_run.append(register)
 
 
 on_new_run(_capi_rest.forget_routes)
@@ -207,6 +220,7 @@ def start(context_address: int, loader_path: str) -> bool:
     _capi.attach(context_address)
     _capi.use_loader(loader_path)
     _logging.install()
+    _metrics.new_run()
     for forget in _new_run:
         forget()
     for registered in (_after_load, _when_stopping, _on_stop):
@@ -249,6 +263,8 @@ def start(context_address: int, loader_path: str) -> bool:
         log.info("sys.executable=%s sys.path=%s", sys.executable, sys.path)
     _fork_by_default()
     phase = Phase.LOADING
+    for register in _each_run:
+        _run_guarded(register, "orthanc_py's own handlers")
     try:
         # ORTHANC_STOPPED is when the script's threads lose the SDK, while
         # Orthanc still serves: listen for it whatever the script registers.

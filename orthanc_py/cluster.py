@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from . import _capi, _runtime, rest
+from . import _capi, _metrics, _runtime, rest
 from ._enums import ResourceType
 
 __all__ = [
@@ -171,6 +171,7 @@ def _write(resource: str, claims: dict[str, Any], etag: str | None) -> bool:
     if answer.status == 200:
         return True
     if answer.status == 409:  # a newer revision (or a claim created meanwhile): read again
+        _metrics.cluster.conflicts += 1
         return False
     if answer.status == 404:
         return False
@@ -209,12 +210,12 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
         now = time.time()
         taking_over = None
         if isinstance(entry, dict) and (period is None or entry.get("period", -1) >= period):
-            if period is not None and entry.get("period", -1) > period:
-                return ClaimResult(Outcome.DONE)
-            if entry.get("done"):
+            if (period is not None and entry.get("period", -1) > period) or entry.get("done"):
+                _metrics.cluster.lost += 1
                 return ClaimResult(Outcome.DONE)
             until = float(entry.get("until", 0))
             if until > now and entry.get("node") != me:
+                _metrics.cluster.lost += 1
                 return ClaimResult(Outcome.HELD, until)
             if entry.get("node") != me:
                 taking_over = (entry.get("node"), "its handler failed" if until == 0 else "its lease ended")
@@ -222,7 +223,10 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
         if period is not None:
             claims[key]["period"] = period
         if _write(resource, claims, etag):
+            figures = _metrics.cluster
+            figures.won += 1
             if taking_over is not None:
+                figures.taken_over += 1
                 # Worth a line in the log: a node died, hung or failed with this work.
                 _capi.log_warning(f"orthanc_py: {me} takes over {key} of {resource} from {taking_over[0]} "
                                   f"({taking_over[1]})")
@@ -394,8 +398,10 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
                 result = run_claimed(resource, key, lambda: function(change), lease)
             except Exception:
                 _capi.report_exception(f"once_per_cluster handler {key} for {resource}")
+                # Caught here, not by the change queue: the handler's figures are counted here.
+                _metrics.handler("change", _capi.name_of(function)).failures += 1
                 if tries > 1:  # released: another node that fired the change, or this one later, tries again
-                    schedule(time.time() + lease, lambda: attempt(tries - 1, False))
+                    schedule(time.time() + lease, lambda: retry(tries - 1))
                 return
             if result.outcome is Outcome.HELD:
                 # The holder may die or fail: look again when its lease ends.
@@ -404,6 +410,10 @@ def once_per_cluster(function: Callable[..., Any], lease: float = DEFAULT_LEASE)
                 # Nothing to claim on (a DELETED change...): Orthanc fired it on this node only.
                 # Gone at a later look, it was deleted meanwhile: nothing left to do.
                 function(change)
+
+        def retry(tries: int) -> None:
+            _metrics.handler("change", _capi.name_of(function)).retries += 1
+            attempt(tries, False)
 
         attempt(RETRIES, True)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _capi, _runtime
+from . import _capi, _metrics, _runtime
 
 __all__ = ["WorkerCrashed", "run_in_worker"]
 
@@ -55,6 +55,7 @@ def default_pool() -> concurrent.futures.ProcessPoolExecutor:
             workers = _runtime.settings.offload_workers or os.cpu_count() or 1
             _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                                            initializer=_end_with_orthanc, initargs=(os.getpid(),))
+            _metrics.offload.workers = workers
             if not _stop_hooks_set:  # once per run: each run starts with no stop hooks
                 _stop_hooks_set = True
                 _runtime.when_stopping(_arm_stop_deadline)
@@ -100,6 +101,10 @@ def submit(executor: concurrent.futures.Executor, function: Callable[..., Any], 
     ``ClientExecutor`` would take ``workers=`` or ``pure=`` for itself.
     """
     call = functools.partial(function, *args, **kwargs)
+    stats = _metrics.offload
+    own_pool = executor is _pool  # busy and waiting are told apart for orthanc_py's pool, whose size is known
+    stats.started(own_pool)
+    crashed = False
     try:
         if _is_dask(executor):
             # dask takes a task with the same function and arguments for the
@@ -108,12 +113,16 @@ def submit(executor: concurrent.futures.Executor, function: Callable[..., Any], 
             return executor.submit(call, pure=False).result()
         return executor.submit(call).result()
     except concurrent.futures.process.BrokenProcessPool as error:
+        crashed = True
         raise WorkerCrashed(f"a worker process of the offload pool died while running {_name(function)} "
                             "(killed, out of memory, or crashed in a C extension); the pool is replaced") from error
     except Exception as error:
         if type(error).__name__ == "KilledWorker":  # dask gave up after the workers running it died
+            crashed = True
             raise WorkerCrashed(f"the dask workers died while running {_name(function)}: {error}") from error
         raise
+    finally:
+        stats.finished(own_pool, crashed)
 
 
 def _is_dask(executor: concurrent.futures.Executor) -> bool:
@@ -173,6 +182,7 @@ def _stop_pool() -> None:
     with _pool_lock:
         pool, _pool = _pool, None
         _stop_hooks_set = False
+    _metrics.offload.workers = 0
     if pool is not None:
         _end_pool(pool, grace=0 if _runtime.phase is _runtime.Phase.STOPPED else _runtime.settings.shutdown_grace)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from http import HTTPStatus
 from typing import Any, Callable, TypeVar, Union
 
-from . import _calls, _capi, _capi_rest, _hooks, _runtime, _sdk_calls
+from . import _calls, _capi, _capi_rest, _hooks, _metrics, _runtime, _sdk_calls
 from ._routing import CompiledRule, RuleError, allow_header, compile_path
 from .http_messages import (
     AuthRequest,
@@ -173,6 +173,8 @@ class _Endpoint:
         self.compiled = compiled
         self.handlers: dict[str, tuple[Callable[..., Any], Offload]] = {}
         self.where = f"route {compiled.rule}"
+        # The route's figures once registered with Orthanc (outside Orthanc, figures nobody reads).
+        self.stats = _metrics.RouteStats(compiled.rule)
 
     def handle(self, output: int, uri: str, view: _capi_rest.HttpRequestView) -> _capi_rest.RouteResult:
         """Runs the handler of the request's method; returns the answer for the loader to send."""
@@ -217,30 +219,36 @@ class _Endpoint:
                 # Only this request fails: the pool is replaced for the next one.
                 _capi.log_error(f"orthanc_py: {self.where} ({_name(handler)}) for {method} {uri}: {error}")
                 response = HTTPError(503, "Service Unavailable: a worker process died; try again").response()
-            return _answer(output, response)
+            answer = _answer(output, response)
+            if response.status >= 500:
+                self.stats.errors += 1  # the route's entry counts only the exceptions that reach it
+            return answer
         except _capi.OrthancError as error:
             if error.code != _capi.ErrorCode.NetworkProtocol:
                 _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
-                return _failure(output, self.compiled.rule, handler, error)
+                return _failure(output, self, handler, error)
             # The client went away before the answer was sent: nothing to fix.
             # The same words and level as the loader's (send_answer() in loader.c).
             _capi.log_info(f"orthanc_py: {self.where}: the client closed the connection before its answer")
             return 0
         except Exception as error:
             _capi.report_exception(f"{self.where} ({_name(handler)}) for {method} {uri}")
-            return _failure(output, self.compiled.rule, handler, error)
+            return _failure(output, self, handler, error)
 
 
-def _failure(output: int, rule: str, handler: Callable[..., Any] | None, error: Exception) -> _capi_rest.RouteResult:
+def _failure(output: int, endpoint: _Endpoint, handler: Callable[..., Any] | None,
+             error: Exception) -> _capi_rest.RouteResult:
     """The answer to a request whose route raised ``error`` (already logged).
 
     Orthanc's own 500, which names no exception, except under ``orthanc-py
     run`` (``Python.DevelopmentServer``): there the answer's JSON names the
     exception's type and the route too, for the developer at the client.
     """
+    endpoint.stats.errors += 1  # the route's entry sees no exception: it was caught here
     failure = int(_capi.ErrorCode.Plugin)
     if not _runtime.settings.development_server:
         return failure
+    rule = endpoint.compiled.rule
     kind = type(error)
     name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
     body = {
@@ -307,7 +315,8 @@ def add_route(rule: str, handler: Callable[..., Any], methods: Sequence[str] = (
     if endpoint is None:
         endpoint = _endpoints[compiled.regex] = _Endpoint(compiled)
         if _capi.is_attached():
-            _capi_rest.register_rest_callback(compiled.regex, endpoint.handle, endpoint.where)
+            endpoint.stats = _capi_rest.register_rest_callback(compiled.regex, endpoint.handle, endpoint.where,
+                                                               route=compiled.rule)
     for method in wanted:
         endpoint.handlers[method] = (handler, offload)
 

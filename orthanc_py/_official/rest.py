@@ -31,6 +31,7 @@ class RestOutput(Handle):
                       "output.SendHttpStatusCode()...); for work that takes longer, answer first and then start it")
 
     answered = False
+    _status = 0  # the status sent by SendHttpStatus() or SendHttpStatusCode(): a 5xx is a route's error
     _defers = False  # AnswerBuffer() may leave its answer to the loader (the REST callback's own object)
     _deferred: tuple[bytes, bytes] | None = None  # that answer, (body, MIME type), not sent yet
 
@@ -98,6 +99,7 @@ class RestOutput(Handle):
         try:
             self._send_deferred()
             _send_http_status()(self, status, data)
+            self._status = status
         except _capi.OrthancError as error:
             if isinstance(error, _calls.SdkVersionError):
                 raise
@@ -169,10 +171,19 @@ def RegisterRestCallback(pathRegularExpression: str, callback: Callable[..., Non
                 "HTTP 500 (answer with output.AnswerBuffer(), output.SendHttpStatusCode()...)"
             )
             code = failure
+        # The route's entry counts only the exceptions that reach it: failures and
+        # 5xx answers are counted here. An answer left to the loader is the last
+        # one given (any later call sends it first): its status is 200.
+        if deferred is None:
+            if code != success or output._status >= 500:
+                stats.errors += 1
+            return code
+        if code != success:
+            stats.errors += 1
         # An answer given before a failure stays given, as if it had been sent at once.
-        return code if deferred is None else (code, *deferred)
+        return code, *deferred
 
-    _capi_rest.register_rest_callback(pathRegularExpression, handle, where, eager=True)
+    stats = _capi_rest.register_rest_callback(pathRegularExpression, handle, where, eager=True)
 
 
 class _LentRestOutput(RestOutput):
