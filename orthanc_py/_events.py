@@ -63,6 +63,8 @@ class ChangeDispatcher:
         self._closed = False
         self._abandoned = False  # the wait at stop is over: deliver nothing more
         self._wanted: set[int] | None = set()  # the change types of the handlers; None for all
+        # Called on Orthanc's thread for their change types, before the queue: they only wake a thread up.
+        self._wakers: tuple[tuple[frozenset[int], Callable[[int], None]], ...] = ()
         self.delivered = 0
 
     def add(self, handler: ChangeHandler, what: str, change_types: Iterable[int] | None = None) -> None:
@@ -88,6 +90,18 @@ class ChangeDispatcher:
             self._wanted |= {int(t) for t in change_types}
         _capi.want_changes(self._wanted_now())
 
+    def wake_on(self, change_types: Iterable[int], wake: Callable[[int], None]) -> None:
+        """Calls ``wake(change_type)`` on Orthanc's thread for each change of ``change_types``, at once.
+
+        For what reads the change itself elsewhere (durable handlers read
+        Orthanc's log): ``wake`` must return at once and never call Orthanc.
+        """
+        types = frozenset(int(t) for t in change_types)
+        self._wakers = (*self._wakers, (types, wake))
+        if self._wanted is not None:
+            self._wanted |= types
+        _capi.want_changes(self._wanted_now())
+
     def _wanted_now(self) -> set[int] | None:
         # ORTHANC_STOPPED always: it is when orthanc_py closes the SDK to the script's threads.
         return None if self._wanted is None else self._wanted | {ORTHANC_STOPPED}
@@ -105,6 +119,12 @@ class ChangeDispatcher:
     def _on_change(self, change_type: int, resource_type: int, resource_id: bytes | None) -> int:
         # Runs on Orthanc's thread, inside its core: queue and return at once,
         # except for ORTHANC_STOPPED (see _runtime.orthanc_stopped).
+        for types, wake in self._wakers:
+            if change_type in types:
+                try:
+                    wake(change_type)
+                except Exception:
+                    _capi.report_exception("waking orthanc_py's durable change handlers")
         if change_type == ORTHANC_STOPPED:
             self._orthanc_stopped()
         elif self._handlers and not self._closed:

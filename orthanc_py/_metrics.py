@@ -9,6 +9,9 @@ What is counted, where, and what it is published as:
 - each handler of a hook, change or stored instance (``_hooks``,
   ``_events``, ``cluster``): deliveries, failures, and retries of change
   handlers;
+- each durable change handler (``_durable``): its checkpoint, the changes
+  of the log after it, the age of the change it is on, its dead letters,
+  the stable changes it recovered and the changes it never could read;
 - the change queue (``_events``): its backlog and how long its oldest event
   has waited;
 - the offload pool (``offload``): its size, the calls it runs and those
@@ -137,8 +140,8 @@ class HandlerStats:
         self.failures = 0
         """Calls that raised, or returned something the hook does not take."""
         self.retries = 0
-        """Calls made again after a failure (``once_per_cluster`` change handlers)."""
-        self._retried = kind == "change"  # the only handlers a failure can be retried for
+        """Calls made again after a failure (durable and ``once_per_cluster`` change handlers)."""
+        self._retried = kind in ("change", "durable_change")  # the only handlers a failure can be retried for
         labels = _labels(kind=kind, handler=handler)
         self._names = (_name("handler_deliveries_total", labels), _name("handler_failures_total", labels),
                        _name("handler_retries_total", labels))
@@ -149,6 +152,41 @@ class HandlerStats:
         put(failures, self.failures)
         if self._retried:
             put(retries, self.retries)
+
+
+class DurableStats:
+    """Where a durable change handler stands in Orthanc's change log (set by its thread, read here)."""
+
+    __slots__ = ("_names", "checkpoint", "dead_letters", "last_seq", "lost", "oldest", "recovered")
+
+    def __init__(self, handler: str) -> None:
+        self.checkpoint = 0
+        """The number of the last change it finished, as last written to Orthanc's database."""
+        self.last_seq = 0
+        """The number of the last change of the log it knows of."""
+        self.oldest = 0.0
+        """When the change it is on was logged (epoch seconds); 0 when it has caught up."""
+        self.dead_letters = 0
+        """Changes it gave up on, kept to be replayed."""
+        self.recovered = 0
+        """``STABLE_*`` changes it made for resources whose own a crash lost."""
+        self.lost = 0
+        """Changes removed from the log before it read them."""
+        labels = _labels(handler=handler)
+        self._names = tuple(_name(metric, labels) for metric in (
+            "durable_checkpoint", "durable_backlog", "durable_oldest_age_seconds", "durable_dead_letters",
+            "durable_recovered_total", "durable_lost_total"))
+
+    def backlog(self) -> int:
+        """Changes of the log after the checkpoint (every type, its own or not)."""
+        return max(0, self.last_seq - self.checkpoint)
+
+    def _publish(self, put: _Put) -> None:
+        oldest = self.oldest
+        values = (self.checkpoint, self.backlog(), max(0.0, time.time() - oldest) if oldest else 0.0,
+                  self.dead_letters, self.recovered, self.lost)
+        for name, value in zip(self._names, values):
+            put(name, value)
 
 
 class OffloadStats:
@@ -247,6 +285,7 @@ def _empty_queue() -> tuple[int, float, int]:
 
 _routes: dict[str, RouteStats] = {}
 _handlers: dict[tuple[str, str], HandlerStats] = {}
+_durable: dict[str, DurableStats] = {}
 offload = OffloadStats()
 """The offload pool's figures (:mod:`orthanc_py.offload` keeps them)."""
 cluster = ClusterStats()
@@ -278,6 +317,14 @@ def handler(kind: str, name: str) -> HandlerStats:
     return stats
 
 
+def durable(name: str) -> DurableStats:
+    """The figures of the durable change handler ``name``, made on first use."""
+    stats = _durable.get(name)
+    if stats is None:
+        stats = _durable.setdefault(name, DurableStats(name))
+    return stats
+
+
 def watch_changes(queue: ChangeQueue) -> None:
     """Makes ``queue()`` the reading of the change queue published (the dispatcher of the run)."""
     global _change_queue
@@ -289,6 +336,7 @@ def new_run() -> None:
     global offload, cluster, _change_queue
     _routes.clear()
     _handlers.clear()
+    _durable.clear()
     offload = OffloadStats()
     cluster = ClusterStats()
     _change_queue = _empty_queue
@@ -342,6 +390,8 @@ def refresh() -> None:
         stats._publish(put)
     for handler_stats in list(_handlers.values()):
         handler_stats._publish(put)
+    for durable_stats in list(_durable.values()):
+        durable_stats._publish(put)
     backlog, oldest, delivered = _change_queue()
     put(_CHANGE_NAMES[0], backlog)
     put(_CHANGE_NAMES[1], oldest)

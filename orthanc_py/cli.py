@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
+import getpass
 import json
 import os
 import shlex
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -108,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
         "functions the `orthanc` module reaches, and each one it does not, with the reason.",
     )
 
+    letters = commands.add_parser(
+        "dead-letters",
+        help="list, replay or discard the changes durable change handlers gave up on",
+        description="Talks to a running Orthanc's /orthanc-py/dead-letters route. Without --replay or "
+        "--discard, lists the dead letters: the changes a durable handler (@on_change(..., durable=True)) "
+        "kept failing on, with the error of the last attempt. --replay gives each one to its handler once "
+        "more (those that fail again stay); --discard drops them. Exits with 1 when a replayed change failed again.",
+    )
+    letters.add_argument("--url", default="http://localhost:8042", help="Orthanc's address (default: %(default)s)")
+    letters.add_argument("--user", metavar="NAME[:PASSWORD]",
+                         help="a user of Orthanc's RegisteredUsers (the password is asked when not given)")
+    letters.add_argument("--handler", metavar="NAME", help="only this handler's (module.function, as listed)")
+    letters.add_argument("--seq", metavar="N[,N...]", help="only these changes (their numbers in the change log)")
+    action = letters.add_mutually_exclusive_group()
+    action.add_argument("--replay", action="store_true", help="give them to their handler again")
+    action.add_argument("--discard", action="store_true", help="drop them for good")
+    letters.add_argument("--json", action="store_true", help="print Orthanc's JSON answer as it is")
+
     doctor_parser = commands.add_parser(
         "doctor",
         help="check Orthanc, the loader and the venv, and say what to fix",
@@ -134,10 +157,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             return doctor(args.config)
         if args.command == "sdk-coverage":
             return sdk_coverage()
+        if args.command == "dead-letters":
+            return dead_letters(args)
     except (FileNotFoundError, ValueError) as error:
         print(f"orthanc-py: error: {error}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)
+
+
+def dead_letters(args: argparse.Namespace) -> int:
+    """``orthanc-py dead-letters``: lists, replays or discards through the plugin's REST route."""
+    query = {name: value for name, value in (("handler", args.handler), ("seq", args.seq)) if value}
+    route = args.url.rstrip("/") + "/orthanc-py/dead-letters"
+    if args.replay:
+        body = {"Handler": args.handler, "Seq": args.seq.split(",") if args.seq else None}
+        answer = _call_orthanc("POST", route + "/replay", args.user, json.dumps(body).encode())
+    else:
+        address = route + ("?" + urllib.parse.urlencode(query) if query else "")
+        answer = _call_orthanc("DELETE" if args.discard else "GET", address, args.user)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif args.replay or args.discard:
+        for result in answer:
+            if args.discard:
+                print(f"{result['Handler']}: discarded {len(result['Discarded'])} {_changes(result['Discarded'])}")
+            else:
+                print(f"{result['Handler']}: delivered {len(result['Succeeded'])} {_changes(result['Succeeded'])}; "
+                      f"failed again {len(result['Failed'])} {_changes(result['Failed'])}")
+    else:
+        for letter in answer:
+            print(f"{letter['Handler']}  change {letter['Seq']}  {letter['ChangeType']} of "
+                  f"{letter['ResourceType'].lower()} {letter['ResourceId']}  {letter['Attempts']} attempts, "
+                  f"last {letter['FailedAt']}: {letter['Error']}")
+        print(f"{len(answer)} dead letters" + ("" if not answer else "; replay them with --replay"))
+    return 1 if args.replay and any(result["Failed"] for result in answer) else 0
+
+
+def _changes(numbers: list[int]) -> str:
+    return "(changes " + ", ".join(map(str, numbers)) + ")" if numbers else ""
+
+
+def _call_orthanc(method: str, url: str, user: str | None, body: bytes | None = None) -> Any:
+    """The JSON answer of ``method url``; errors become a ValueError naming the address and the fix."""
+    request = urllib.request.Request(url, data=body, method=method)
+    if user:
+        name, _, password = user.partition(":")
+        if not _:
+            password = getpass.getpass(f"Password of {name} on {url}: ")
+        token = base64.b64encode(f"{name}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=150) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode("utf-8", "replace")[:500]
+        if error.code == 404 and "durable" not in detail:
+            raise ValueError(f"{url} answered 404: that Orthanc runs no durable change handler "
+                             "(@on_change(..., durable=True)), or is not running orthanc_py") from None
+        if error.code == 401:
+            raise ValueError(f"{url} answered 401: give a user of its RegisteredUsers with --user NAME") from None
+        raise ValueError(f"{url} answered {error.code}: {detail}") from None
+    except urllib.error.URLError as error:
+        raise ValueError(f"cannot reach Orthanc at {url} ({error.reason}): is it running? (--url)") from None
 
 
 def print_config(script: str) -> int:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, overload
 
-from . import _calls, _capi, _events, _hooks, _runtime, _sdk_calls, cluster
+from . import _calls, _capi, _durable, _events, _hooks, _runtime, _sdk_calls, cluster
 from ._enums import ChangeType, InstanceOrigin, ResourceType
 from ._enums import StableStatus as _StableStatus
 
@@ -41,6 +41,15 @@ class Change:
     """The level of the resource it happened to (``NONE`` for changes about no resource)."""
     resource_id: str | None
     """The Orthanc ID of the resource, or ``None`` for changes about no resource."""
+    seq: int | None = None
+    """The change's number in Orthanc's change log (``GET /changes``), for durable handlers; ``None`` otherwise.
+
+    A durable handler may be given a change again after a crash: the number
+    lets it see that it did the work already. A recovered change carries the
+    number of the resource's ``NEW_*`` change."""
+    recovered: bool = False
+    """``True`` for a ``STABLE_*`` change Orthanc never logged (it stopped before the resource was stable),
+    made by a durable handler once the resource is stable."""
 
     def mark_stable(self) -> bool:
         """Declares the change's patient, study or series stable now: see :func:`mark_stable`."""
@@ -151,11 +160,14 @@ def mark_unstable(resource_id: str) -> bool:
 @overload
 def on_change(function: F, /) -> F: ...
 @overload
-def on_change(*change_types: ChangeType | int, once_per_cluster: bool = False,
-              lease: float | None = None) -> Callable[[F], F]: ...
+def on_change(*change_types: ChangeType | int, once_per_cluster: bool = False, lease: float | None = None,
+              durable: bool = False, retries: int = _durable.DEFAULT_RETRIES,
+              backoff: float = _durable.DEFAULT_BACKOFF) -> Callable[[F], F]: ...
 
 
-def on_change(*change_types: Any, once_per_cluster: bool = False, lease: float | None = None) -> Any:
+def on_change(*change_types: Any, once_per_cluster: bool = False, lease: float | None = None,
+              durable: bool = False, retries: int = _durable.DEFAULT_RETRIES,
+              backoff: float = _durable.DEFAULT_BACKOFF) -> Any:
     """Calls the decorated ``handler(change)`` for each change of the given types (all without).
 
     Used bare (``@on_change``) or with types (``@on_change(ChangeType.NEW_STUDY,
@@ -167,16 +179,44 @@ def on_change(*change_types: Any, once_per_cluster: bool = False, lease: float |
         even when several nodes fire the change (see :mod:`orthanc_py.cluster`).
     :param lease: with ``once_per_cluster``, the seconds a node's claim holds
         before another node may take the work over (renewed while the handler runs).
+    :param durable: deliver each change at least once, across crashes and
+        restarts: the handler reads Orthanc's change log from a checkpoint kept
+        in Orthanc's database, gets ``STABLE_*`` changes a crash lost
+        (``change.recovered``), and is retried when it raises (see
+        :doc:`/durable`). Its changes carry their number in the log
+        (``change.seq``). The handler runs on a thread of its own.
+    :param retries: with ``durable``, how many times a change is given again
+        to a handler that raised, before it becomes a dead letter.
+    :param backoff: with ``durable``, the seconds before the first retry;
+        each next one waits twice as long (at most 300 s).
     """
     if lease is not None and not once_per_cluster:
         raise TypeError("on_change(): lease= goes with once_per_cluster=True (it is how long a node's claim holds)")
+    if not durable and (retries != _durable.DEFAULT_RETRIES or backoff != _durable.DEFAULT_BACKOFF):
+        raise TypeError("on_change(): retries= and backoff= go with durable=True (plain handlers are not retried)")
     if len(change_types) == 1 and callable(change_types[0]) and not isinstance(change_types[0], int):
         return _add_change_handler(change_types[0], frozenset())
     for change_type in change_types:
         if not isinstance(change_type, int):
             raise TypeError(f"on_change() takes ChangeType values, not {type(change_type).__name__}")
     wanted = frozenset(int(t) for t in change_types)
+    if durable:
+        return lambda function: _add_durable_handler(function, wanted, once_per_cluster, lease, retries, backoff)
     return lambda function: _add_change_handler(function, wanted, once_per_cluster, lease)
+
+
+def _add_durable_handler(function: F, wanted: frozenset[int], once_per_cluster: bool, lease: float | None,
+                         retries: int, backoff: float) -> F:
+    if not callable(function):
+        raise TypeError(f"on_change: the handler must be callable, not {type(function).__name__}")
+
+    def deliver(change_type: int, resource_type: int, resource_id: str | None, seq: int, recovered: bool) -> None:
+        function(Change(ChangeType(change_type), ResourceType(resource_type), resource_id, seq, recovered))
+
+    claims = (cluster.DEFAULT_LEASE if lease is None else lease) if once_per_cluster else None
+    name = f"{getattr(function, '__module__', None) or '?'}.{_capi.name_of(function)}"
+    _durable.add(name, deliver, wanted, claims, retries, backoff)
+    return function
 
 
 def _add_change_handler(function: F, wanted: frozenset[int], once_per_cluster: bool = False,
