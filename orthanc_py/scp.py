@@ -13,6 +13,10 @@ declares each SCP in one style or the other, and a second handler stops the
 script at start-up with an error naming the first. Every handler learns who
 asks from a :class:`Connection`; on Orthanc 1.12.10 and later, which hand
 plugins the DICOM connection, that includes the modality's IP address.
+
+orthanc_py's metrics count each handler's requests and those that failed
+(``orthanc_py_handler_deliveries_total{kind="find_scp",handler="patients"}``;
+kinds ``find_scp``, ``worklist_scp`` and ``move_scp``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from . import _capi, _hooks, _sdk, _sdk_calls, rest
+from . import _capi, _hooks, _metrics, _sdk, _sdk_calls, rest
 from ._calls import Handle
 from ._enums import CreateDicomFlags, DicomToJsonFlags, DicomToJsonFormat
 from ._official import scp as _scp
@@ -119,6 +123,8 @@ class _FindService(NamedTuple):
     """One C-FIND-shaped SCP of the SDK, in its two variants (before and from Orthanc 1.12.10)."""
 
     hook: _hooks.Hook
+    kind: str
+    """The SCP's name in the metrics (``kind="find_scp"``)."""
     answers_type: str
     query_type: str
     params: tuple[Any, Any]
@@ -128,11 +134,12 @@ class _FindService(NamedTuple):
     services: tuple[Service, Service]
 
 
-_FIND = _FindService(_hooks.find, "OrthancPluginFindAnswers", "OrthancPluginFindQuery",
+_FIND = _FindService(_hooks.find, "find_scp", "OrthancPluginFindAnswers", "OrthancPluginFindQuery",
                      (_sdk._OrthancPluginFindCallback, _sdk._OrthancPluginFindCallback2),
                      (_sdk.OrthancPluginFindCallback, _sdk.OrthancPluginFindCallback2),
                      (Service.RegisterFindCallback, Service.RegisterFindCallback2))
-_WORKLIST = _FindService(_hooks.worklist, "OrthancPluginWorklistAnswers", "OrthancPluginWorklistQuery",
+_WORKLIST = _FindService(_hooks.worklist, "worklist_scp", "OrthancPluginWorklistAnswers",
+                         "OrthancPluginWorklistQuery",
                          (_sdk._OrthancPluginWorklistCallback, _sdk._OrthancPluginWorklistCallback2),
                          (_sdk.OrthancPluginWorklistCallback, _sdk.OrthancPluginWorklistCallback2),
                          (Service.RegisterWorklistCallback, Service.RegisterWorklistCallback2))
@@ -153,10 +160,12 @@ def _register_find(service: _FindService, function: Callable[..., Any], by: str,
     def connect() -> None:
         newer = _capi.release >= CONNECTION_SINCE
         params = service.params[newer]()
-        # The trampoline lends the objects for the call, expires them after, and fails
-        # the C-FIND when the handler raises (the modality gets a failure status).
+        # The trampoline lends the objects for the call, expires them after, fails the
+        # C-FIND when the handler raises (the modality gets a failure status), and counts both.
+        stats = _metrics.handler(service.kind, _name(function))
         params.callback = _scp._find_trampoline(service.callbacks[newer], second if newer else first, where,
-                                                service.answers_type, service.query_type, with_connection=newer)
+                                                service.answers_type, service.query_type, stats,
+                                                with_connection=newer)
         _hooks.register(service.services[newer], params, by)
 
     service.hook.add(function, by, where, connect=connect)
@@ -452,15 +461,17 @@ def move_scp(function: F) -> F:
     def connect() -> None:
         wheres = (where, f"{where} (counting its instances)", f"{where} (sending an instance)",
                   f"{where} (ending the move)")
+        # Each request is a delivery; a failure when the handler, the destination or a C-STORE fails.
+        stats = _metrics.handler("move_scp", _name(function))
         params: Any
         if _capi.release >= CONNECTION_SINCE:
             params = _sdk._OrthancPluginMoveCallback2()
-            _scp._move_callbacks(params, _sdk.OrthancPluginMoveCallback2, second, _count, send, None, wheres)
+            _scp._move_callbacks(params, _sdk.OrthancPluginMoveCallback2, second, _count, send, None, wheres, stats)
             _hooks.register(Service.RegisterMoveCallback2, params, by)
         else:
             params = _sdk._OrthancPluginMoveCallback()
             _scp._move_callbacks(params, _sdk.OrthancPluginMoveCallback, _scp._c_create_v1(first), _count, send,
-                                 None, wheres)
+                                 None, wheres, stats)
             _hooks.register(Service.RegisterMoveCallback, params, by)
 
     _hooks.move.add(function, by, where, connect=connect)

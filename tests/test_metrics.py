@@ -25,6 +25,7 @@ from orthanc_py.cluster_server import OrthancCluster
 from orthanc_py.server import OrthancServer
 
 from .dicom import make_study
+from .test_scp_decorators import MODALITIES, findscu, move_responses, movescu, output
 
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -283,6 +284,75 @@ def test_handlers_count_deliveries_and_failures_and_the_change_queue_its_backlog
             == value(drained, "orthanc_py_changes_delivered_total"))
     assert value(drained, "orthanc_py_handler_failures_total", kind="change", handler="Everything") == 1
     assert value(drained, "orthanc_py_handler_retries_total", kind="change", handler="Everything") == 0
+
+
+# --- DICOM SCPs --------------------------------------------------------------------------------------
+
+SCPS = """
+import orthanc
+from orthanc_py import find_scp
+
+@find_scp
+def patients(query):
+    if query.tags.get("PatientID") == "RAISE":
+        raise ValueError("a C-FIND handler that raises, on purpose")
+    return [{"PatientID": "P1", "PatientName": "Doe^Jane"}]
+
+def Create(**request):
+    if request["PatientID"] == "REFUSE":
+        raise ValueError("a C-MOVE create callback that raises, on purpose")
+    return request["PatientID"]
+
+def Size(driver):
+    if driver == "UNCOUNTED":
+        raise ValueError("a C-MOVE count that raises, on purpose")
+    return 2
+
+def Apply(driver):
+    if driver == "BROKEN":
+        raise ValueError("a C-MOVE sub-operation that raises, on purpose")
+
+def Free(driver):
+    if driver == "BROKEN":
+        raise ValueError("a C-MOVE free callback that raises too, on purpose")
+
+orthanc.RegisterMoveCallback2(Create, Size, Apply, Free)
+"""
+
+
+def test_scp_handlers_count_their_requests_and_those_that_failed(make_orthanc: Callable[..., OrthancServer],
+                                                                 tmp_path: Path) -> None:
+    server = make_orthanc(SCPS, config={"DicomModalities": MODALITIES})
+    idle = scrape(server)
+    assert value(idle, "orthanc_py_handler_deliveries_total", kind="find_scp", handler="patients") == 0
+    assert value(idle, "orthanc_py_handler_failures_total", kind="find_scp", handler="patients") == 0
+    assert ("orthanc_py_handler_retries_total", frozenset({("kind", "find_scp"), ("handler", "patients")})) \
+        not in idle, "retries are the change handlers' only"
+
+    for number in range(3):
+        answered, answers = findscu(server, tmp_path / f"answered-{number}", "-P", "QueryRetrieveLevel=PATIENT",
+                                    "PatientID", "PatientName")
+        assert answered.returncode == 0, output(answered)
+        assert [answer.PatientID for answer in answers] == ["P1"]
+    raised, answers = findscu(server, tmp_path / "raised", "-P", "QueryRetrieveLevel=PATIENT", "PatientID=RAISE")
+    assert answers == [] and "Failed" in output(raised), output(raised)
+
+    # C-MOVE through the orthanc module: a request counts one delivery, and one failure whichever of its
+    # callbacks fail (BROKEN fails its first sub-operation, then its free callback).
+    expected = {"OK": "Final Move Response (Success)",
+                "BROKEN": "Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)",
+                "UNCOUNTED": "Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)",
+                "REFUSE": "Final Move Response (Failed: UnableToProcess)"}
+    for patient, final in expected.items():
+        moved = movescu(server, "TARGET", "QueryRetrieveLevel=PATIENT", f"PatientID={patient}")
+        assert move_responses(moved)[-1:] == [final], output(moved)
+    server.wait_for_log("a C-MOVE free callback that raises too, on purpose")
+
+    metrics = scrape(server)
+    assert value(metrics, "orthanc_py_handler_deliveries_total", kind="find_scp", handler="patients") == 4
+    assert value(metrics, "orthanc_py_handler_failures_total", kind="find_scp", handler="patients") == 1
+    assert value(metrics, "orthanc_py_handler_deliveries_total", kind="move_scp", handler="Create") == 4
+    assert value(metrics, "orthanc_py_handler_failures_total", kind="move_scp", handler="Create") == 3
 
 
 # --- the offload pool --------------------------------------------------------------------------------

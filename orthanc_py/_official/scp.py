@@ -17,6 +17,11 @@
 
 A script registers one variant of each SCP: Orthanc takes one handler of
 each kind.
+
+Each request is counted in orthanc_py's metrics (:mod:`.._metrics`), under
+the name of the callback (of ``create`` and of ``factory`` for C-MOVE and
+storage commitment): a delivery, and a failure when one of the request's
+callbacks fails.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import _capi, _hooks, _sdk
+from .. import _capi, _hooks, _metrics, _sdk
 from .._calls import Handle
 from .registration import (
     PLUGIN_ERROR,
@@ -96,24 +101,33 @@ FindCallback2 = Callable[[Handle, Handle, DicomConnection], Any]
 
 
 def _find_trampoline(c_type: Any, callback: Callable[..., Any], where: str, answers_type: str, query_type: str,
-                     with_connection: bool = False) -> Any:
+                     stats: _metrics.HandlerStats, with_connection: bool = False) -> Any:
+    """The C callback of a C-FIND-shaped SCP: each request is a delivery in ``stats``, and one that raises a failure."""
     if with_connection:
         def c_find(answers_pointer: Any, query_pointer: Any, connection_pointer: Any) -> int:
+            stats.deliveries += 1
             answers = _hooks.lend(answers_type, answers_pointer)
             query = _hooks.lend(query_type, query_pointer)
             connection = _lend_connection(connection_pointer)
             try:
                 callback(answers, query, connection)
+            except BaseException:
+                stats.failures += 1
+                raise
             finally:
                 _capi.expire(answers, query, connection)
             return SUCCESS
     else:
         def c_find(answers_pointer: Any, query_pointer: Any,  # type: ignore[misc]
                    issuer_aet: bytes | None, called_aet: bytes | None) -> int:
+            stats.deliveries += 1
             answers = _hooks.lend(answers_type, answers_pointer)
             query = _hooks.lend(query_type, query_pointer)
             try:
                 callback(answers, query, _decode(issuer_aet), _decode(called_aet))
+            except BaseException:
+                stats.failures += 1
+                raise
             finally:
                 _capi.expire(answers, query)
             return SUCCESS
@@ -149,7 +163,7 @@ def RegisterFindCallback(callback: FindCallback) -> None:
     params = _sdk._OrthancPluginFindCallback()
     params.callback = _find_trampoline(
         _sdk.OrthancPluginFindCallback, callback, f"the C-FIND callback {_name(callback)}",
-        "OrthancPluginFindAnswers", "OrthancPluginFindQuery",
+        "OrthancPluginFindAnswers", "OrthancPluginFindQuery", _metrics.handler("find_scp", _name(callback)),
     )
     by = f"orthanc.{function}()"
     _hooks.find.add(callback, by, f"the C-FIND callback {_name(callback)}", once=True,
@@ -180,7 +194,8 @@ def RegisterFindCallback2(callback: FindCallback2) -> None:
     where = f"the C-FIND callback {_name(callback)}"
     params = _sdk._OrthancPluginFindCallback2()
     params.callback = _find_trampoline(_sdk.OrthancPluginFindCallback2, callback, where, "OrthancPluginFindAnswers",
-                                       "OrthancPluginFindQuery", with_connection=True)
+                                       "OrthancPluginFindQuery", _metrics.handler("find_scp", _name(callback)),
+                                       with_connection=True)
     by = f"orthanc.{function}()"
     _hooks.find.add(callback, by, where, once=True,
                     connect=lambda: _hooks.register(Service.RegisterFindCallback2, params, by))
@@ -208,6 +223,7 @@ def RegisterWorklistCallback(callback: FindCallback) -> None:
     params.callback = _find_trampoline(
         _sdk.OrthancPluginWorklistCallback, callback, f"the worklist callback {_name(callback)}",
         "OrthancPluginWorklistAnswers", "OrthancPluginWorklistQuery",
+        _metrics.handler("worklist_scp", _name(callback)),
     )
     by = f"orthanc.{function}()"
     _hooks.worklist.add(callback, by, f"the worklist callback {_name(callback)}", once=True,
@@ -238,7 +254,7 @@ def RegisterWorklistCallback2(callback: FindCallback2) -> None:
     params = _sdk._OrthancPluginWorklistCallback2()
     params.callback = _find_trampoline(_sdk.OrthancPluginWorklistCallback2, callback, where,
                                        "OrthancPluginWorklistAnswers", "OrthancPluginWorklistQuery",
-                                       with_connection=True)
+                                       _metrics.handler("worklist_scp", _name(callback)), with_connection=True)
     by = f"orthanc.{function}()"
     _hooks.worklist.add(callback, by, where, once=True,
                         connect=lambda: _hooks.register(Service.RegisterWorklistCallback2, params, by))
@@ -264,12 +280,14 @@ _MAX_SUB_OPERATIONS = 0xFFFFFFFF  # Orthanc reads the count as a uint32_t
 class _Move:
     """A C-MOVE request between its creation and Orthanc's freeing of it."""
 
-    __slots__ = ("driver", "failed")
+    __slots__ = ("counted", "driver", "failed")
 
     def __init__(self, driver: Any) -> None:
         self.driver = driver
         # Counting its sub-operations failed: the one sub-operation Orthanc is then told of fails.
         self.failed = False
+        # A failure of the request is in the handler's figures already: a request fails once there.
+        self.counted = False
 
 
 # Pending C-MOVE requests, by the driver "pointer" Orthanc hands back to us:
@@ -301,7 +319,7 @@ def _start_move(driver: Any) -> int:
 
 
 def _move_callbacks(params: Any, create_type: Any, c_create: Callable[..., int], size: MoveSize, apply: MoveApply,
-                    free: MoveFree | None, where: tuple[str, str, str, str]) -> None:
+                    free: MoveFree | None, where: tuple[str, str, str, str], stats: _metrics.HandlerStats) -> None:
     """Fills ``params`` with the C callbacks of a C-MOVE SCP; ``c_create`` starts requests (:func:`_start_move`).
 
     :param create_type: the C type of ``c_create``.
@@ -309,8 +327,23 @@ def _move_callbacks(params: Any, create_type: Any, c_create: Callable[..., int],
     :param apply: carries out the next sub-operation of a driver.
     :param free: told that Orthanc is done with a driver (``None``: nothing to tell).
     :param where: the create, size, apply and free callbacks as the log names them.
+    :param stats: the handler's figures: each request is a delivery, and a failure when
+        any of its callbacks fails (once, however many of them fail).
     """
     create_where, size_where, apply_where, free_where = where
+
+    def counted_create(*request: Any) -> int:
+        stats.deliveries += 1
+        try:
+            return c_create(*request)
+        except BaseException:
+            stats.failures += 1
+            raise
+
+    def count_failure(move: _Move) -> None:
+        if not move.counted:
+            move.counted = True
+            stats.failures += 1
 
     def c_size(key: int | None) -> int:
         move = _moves.get(key or 0)
@@ -329,6 +362,7 @@ def _move_callbacks(params: Any, create_type: Any, c_create: Callable[..., int],
         # The count has no error value: one sub-operation, failed by c_apply,
         # tells the modality that the move failed.
         move.failed = True
+        count_failure(move)
         return 1
 
     def c_apply(key: int | None) -> int:
@@ -338,16 +372,24 @@ def _move_callbacks(params: Any, create_type: Any, c_create: Callable[..., int],
             return PLUGIN_ERROR
         if move.failed:
             return PLUGIN_ERROR  # the reason is in the log already
-        apply(move.driver)
+        try:
+            apply(move.driver)
+        except BaseException:
+            count_failure(move)
+            raise
         return SUCCESS
 
     def c_free(key: int | None) -> None:
         move = _moves.pop(key or 0, None)
         if move is not None and free is not None:
-            free(move.driver)
+            try:
+                free(move.driver)
+            except BaseException:
+                count_failure(move)
+                raise
 
     # NULL (0) from c_create makes Orthanc refuse the C-MOVE.
-    params.callback = _capi.trampoline(create_type, create_where, on_error=0)(c_create)
+    params.callback = _capi.trampoline(create_type, create_where, on_error=0)(counted_create)
     params.getMoveSize = _capi.trampoline(_sdk.OrthancPluginGetMoveSize, size_where, on_error=1)(c_size)
     params.applyMove = _capi.trampoline(_sdk.OrthancPluginApplyMove, apply_where, on_error=PLUGIN_ERROR)(c_apply)
     params.freeMove = _capi.trampoline(_sdk.OrthancPluginFreeMove, free_where, on_error=None)(c_free)  # type: ignore[arg-type]
@@ -416,7 +458,8 @@ def RegisterMoveCallback(callback: MoveCallback) -> None:
 
     params = _sdk._OrthancPluginMoveCallback()
     _move_callbacks(params, _sdk.OrthancPluginMoveCallback, _c_create_v1(lambda request: request),
-                    lambda request: 1, run, None, (where, where, where, where))
+                    lambda request: 1, run, None, (where, where, where, where),
+                    _metrics.handler("move_scp", _name(callback)))
     by = f"orthanc.{function}()"
     _hooks.move.add(callback, by, where, once=True,
                     connect=lambda: _hooks.register(Service.RegisterMoveCallback, params, by))
@@ -455,7 +498,7 @@ def RegisterMoveCallback2(create: MoveCallback, getMoveSize: MoveSize, applyMove
     params = _sdk._OrthancPluginMoveCallback()
     wheres = _move_wheres(create, getMoveSize, applyMove, freeMove)
     _move_callbacks(params, _sdk.OrthancPluginMoveCallback, _c_create_v1(lambda request: create(**request)),
-                    getMoveSize, applyMove, freeMove, wheres)
+                    getMoveSize, applyMove, freeMove, wheres, _metrics.handler("move_scp", _name(create)))
     by = f"orthanc.{function}()"
     _hooks.move.add(create, by, wheres[0], once=True,
                     connect=lambda: _hooks.register(Service.RegisterMoveCallback, params, by))
@@ -498,7 +541,8 @@ def RegisterMoveCallback3(create: MoveCallback, getMoveSize: MoveSize, applyMove
 
     params = _sdk._OrthancPluginMoveCallback2()
     wheres = _move_wheres(create, getMoveSize, applyMove, freeMove)
-    _move_callbacks(params, _sdk.OrthancPluginMoveCallback2, c_create, getMoveSize, applyMove, freeMove, wheres)
+    _move_callbacks(params, _sdk.OrthancPluginMoveCallback2, c_create, getMoveSize, applyMove, freeMove, wheres,
+                    _metrics.handler("move_scp", _name(create)))
     by = f"orthanc.{function}()"
     _hooks.move.add(create, by, wheres[0], once=True,
                     connect=lambda: _hooks.register(Service.RegisterMoveCallback2, params, by))
@@ -513,39 +557,76 @@ StorageCommitmentFactory = Callable[[str, str, list[str], list[str], str, str], 
 StorageCommitmentFactory2 = Callable[[str, str, list[str], list[str], DicomConnection], Any]
 StorageCommitmentLookup = Callable[[str, str, Any], int]
 
+
+class _Commitment:
+    """A storage commitment request between its factory's call and Orthanc's destruction of its handler."""
+
+    __slots__ = ("counted", "handler")
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        """What the script's factory returned: given to each lookup."""
+        # A failure of the request is in the factory's figures already: a request fails once there.
+        self.counted = False
+
+
 # Pending storage commitment requests, by the handler "pointer" given to
 # Orthanc: a counter, never 0.
-_commitments: dict[int, Any] = {}
+_commitments: dict[int, _Commitment] = {}
 _commitment_ids = itertools.count(1)
 
 
 def _register_storage_commitment(function: str, service: Service, params: Any, factory_type: Any,
                                  factory: Callable[..., Any], c_factory: Callable[..., int],
                                  lookup: StorageCommitmentLookup) -> None:
-    """Registers a storage commitment SCP whose ``c_factory`` keeps each handler with :func:`_keep_commitment`."""
+    """Registers a storage commitment SCP whose ``c_factory`` keeps each handler with :func:`_keep_commitment`.
+
+    Each request is a delivery in the factory's figures, and a failure when
+    the factory raises or a lookup fails (once, however many of them fail).
+    """
     lookup_where = f"the storage commitment lookup callback {_name(lookup)}"
+    stats = _metrics.handler("storage_commitment", _name(factory))
+
+    def counted_factory(*request: Any) -> int:
+        stats.deliveries += 1
+        try:
+            return c_factory(*request)
+        except BaseException:
+            stats.failures += 1
+            raise
 
     def c_destructor(key: int | None) -> None:
         _commitments.pop(key or 0, None)
 
     def c_lookup(target: Any, key: int | None, sop_class_uid: bytes | None, sop_instance_uid: bytes | None) -> int:
         target[0] = int(FailureReason.ProcessingFailure)
+        commitment = _commitments.get(key or 0)
         try:
-            reason = lookup(_decode(sop_class_uid), _decode(sop_instance_uid), _commitments.get(key or 0))
+            reason = lookup(_decode(sop_class_uid), _decode(sop_instance_uid),
+                            None if commitment is None else commitment.handler)
         except BaseException:  # logged; the SCU is told this instance failed
             _capi.report_exception(f"{lookup_where}; the instance is reported as PROCESSING_FAILURE")
+            count_failure(commitment)
             return SUCCESS
         if not _is_int(reason) or reason not in _FAILURE_REASONS:
             _capi.log_error(
                 f"orthanc_py: {lookup_where} returned {reason!r:.80}, not an orthanc.StorageCommitmentFailureReason "
                 "value; the instance is reported as PROCESSING_FAILURE"
             )
+            count_failure(commitment)
             return SUCCESS
         target[0] = int(reason)
         return SUCCESS
 
+    def count_failure(commitment: _Commitment | None) -> None:
+        if commitment is not None:
+            if commitment.counted:
+                return
+            commitment.counted = True
+        stats.failures += 1
+
     factory_where = f"the storage commitment factory {_name(factory)}"
-    params.factory = _capi.trampoline(factory_type, factory_where, PLUGIN_ERROR)(c_factory)
+    params.factory = _capi.trampoline(factory_type, factory_where, PLUGIN_ERROR)(counted_factory)
     params.destructor = _capi.trampoline(
         _sdk.OrthancPluginStorageCommitmentDestructor, f"the storage commitment handlers of {_name(factory)}",
         None,  # type: ignore[arg-type]
@@ -559,7 +640,7 @@ def _register_storage_commitment(function: str, service: Service, params: Any, f
 def _keep_commitment(handler_out: Any, handler: Any) -> int:
     """Keeps the script's handler of a request until Orthanc destroys it; gives Orthanc its key."""
     key = next(_commitment_ids)
-    _commitments[key] = handler
+    _commitments[key] = _Commitment(handler)
     handler_out[0] = key
     return SUCCESS
 
