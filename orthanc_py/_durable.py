@@ -51,7 +51,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import _capi, _capi_rest, _events, _metrics, _runtime, _sdk_calls, _stores, cluster, rest
+from . import _calls, _capi, _capi_rest, _events, _metrics, _runtime, _sdk_calls, _stores, cluster, rest
 from ._enums import ChangeType, ResourceType
 
 Deliver = Callable[[int, int, Optional[str], int, bool], None]
@@ -613,10 +613,18 @@ def _json(body: Any) -> _capi_rest.RouteResult:
     return 0, json.dumps(body, indent=2).encode("utf-8"), b"application/json"
 
 
-def _refuse(output: int, status: int, message: str) -> int:
-    body = json.dumps({"HttpStatus": status, "Message": message}).encode("utf-8")
-    _sdk_calls.call("SendHttpStatus", output, status, body)
+def _send(name: str, output: int, *args: Any) -> int:
+    """Answers with the SDK function ``OrthancPlugin<name>``; 0, what the route then returns to Orthanc."""
+    rest_output = _calls.handle_class("OrthancPluginRestOutput")(output)
+    try:
+        _sdk_calls.call(name, rest_output, *args)
+    finally:
+        rest_output.detach()  # Orthanc's, not ours to free
     return 0
+
+
+def _refuse(output: int, status: int, message: str) -> int:
+    return _send("SendHttpStatus", output, status, json.dumps({"HttpStatus": status, "Message": message}).encode())
 
 
 Selection = tuple[list[Handler], Optional[set[int]]]
@@ -654,8 +662,7 @@ def _dead_letters(output: int, uri: str, request: _capi_rest.HttpRequestView) ->
             return _refuse(output, 400, 'the body must be a JSON object: {"Handler": "...", "Seq": [12, 15]}')
         return _run_on_handlers(output, arguments, lambda h, seqs: h.replay(seqs))
     if uri.endswith("/replay"):
-        _sdk_calls.call("SendMethodNotAllowed", output, "POST")
-        return 0
+        return _send("SendMethodNotAllowed", output, "POST")
     arguments = dict(request.get)
     if method == "GET":
         selection = _selection(output, arguments)
@@ -665,8 +672,7 @@ def _dead_letters(output: int, uri: str, request: _capi_rest.HttpRequestView) ->
         return _json([letter for h in handlers for letter in h.letters(seqs)])
     if method == "DELETE":
         return _run_on_handlers(output, arguments, lambda h, seqs: h.discard(seqs))
-    _sdk_calls.call("SendMethodNotAllowed", output, "GET,DELETE")
-    return 0
+    return _send("SendMethodNotAllowed", output, "GET,DELETE")
 
 
 def _run_on_handlers(output: int, arguments: dict[str, Any],

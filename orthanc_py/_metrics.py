@@ -6,9 +6,9 @@ What is counted, where, and what it is published as:
 - each route (both APIs), by ``_capi_rest``'s entry and the answers of
   ``web`` and ``_official.rest``: requests, errors (an exception, or a 5xx
   answer) and the time in Python as a histogram;
-- each handler of a hook, change or stored instance (``_hooks``,
-  ``_events``, ``cluster``): deliveries, failures, and retries of change
-  handlers;
+- each handler of a hook, change, stored instance or DICOM SCP (``_hooks``,
+  ``_events``, ``cluster``, ``_durable``, ``_official.scp``): deliveries,
+  failures, and retries of change handlers;
 - each durable change handler (``_durable``): its checkpoint, the changes
   of the log after it, the age of the change it is on, its dead letters,
   the stable changes it recovered and the changes it never could read;
