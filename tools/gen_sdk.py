@@ -1040,7 +1040,12 @@ import enum
 
 
 class _Named(enum.IntEnum):
-    """An ``int`` that prints as its name: ``str(ChangeType.STABLE_STUDY)`` is ``"STABLE_STUDY"``."""
+    """An ``int`` that prints as its name: ``str(ChangeType.STABLE_STUDY)`` is ``"STABLE_STUDY"``.
+
+    In JSON it stays its number: Python's encoder writes every ``int`` so,
+    and Orthanc and the official plugin number these values too. For the
+    name in JSON, give ``.name``.
+    """
 
     def __str__(self) -> str:
         return self.name
