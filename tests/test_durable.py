@@ -372,14 +372,39 @@ def test_durable_takes_only_the_changes_orthanc_logs_and_says_what_to_use_instea
         on_change(ChangeType.STABLE_STUDY, durable=True, retries=-1)(lambda change: None)
 
 
-def test_the_durable_status_route_reports_each_handler(orthanc_factory: OrthancFactory) -> None:
-    server = orthanc_factory(FORWARD.replace("@on_change(ChangeType.STABLE_STUDY, durable=True)",
-                                             "@on_change(ChangeType.STABLE_STUDY, ChangeType.DELETED, durable=True)"),
-                             config={"DicomModalities": {"peer": ["PEER", "127.0.0.1", 1]}})
+WHERE = FORWARD.replace("@on_change(ChangeType.STABLE_STUDY, durable=True)",
+                        "@on_change(ChangeType.STABLE_STUDY, ChangeType.DELETED, durable=True)") + """
+import orthanc
+from orthanc_py import kv, route
+from orthanc_py.kv import StoreUnavailableError
+
+@route("/where")
+def where(request):
+    try:
+        keys = list(kv.Store("orthanc_py.durable"))
+    except StoreUnavailableError:
+        keys = None
+    return {"kv": keys, "property": orthanc.GetGlobalProperty(30466, "")}
+"""
+
+
+def test_the_status_route_reports_each_handler_and_its_state_is_in_orthancs_database(
+        orthanc_factory: OrthancFactory) -> None:
+    server = orthanc_factory(WHERE, config={"DicomModalities": {"peer": ["PEER", "127.0.0.1", 1]}})
     status = server.get_json("/orthanc-py/durable")
     assert isinstance(status, dict)
     assert status["__main__.forward"]["Types"] == ["DELETED", "STABLE_STUDY"]
     assert status["__main__.forward"]["Backlog"] == 0
     assert json.loads(server.get("/orthanc-py/dead-letters?handler=__main__.forward").text) == []
     assert server.get("/orthanc-py/dead-letters?seq=x").status == 400
-    assert os.path.exists(server.config_path)
+    where = server.get_json("/where")
+    assert isinstance(where, dict)
+    system = server.get_json("/system")
+    assert isinstance(system, dict)
+    version = tuple(int(part) for part in str(system["Version"]).split(".")[:3])
+    if version >= (1, 12, 8):  # Orthanc's key-value store, one key per node and handler
+        assert [key.split("/", 1)[1] for key in where["kv"]] == ["__main__.forward/checkpoint"], where
+        assert where["property"] == ""
+    else:  # global properties: 30466 says which one holds what
+        assert where["kv"] is None
+        assert json.loads(where["property"]) == {"__main__.forward/checkpoint": 30467}
