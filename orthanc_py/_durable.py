@@ -90,6 +90,8 @@ DEFAULT_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
 DEAD_LETTERS_KEPT = 1000
 """Dead letters kept per handler; beyond, the oldest is dropped, with an error in the log naming it."""
+WRITE_ATTEMPTS = 5
+"""Writes of a checkpoint the database refused (a serialisation failure of PostgreSQL) are tried this often."""
 PROPERTY_DIRECTORY = 30466
 """The global property that says which global property holds what (the next ones hold it)."""
 STORE = "orthanc_py.durable"
@@ -149,6 +151,17 @@ class _Storage:
             return str(_sdk_calls.call("GetGlobalProperty", number, "")) or None
 
     def set(self, name: str, value: str) -> None:
+        """Writes ``value``; a write the database refused is tried again (PostgreSQL's serialisation failures)."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                self._set(name, value)
+                return
+            except _capi.OrthancError as error:
+                if error.code != _capi.ErrorCode.Database or attempt + 1 == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _set(self, name: str, value: str) -> None:
         with self._lock:
             if self._use_kv():
                 _sdk_calls.call("StoreKeyValue", STORE, self._prefix + name, value.encode("utf-8"))
@@ -157,8 +170,9 @@ class _Storage:
             number = directory.get(name)
             if number is None:
                 number = max(directory.values(), default=PROPERTY_DIRECTORY) + 1
-                directory[name] = number
-                _sdk_calls.call("SetGlobalProperty", PROPERTY_DIRECTORY, json.dumps(directory, sort_keys=True))
+                grown = {**directory, name: number}
+                _sdk_calls.call("SetGlobalProperty", PROPERTY_DIRECTORY, json.dumps(grown, sort_keys=True))
+                directory[name] = number  # only once the database has it
             _sdk_calls.call("SetGlobalProperty", number, value)
 
 
@@ -203,7 +217,6 @@ class Handler:
         self._thread: threading.Thread | None = None
         self._saved_at = 0.0
         self._dirty = False
-        self._caught_up = False
         self._stable_age = 60.0
         self._started = time.time()  # when Orthanc started: it knows nothing older of its resources' stability
 
@@ -239,11 +252,9 @@ class Handler:
         while not self._stop.is_set():
             try:
                 self._run_commands()
-                more = self._read_page()
-                if not more and self._caught_up:
+                if not self._read_page():  # caught up with the log
                     self._recover()
                     self._save(force=False)
-                if not more:
                     self._wake.wait(self._next_wait())
                     self._wake.clear()
             except _Stopped:
@@ -310,24 +321,28 @@ class Handler:
     # --- reading the log ---
 
     def _read_page(self) -> bool:
-        """Delivers the next page of the log; ``True`` when there may be more."""
+        """Delivers the next page of the log; ``False`` when there was none: the handler has caught up.
+
+        Caught up means an empty read, not a page that said it was the last:
+        delivering its changes took time, and Orthanc logs on meanwhile.
+        """
         page = rest.get_json(f"/changes?since={self.seq}&limit={PAGE}")
         changes = page.get("Changes") or []
-        if changes and int(changes[0]["Seq"]) > self.seq + 1:
+        if not changes:
+            return False
+        if int(changes[0]["Seq"]) > self.seq + 1:
             oldest = rest.get_json("/changes?since=0&limit=1").get("Changes") or []
             if oldest and int(oldest[0]["Seq"]) == int(changes[0]["Seq"]):  # not a gap of numbers: a cleared log
                 self._gap(int(changes[0]["Seq"]))
+        # How far the log goes, for the backlog: this page's end, or the log's when more pages follow.
+        last = page.get("Last", 0) if page.get("Done", True) else rest.get_json("/changes?last").get("Last", 0)
+        self.figures.last_seq = max(self.figures.last_seq, int(last))
         for change in changes:
             self.figures.oldest = _epoch(change.get("Date", ""))
             self._one(change)
         self.figures.oldest = 0.0
-        if changes:
-            self.figures.last_seq = max(self.figures.last_seq, int(page.get("Last", 0)))
         self._save(force=True)
-        done = bool(page.get("Done", True)) or not changes
-        if done:
-            self._caught_up = True
-        return not done
+        return True
 
     def _one(self, change: dict[str, Any]) -> None:
         seq = int(change["Seq"])
@@ -358,7 +373,14 @@ class Handler:
         it gets one ``StableAge`` seconds after its ``LastUpdate``. One
         updated since is Orthanc's to send: it gets one here only if Orthanc
         has not sent it ``StableAge`` seconds after it was due (the node that
-        received it died, in a cluster).
+        received it died, in a cluster). With ``once_per_cluster``, every
+        resource gets that grace: another node, alive, may be counting its
+        ``StableAge``. ``LastUpdate`` counts whole seconds: one of the second
+        the run started counts as updated during the run.
+
+        One recovered change at most per call, and only if the log has
+        nothing new: the loop reads the log again first, where Orthanc may
+        have logged the real change meanwhile.
         """
         now = time.time()
         for rid, waiting in sorted(self.pending.items(), key=lambda item: item[1].seq):
@@ -372,13 +394,16 @@ class Handler:
                 continue
             resource = answer.json()
             updated = _epoch(resource.get("LastUpdate", "")) or waiting.logged
-            grace = 0.0 if updated < self._started else self._stable_age
+            alone = self._lease is None and updated + 1 < self._started
+            grace = 0.0 if alone else self._stable_age
             if not resource.get("IsStable", True):
                 waiting.logged = now  # Orthanc counts its StableAge again: look after it
                 continue
             if now < updated + self._stable_age + grace:
                 waiting.logged = updated + grace
                 continue
+            if rest.get_json(f"/changes?since={self.seq}&limit=1").get("Changes"):
+                return  # logged meanwhile, perhaps the real change: the log first
             stable = STABLE_AFTER[_NEW_OF_LEVEL[level]]
             _capi.log_warning(f"orthanc_py: {stable.name} of {level.name.lower()} {rid} was never logged "
                               f"(Orthanc stopped before it was stable?): the durable change handler {self.name} "
@@ -388,6 +413,7 @@ class Handler:
             self._dirty = True
             self._handle(int(stable), int(level), rid, waiting.seq, True)
             self._save(force=True)
+            return
 
     # --- delivering one change ---
 
@@ -435,8 +461,9 @@ class Handler:
             result = cluster.run_claimed(resource, key, lambda: self._deliver(kind, level, rid, seq, recovered),
                                          lease)
             if result.outcome is cluster.Outcome.HELD:
-                # Another node does it: the checkpoint waits until it is done or its lease ends.
-                if self._stop.wait(max(0.1, result.until - time.time() + 0.5)):
+                # Another node does it: the checkpoint waits until it is done (looked at every
+                # second) or its lease ends, when this node takes the work over.
+                if self._stop.wait(min(1.0, max(0.1, result.until - time.time() + 0.5))):
                     raise _Stopped
                 continue
             if result.outcome is cluster.Outcome.GONE:

@@ -397,8 +397,13 @@ def test_the_status_route_reports_each_handler_and_its_state_is_in_orthancs_data
     assert status["__main__.forward"]["Backlog"] == 0
     assert json.loads(server.get("/orthanc-py/dead-letters?handler=__main__.forward").text) == []
     assert server.get("/orthanc-py/dead-letters?seq=x").status == 400
-    where = server.get_json("/where")
-    assert isinstance(where, dict)
+
+    def written() -> Any:  # the handler writes its first checkpoint once Orthanc has started, on its thread
+        where = server.get_json("/where")
+        assert isinstance(where, dict)
+        return where if where["kv"] or where["property"] else None
+
+    where = server.wait_until(written, 10, "the first checkpoint")
     system = server.get_json("/system")
     assert isinstance(system, dict)
     version = tuple(int(part) for part in str(system["Version"]).split(".")[:3])

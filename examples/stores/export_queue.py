@@ -27,7 +27,8 @@ pending = queue.Queue("export-example.pending")
 sent = kv.Store("export-example.sent")  # study ID -> when it was sent
 
 
-@on_change(ChangeType.STABLE_STUDY)
+# durable=True: a study stable when Orthanc crashed is queued after the restart all the same.
+@on_change(ChangeType.STABLE_STUDY, durable=True)
 def enqueue(change):
     pending.put(change.resource_id.encode())
 
