@@ -67,7 +67,7 @@ PLATFORM_TESTS ?= tests/test_runtime.py tests/test_seed_samples.py tests/test_de
 	tests/test_lifecycle.py tests/test_testing_kit.py tests/test_cluster.py tests/test_small_stacks.py \
 	tests/test_cli.py tests/test_streaming.py tests/test_auth_audit_stable.py tests/test_official_newer.py \
 	tests/test_stores.py tests/test_examples_newer.py tests/test_scp_decorators.py tests/test_metrics.py \
-	tests/test_durable.py
+	tests/test_durable.py tests/test_durable_cluster.py
 PLATFORM_PYTEST_ARGS ?= -q -rf -m "not slow"
 
 .PHONY: run test test-platforms smoke-debian bench docs dist setup run-deps test-deps clean

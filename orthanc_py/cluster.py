@@ -209,19 +209,23 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
         entry = claims.get(key)
         now = time.time()
         taking_over = None
+        updated = _last_update(resource) if period is None else None
         if isinstance(entry, dict) and (period is None or entry.get("period", -1) >= period):
-            if (period is not None and entry.get("period", -1) > period) or entry.get("done"):
+            if (period is not None and entry.get("period", -1) > period) or (
+                    entry.get("done") and not _changed_since(entry, updated)):
                 _metrics.cluster.lost += 1
                 return ClaimResult(Outcome.DONE)
             until = float(entry.get("until", 0))
             if until > now and entry.get("node") != me:
                 _metrics.cluster.lost += 1
                 return ClaimResult(Outcome.HELD, until)
-            if entry.get("node") != me:
+            if entry.get("node") != me and not entry.get("done"):
                 taking_over = (entry.get("node"), "its handler failed" if until == 0 else "its lease ended")
         claims[key] = {"node": me, "until": now + lease, "done": False}
         if period is not None:
             claims[key]["period"] = period
+        if updated:
+            claims[key]["updated"] = updated
         if _write(resource, claims, etag):
             figures = _metrics.cluster
             figures.won += 1
@@ -231,6 +235,21 @@ def claim(resource: str, key: str, lease: float = DEFAULT_LEASE, period: int | N
                 _capi.log_warning(f"orthanc_py: {me} takes over {key} of {resource} from {taking_over[0]} "
                                   f"({taking_over[1]})")
             return ClaimResult(Outcome.WON)
+
+
+def _last_update(resource: str) -> str | None:
+    """The resource's ``LastUpdate`` (Orthanc sets it when an instance is added below it), or ``None``."""
+    answer = rest.request("GET", f"{resource}/metadata/LastUpdate")
+    return answer.body.decode("ascii", "replace") if answer.status == 200 else None
+
+
+def _changed_since(entry: dict[str, Any], updated: str | None) -> bool:
+    """Whether instances arrived below the resource after the work of the done ``entry`` began.
+
+    Both are Orthanc's time stamps (``20261206T221500``), which sort as text.
+    A claim written before claims recorded it has no ``updated``: done for good.
+    """
+    return bool(updated and entry.get("updated") and updated > entry["updated"])
 
 
 def _mine(entry: dict[str, Any] | None) -> bool:

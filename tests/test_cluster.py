@@ -318,6 +318,25 @@ def test_the_periodic_job_runs_once_per_period_in_the_cluster(env: Env) -> None:
     assert len(periods) >= 0.9 * span, (len(periods), span)
 
 
+def test_a_study_that_receives_instances_after_it_was_forwarded_is_forwarded_again_once(env: Env) -> None:
+    first, second = env.cluster.nodes
+    uid, files = make_study(1, patient_id="LATE", rows=2, cols=2)
+    study = first.upload(files[0])["ParentStudy"]
+    env.studies[uid] = study
+
+    def forwards() -> int:
+        return sum(1 for forwarded, _ in env.log_matches(_FORWARDED) if forwarded == study)
+
+    first.wait_until(lambda: forwards() == 1, 30, "the first forward")
+    time.sleep(1.1)  # Orthanc's LastUpdate counts whole seconds
+    _, more = make_study(1, patient_id="LATE", study_uid=uid, rows=2, cols=2)
+    second.upload(more[0])  # a late series, through the other node
+    first.wait_until(lambda: forwards() == 2, 30, "the forward of the study with its late series")
+    time.sleep(2 * 2 + 1)  # a third forward would show by now
+    assert forwards() == 2
+    assert env.received()[uid] == 3  # its first instance, then both
+
+
 def test_a_node_killed_while_forwarding_loses_no_study(env: Env) -> None:
     survivor, victim = env.cluster.nodes
     before = Counter(node.split("@")[0] for _, node in env.log_matches(_FORWARDED))
