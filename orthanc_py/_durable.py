@@ -409,9 +409,9 @@ class Handler:
                               f"(Orthanc stopped before it was stable?): the durable change handler {self.name} "
                               f"gets it now, recovered (seq {waiting.seq}, its NEW change)")
             self.figures.recovered += 1
-            del self.pending[rid]
-            self._dirty = True
             self._handle(int(stable), int(level), rid, waiting.seq, True)
+            del self.pending[rid]  # after: a stop during the delivery keeps it for the next start
+            self._dirty = True
             self._save(force=True)
             return
 
