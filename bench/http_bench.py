@@ -6,6 +6,8 @@ package ``wrk``), all in one run so that the ratios compare like with like:
 
 - Orthanc's built-in ``/system`` (no Python on the path): the ceiling;
 - a hello route and a JSON echo route written with orthanc_py's decorators;
+- the same hello route with orthanc_py's own metrics off (``"Python": {"Metrics": false}``),
+  measured next to the counted one in each round, first or second in turn: what counting costs;
 - the same routes written against the ``orthanc`` module, under orthanc_py;
 - the same routes under the official plugin, when Debian's orthanc-python is installed;
 - one CPU-bound offloaded call against two at once (``offload=True``).
@@ -17,6 +19,13 @@ plugin is the median of the ratios within each round (paired: taken seconds
 apart, so a change in the machine's speed falls on both sides), with the
 number of cores and the load average.
 
+``--metrics`` measures only what the metrics cost, on the hello route: two
+servers with them and two without, each round alternating which of a pair
+goes first. The cost is the median, over the rounds, of the ratio of the
+geometric means (with / without), with a 95% interval of that median; the
+same ratio between the two servers of one side (with / with, without /
+without) shows what the bench resolves.
+
 Both plugins run on the same Python build by default: the official plugin is
 linked to Debian's ``libpython3.11``, so orthanc_py is measured from a venv of
 Debian's ``/usr/bin/python3`` (``--venv``, ``.venv-debian``, which ``make
@@ -24,7 +33,8 @@ bench`` makes). Another build of the same version (pyenv's, say, compiled
 without profile-guided optimisation) runs Python code more slowly, and that
 would be measured instead of the plugins.
 
-Usage: ``.venv/bin/python bench/http_bench.py [--seconds 5] [--connections 8] [--rounds 5] [--venv DIR]``
+Usage: ``.venv/bin/python bench/http_bench.py [--seconds 5] [--connections 8] [--rounds 5] [--venv DIR]
+[--metrics]``
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -42,7 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from orthanc_py.server import OrthancServer
+from orthanc_py.server import JsonValue, OrthancServer
 
 OFFICIAL_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 
@@ -123,17 +134,31 @@ def measured_venv(args: argparse.Namespace) -> Path:
     return Path(venv).absolute()
 
 
+METRICS_OFF: dict[str, JsonValue] = {"Python": {"Metrics": False}}
+
 # What each configuration serves; "system" is Orthanc's own route, measured on the decorators' server.
-ROUTES = {"decorators": ("system", "hello", "echo"), "module": ("hello", "echo"), "official": ("hello", "echo")}
+# "uncounted" is the decorators' script with the metrics off, measured right after or before "decorators".
+ROUTES = {"decorators": ("system", "hello", "echo"), "uncounted": ("hello",), "module": ("hello", "echo"),
+          "official": ("hello", "echo")}
+# --metrics: two servers with the metrics and two without, a pair side by side.
+METRICS_ROUTES: dict[str, tuple[str, ...]] = {name: ("hello",) for name in ("counted", "uncounted", "counted_2",
+                                                                            "uncounted_2")}
 PATHS = {"system": "/system", "hello": "/hello", "echo": "/echo"}
 
 
-def measure_round(servers: dict[str, OrthancServer], args: argparse.Namespace, post: Path) -> dict[str, float]:
-    """One wrk run of every route of every configuration, one after the other; ``"config/route"`` -> requests/s."""
+def measure_round(servers: dict[str, OrthancServer], routes: dict[str, tuple[str, ...]], args: argparse.Namespace,
+                  post: Path, reverse: bool = False) -> dict[str, float]:
+    """One wrk run of every route of every configuration, one after the other; ``"config/route"`` -> requests/s.
+
+    ``reverse`` takes the configurations in the reverse order: alternated
+    from round to round, each of two neighbours goes first in turn.
+    """
     results = {}
+    names = list(servers)[::-1] if reverse else list(servers)
     for route in PATHS:
-        for name, server in servers.items():
-            if route in ROUTES[name]:
+        for name in names:
+            server = servers[name]
+            if route in routes[name]:
                 script = post if route == "echo" else None
                 results[f"{name}/{route}"] = wrk(server.url + PATHS[route], args.seconds, args.connections, script)
     return results
@@ -162,27 +187,28 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="duration of each wrk run (default: 5)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default: 8)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, of which the median (default: 5)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="measure only what orthanc_py's own metrics cost (hello, with and without them)")
     add_venv_argument(parser)
     args = parser.parse_args()
+    if args.metrics:
+        return metrics_cost(args)
     loader, interpreter = venv_loader(measured_venv(args))
     load_before = f"{os.getloadavg()[0]:.2f}"
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
     official_installed = os.path.exists(OFFICIAL_PLUGIN)
-    configurations = {"decorators": (DECORATORS, loader), "module": (ORTHANC_MODULE, loader)}
+    configurations = {"decorators": (DECORATORS, loader, None), "uncounted": (DECORATORS, loader, METRICS_OFF),
+                      "module": (ORTHANC_MODULE, loader, None)}
     if official_installed:
-        configurations["official"] = (ORTHANC_MODULE, OFFICIAL_PLUGIN)
+        configurations["official"] = (ORTHANC_MODULE, OFFICIAL_PLUGIN, None)
     rounds: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder, contextlib.ExitStack() as stack:
         workdir = Path(folder)
         post = workdir / "post.lua"
         post.write_text(POST_LUA)
-        servers = {}
-        for name, (script, plugin) in configurations.items():
-            (workdir / f"{name}.py").write_text(script)
-            server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin)
-            servers[name] = stack.enter_context(server.start())
+        servers = start_servers(configurations, workdir, stack)
         offload = measure_offload(servers["decorators"])
         for server in servers.values():  # warm up: first connections, first imports
             wrk(server.url + "/hello", 1, args.connections)
@@ -191,7 +217,7 @@ def main() -> int:
         # another, so a change in the machine's speed falls on all of them
         # alike, and ratios are taken within a round before the median.
         for round_ in range(args.rounds):
-            rounds.append(measure_round(servers, args, post))
+            rounds.append(measure_round(servers, ROUTES, args, post, reverse=round_ % 2 == 1))
             print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
                 f"{key} {value:.0f}" for key, value in rounds[-1].items()), flush=True)
 
@@ -223,8 +249,71 @@ def main() -> int:
         print(f"{'/' + route:<8} {ours[route]:>11.0f} {module[route]:>15.0f} {base:>10} "
               f"{ratio(f'decorators/{route}', f'official/{route}'):>20} "
               f"{ratio(f'module/{route}', f'official/{route}'):>16}")
+    cost = [each["decorators/hello"] / each["uncounted/hello"] for each in rounds]
+    print(f"metrics: decorators hello with / without orthanc_py's metrics {statistics.median(cost):.3f}x "
+          f"(rounds {min(cost):.3f} to {max(cost):.3f}; --metrics measures it alone)")
     print(f"offload: one CPU-bound call {offload['offload_one_s']:.2f} s, two at once {offload['offload_two_s']:.2f} s "
           f"({offload['offload_two_s'] / offload['offload_one_s']:.2f}x of one)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def start_servers(configurations: dict[str, tuple[str, str, dict[str, JsonValue] | None]], workdir: Path,
+                  stack: contextlib.ExitStack) -> dict[str, OrthancServer]:
+    """Starts a server of each ``name: (script, plugin, extra configuration)``, stopped when ``stack`` closes."""
+    servers = {}
+    for name, (script, plugin, config) in configurations.items():
+        (workdir / f"{name}.py").write_text(script)
+        server = OrthancServer(str(workdir / name), script=str(workdir / f"{name}.py"), plugin=plugin, config=config)
+        servers[name] = stack.enter_context(server.start())
+    return servers
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A 95% interval of the median of ``values``, from their order alone (the sign test's).
+
+    It assumes nothing about how the values spread; below 6 values, it is their whole range (94% for 5).
+    """
+    ordered, n = sorted(values), len(values)
+    k = 0  # the interval is the k-th smallest to the k-th largest value
+    while sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n <= 0.025:
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else (ordered[0], ordered[-1])
+
+
+def metrics_cost(args: argparse.Namespace) -> int:
+    """``--metrics``: the hello route with orthanc_py's metrics and without, paired round by round."""
+    loader, interpreter = venv_loader(measured_venv(args))
+    load_before = f"{os.getloadavg()[0]:.2f}"
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    configurations = {name: (DECORATORS, loader, None if name.startswith("counted") else METRICS_OFF)
+                      for name in METRICS_ROUTES}
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="orthanc-py-bench-") as folder, contextlib.ExitStack() as stack:
+        servers = start_servers(configurations, Path(folder), stack)
+        for server in servers.values():  # warm up: first connections, first imports
+            wrk(server.url + "/hello", 1, args.connections)
+        for round_ in range(args.rounds):
+            rounds.append(measure_round(servers, METRICS_ROUTES, args, Path(folder), reverse=round_ % 2 == 1))
+            print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+                f"{key} {value:.0f}" for key, value in rounds[-1].items()), flush=True)
+
+    def ratios(top: tuple[str, ...], bottom: tuple[str, ...]) -> str:
+        each = [statistics.geometric_mean([r[f"{name}/hello"] for name in top])
+                / statistics.geometric_mean([r[f"{name}/hello"] for name in bottom]) for r in rounds]
+        low, high = median_interval(each)
+        quartiles = statistics.quantiles(each, n=4) if len(each) > 1 else [each[0]] * 3
+        return (f"median {statistics.median(each):.3f}x (95% interval {low:.3f} to {high:.3f}), "
+                f"quartiles {quartiles[0]:.3f} to {quartiles[2]:.3f}, rounds {min(each):.3f} to {max(each):.3f}")
+
+    print(f"\nhello, requests/s with / without orthanc_py's metrics (\"Python\": {{\"Metrics\": false}}), "
+          f"{args.rounds} rounds, wrk -c{args.connections}, {args.seconds} s each, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, orthanc_py on {interpreter}, load average before: {load_before}")
+    print(f"with / without metrics:          {ratios(('counted', 'counted_2'), ('uncounted', 'uncounted_2'))}")
+    print(f"with: one server / the other:    {ratios(('counted',), ('counted_2',))}")
+    print(f"without: one server / the other: {ratios(('uncounted',), ('uncounted_2',))}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -229,13 +229,16 @@ def register_rest_callback(path_regex: str, handler: Callable[[int, str, Any], R
         time, and as an error each exception that reaches it; ``handler``
         counts in ``errors`` the requests it fails itself (an error code, a
         5xx answer): the entry does not look at results, which costs every request.
+        With the metrics off (:data:`._metrics.enabled`), the entry counts
+        nothing and the figures are never published.
     :raises ValueError: when ``path_regex`` holds a NUL character (C would cut it there).
     """
     regex = path_regex.encode("utf-8")
     if b"\0" in regex:
         raise ValueError(f"{where}: the path {path_regex!r} holds a NUL character, which C strings cannot hold")
     stats = _metrics.route(route or path_regex)
-    entry = _rest_entry(handler, read_official_request if eager else view_of, not eager, where, stats)
+    entry = _rest_entry(handler, read_official_request if eager else view_of, not eager, where,
+                        stats if _metrics.enabled else None)
     if _capi.register_rest(regex, entry, where, _overflow_entry):
         _overflow_routes.append((re.compile(path_regex), entry))
     return stats
@@ -247,7 +250,7 @@ def view_of(request: int) -> HttpRequestView:
 
 
 def _rest_entry(handler: Callable[[int, str, Any], RouteResult], read: Callable[[int], Any], lent: bool,
-                where: str, stats: _metrics.RouteStats) -> Callable[[int, bytes | None, int], RouteResult]:
+                where: str, stats: _metrics.RouteStats | None) -> Callable[[int, bytes | None, int], RouteResult]:
     """The Python function the loader calls for each request to a route: the handler's result, or a failure.
 
     What :func:`_capi.trampoline` does (the thread's first entry, every
@@ -257,10 +260,27 @@ def _rest_entry(handler: Callable[[int, str, Any], RouteResult], read: Callable[
     Each request is counted in ``stats`` (see :mod:`._metrics`), inline: a
     method call would cost as much as the counting. A request within the
     first bucket's bound, the usual one, skips the search for its bucket.
+    Without ``stats`` (the metrics off), the entry reads no clock and counts nothing.
     """
     failure = int(ErrorCode.Plugin)
     enter = _capi.enter_thread
     thread = _capi.thread_state
+    if stats is None:
+        def uncounted(output: int, url: bytes | None, request: int) -> RouteResult:
+            try:
+                if not getattr(thread, "entered", False):
+                    enter()
+                argument = read(request)
+                try:
+                    return handler(output, url.decode("utf-8", "replace") if url else "", argument)
+                finally:
+                    if lent:
+                        argument._expire()  # Orthanc frees the request once we return
+            except BaseException:
+                report_exception(where)
+                return failure
+
+        return uncounted
     clock, bucket_of, bounds, buckets = _metrics.clock, _metrics.bucket_of, _metrics.BUCKETS, stats.buckets
     first = bounds[0]
 

@@ -295,11 +295,13 @@ def _connect_metrics(hook: Hook) -> None:
 metrics = Hook("refresh-metrics callback", _connect_metrics)
 """Called each time Orthanc refreshes its metrics (a monitoring tool reads them); every handler runs.
 
-orthanc_py's own figures (:mod:`._metrics`) are its first handler, added at each run."""
+orthanc_py's own figures (:mod:`._metrics`) are its first handler, added at each run
+(unless ``"Python": {"Metrics": false}``)."""
 
 
 def _add_own_metrics() -> None:
-    metrics.add(_metrics.refresh, "orthanc_py", "orthanc_py's metrics (routes, handlers, queues)")
+    if _metrics.enabled:
+        metrics.add(_metrics.refresh, "orthanc_py", "orthanc_py's metrics (routes, handlers, queues)")
 
 
 _runtime.at_each_run(_add_own_metrics)

@@ -37,6 +37,12 @@ exact where the float of older ones rounds counts past 2^24). It is one
 more handler of the refresh-metrics hook, beside those of the script,
 added at each run by the runtime.
 
+``"Python": {"Metrics": false}`` turns them off (:data:`enabled`, which
+the runtime sets at start, before the script loads): routes are then
+registered with an entry that neither reads the clock nor counts, and
+:func:`refresh` is not added. Handlers still count their calls (an
+increment or two), which nothing publishes.
+
 Orthanc writes each metric as ``name value timestamp`` and takes the name as
 given: labels are written into it, ``name{label="value"}``, the label values
 escaped as Prometheus' text format wants them. Orthanc keeps its metrics in
@@ -55,6 +61,13 @@ from typing import Callable
 from . import _capi, _sdk
 
 PREFIX = "orthanc_py_"
+
+enabled = True
+"""``Python.Metrics``: whether this run counts its routes and publishes its figures.
+
+Set by the runtime at start, before the script loads: a route's entry is
+chosen when the route is registered, so turning it off costs nothing per
+request."""
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """The upper bounds, in seconds, of the buckets of a route's time histogram (``le``); the last is ``+Inf``.

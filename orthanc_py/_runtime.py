@@ -125,6 +125,8 @@ class Settings:
     development_server: bool = False
     """``Python.DevelopmentServer``, which ``orthanc-py run`` sets: a route that raises answers the
     exception's type and the route, and the script's routes are logged once it has loaded."""
+    metrics: bool = True
+    """``Python.Metrics``: ``False`` turns orthanc_py's own metrics off (see :mod:`._metrics`)."""
 
     @classmethod
     def from_configuration(cls, config: dict[str, Any], config_path: str | None) -> Settings:
@@ -171,11 +173,14 @@ class Settings:
             raise ConfigurationError(
                 f'"Python.DevelopmentServer" must be true or false, not {json.dumps(development)}'
             )
+        metrics = section.get("Metrics", True)
+        if not isinstance(metrics, bool):
+            raise ConfigurationError(f'"Python.Metrics" must be true or false, not {json.dumps(metrics)}')
         common: dict[str, Any] = dict(
             verbose=verbose, offload_workers=workers,
             shutdown_grace=DEFAULT_SHUTDOWN_GRACE if grace is None else grace,
             shutdown_events_timeout=timing["ShutdownEventsTimeout"],
-            development_server=development,
+            development_server=development, metrics=metrics,
         )
         if script is None:
             return cls(script=None, **common)
@@ -234,6 +239,7 @@ def start(context_address: int, loader_path: str) -> bool:
     except (ConfigurationError, ValueError) as error:
         _capi.log_error(f"orthanc_py: bad configuration: {error}")
         return False
+    _metrics.enabled = settings.metrics  # before anything registers a route
     if settings.verbose:
         _logging.install(verbose=True)
         logging.getLogger().setLevel(logging.DEBUG)

@@ -25,6 +25,7 @@ from orthanc_py.cluster_server import OrthancCluster
 from orthanc_py.server import OrthancServer
 
 from .dicom import make_study
+from .test_runtime import start_fails
 from .test_scp_decorators import MODALITIES, findscu, move_responses, movescu, output
 
 Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -201,6 +202,27 @@ def test_each_route_counts_requests_errors_and_time_exactly_under_concurrent_loa
     assert value(again, "orthanc_py_route_requests_total", route="/ok") == 1
     assert value(again, "orthanc_py_route_requests_total", route="/maybe/<int:n>") == 0
     assert value(again, "script_own_metric") == 7
+
+
+def test_metrics_off_leave_the_routes_answering_and_publish_no_figure_of_orthanc_py(
+        make_orthanc: Callable[..., OrthancServer]) -> None:
+    server = make_orthanc(ROUTES, config={"Python": {"Metrics": False}})
+    statuses = send_all(server, ["/ok"] * 200 + [f"/maybe/{n}" for n in range(30)] + ["/official/a", "/official/raise"])
+    assert statuses.count(200) == 200 + 10 + 1 and statuses.count(503) == 10 and statuses.count(500) == 10 + 1
+    assert server.get("/ok").text == "ok"
+    page = server.get("/tools/metrics-prometheus")
+    assert page.status == 200
+    assert "orthanc_py_" not in page.text, [line for line in page.text.splitlines() if "orthanc_py_" in line]
+    metrics = parse(page.text)
+    assert value(metrics, "script_own_metric") == 7, "the script's own refresh-metrics callback still runs"
+    assert any(name.startswith("orthanc_") for name, _ in metrics), "Orthanc's own metrics are still there"
+
+
+def test_a_metrics_option_that_is_not_a_boolean_stops_orthanc_with_an_error_naming_it(
+        make_orthanc: Callable[..., OrthancServer]) -> None:
+    server = make_orthanc(ROUTES, config={"Python": {"Metrics": "no"}}, start=False)
+    start_fails(server)
+    assert 'orthanc_py: bad configuration: "Python.Metrics" must be true or false, not "no"' in server.log
 
 
 # --- handlers and the change queue -----------------------------------------------------------------
