@@ -93,10 +93,12 @@ smoke-debian: $(DEBIAN_VENV)/.installed
 	$(DEBIAN_VENV)/bin/python -m pytest -p no:cacheprovider $(SMOKE_TESTS)
 
 # Requests/s of Python routes against Orthanc's own API and the official plugin (wrk),
-# then the cost of SDK calls and of ingest with a stored-instance handler (DCMTK's storescu).
+# then the cost of SDK calls and of ingest with a stored-instance handler (DCMTK's storescu),
+# then what durable change handlers cost on ingest, against the same handlers without durable=True.
 bench: setup $(DEBIAN_VENV)/.installed
 	$(VENV)/bin/python bench/http_bench.py
 	$(VENV)/bin/python bench/sdk_bench.py all --rounds 5
+	$(VENV)/bin/python bench/ingest_bench.py --rounds 5
 
 # The Sphinx site, warnings as errors; open docs/_build/html/index.html.
 docs: setup
