@@ -8,12 +8,12 @@ script of its own through orthanc_py:
 - ``stable plain 2``: a twin of ``stable plain`` (below), measured next to it:
   the ratios between the two show what the bench resolves on the machine;
 - ``stable plain`` and ``stable durable``: ``@on_change(ChangeType.STABLE_STUDY)``,
-  without and with ``durable=True`` (the durable handler saves its checkpoint
-  after each study, and after the other changes at most every 0.25 s and at
-  the end of each page of the log it reads);
+  without and with ``durable=True`` (a durable handler whose deliveries are
+  quick, as here, saves its checkpoint at most every 0.25 s and at the end of
+  each page of the log it reads);
 - ``instance plain`` and ``instance durable``: ``@on_change(ChangeType.STABLE_STUDY,
-  ChangeType.NEW_INSTANCE)``, without and with ``durable=True``: the durable one
-  saves its checkpoint after every instance, the worst case for its writes;
+  ChangeType.NEW_INSTANCE)``, without and with ``durable=True``: a delivery per
+  instance, the worst case;
 - ``side by side``: a plain and a durable ``STABLE_STUDY`` handler in one
   Orthanc, both called from the same signal: the difference between their
   times is the durable handler's delay, study by study.
