@@ -335,6 +335,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @on_change(ChangeType.NEW_STUDY, durable=True)
 def slow(change):
+    print(f"HOLDING {change.resource_id}")
     while os.path.exists(os.path.join(HERE, "hold")):  # a handler stuck on a slow peer
         time.sleep(0.05)
     print(f"GOT {change.resource_id} seq={change.seq}")
@@ -347,8 +348,10 @@ def test_a_checkpoint_older_than_the_change_log_is_reported_and_the_rest_deliver
     hold = Path(server.workdir) / "hold"
     hold.touch()
     first = server.upload(make_study(1, patient_id="F1", rows=2, cols=2)[1][0])["ParentStudy"]  # type: ignore[index]
+    # Once the handler holds the first study, it has read its page of the log: the next changes
+    # are logged after it, and cleared before it reads them.
+    server.wait_for_log(rf"HOLDING {first}", timeout=20)
     skipped = server.upload(make_study(1, patient_id="F2", rows=2, cols=2)[1][0])["ParentStudy"]  # type: ignore[index]
-    time.sleep(0.5)
     assert server.request("DELETE", "/changes").status == 200  # behind the handler's back
     after = server.upload(make_study(1, patient_id="F3", rows=2, cols=2)[1][0])["ParentStudy"]  # type: ignore[index]
     hold.unlink()

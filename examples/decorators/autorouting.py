@@ -17,5 +17,5 @@ from orthanc_py import ChangeType, on_change, rest
 
 @on_change(ChangeType.STABLE_STUDY, durable=True)
 def forward(change):
-    print(f"Stable study: {change.resource_id} (change {change.seq}{', recovered' if change.recovered else ''})")
+    print(f"Stable study: {change.resource_id}")
     rest.post("/modalities/sample/store", change.resource_id)
