@@ -70,7 +70,6 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +79,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.http_bench import add_venv_argument, measured_venv, venv_loader
+from bench.sdk_bench import send_seconds as send
 from orthanc_py.server import OrthancServer
 from tests.dicom import make_dicom
 
@@ -184,20 +184,6 @@ def write_studies(folder: Path, studies: int, per_study: int) -> list[Path]:
                                         sop_uid=f"{root}.1.{number}", instance_number=number))
             files.append(path)
     return files
-
-
-def send(server: OrthancServer, files: list[Path], environment: dict[str, str]) -> float:
-    """Sends the files over two associations at once; the seconds until both are done."""
-    halves = [files[0::2], files[1::2]]
-    started = time.monotonic()
-    processes = [subprocess.Popen(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(server.dicom_port),
-                                   *map(str, half)], env=environment, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE) for half in halves]
-    for process in processes:
-        _, errors = process.communicate(timeout=600)
-        if process.returncode != 0:
-            raise RuntimeError(f"storescu failed: {errors.decode(errors='replace')}")
-    return time.monotonic() - started
 
 
 def logged_stable_studies(server: OrthancServer, since: int) -> tuple[int, int]:
