@@ -691,6 +691,8 @@ Selection = tuple[list[Handler], Optional[set[int]]]
 def _selection(output: int, arguments: dict[str, Any]) -> Selection | int:
     """The handlers and change numbers a request names; or, once a refusal is sent, 0."""
     name = arguments.get("handler") or arguments.get("Handler")
+    if name is not None and not isinstance(name, str):
+        return _refuse(output, 400, f'"Handler" must be the name of a durable change handler, not {json.dumps(name)}')
     if name is not None and name not in _handlers:
         return _refuse(output, 404, f"no durable change handler is named {name!r}; "
                                     f"there are: {', '.join(sorted(_handlers)) or 'none'}")

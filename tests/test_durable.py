@@ -400,6 +400,10 @@ def test_the_status_route_reports_each_handler_and_its_state_is_in_orthancs_data
     assert status["__main__.forward"]["Backlog"] == 0
     assert json.loads(server.get("/orthanc-py/dead-letters?handler=__main__.forward").text) == []
     assert server.get("/orthanc-py/dead-letters?seq=x").status == 400
+    # A malformed replay request is refused, and Orthanc serves on.
+    assert server.post("/orthanc-py/dead-letters/replay", '{"Handler": ["x"]}').status == 400
+    assert server.post("/orthanc-py/dead-letters/replay", "not json").status == 400
+    assert server.get("/system").status == 200
 
     def written() -> Any:  # the handler writes its first checkpoint once Orthanc has started, on its thread
         where = server.get_json("/where")
